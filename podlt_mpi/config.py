@@ -1,0 +1,169 @@
+"""The run's configuration: one dataclass, whose field help is also the command line's --help.
+
+Parsing is pure (no MPI): every rank parses the same argv, so they agree without a broadcast,
+and only rank 0 prints what went wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+DEFAULT_DATA = "data/synthetic-100k.h5"
+DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
+FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise")
+
+
+class ConfigError(Exception):
+    """Bad input or configuration: reported as one sentence, exit code 2."""
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    # Data
+    data: Optional[str] = _opt(None, "HDF5 training file with datasets x (float32) and y (int64); "
+                                     f"default {DEFAULT_DATA}, generated on first use")
+    test_data: Optional[str] = _opt(None, "HDF5 file for evaluation (same layout); default: the "
+                                          "synthetic test file with the default data, else a held-out split")
+    x_key: str = _opt("x", "name of the feature dataset in the HDF5 files")
+    y_key: str = _opt("y", "name of the label dataset in the HDF5 files")
+    holdout: float = _opt(0.1, "fraction of --data held out (its last lines) for evaluation when "
+                               "there is no test file")
+    out: Optional[str] = _opt(None, "run directory to write; default runs/<timestamp>")
+    # Model and optimizer
+    model: str = _opt("mlp", "mlp, cnn, or module:function returning an nn.Module "
+                             "from (input_shape, n_classes)")
+    optimizer: str = _opt("adam", "optimizer on the manager", choices=("sgd", "adam"))
+    lr: float = _opt(1e-3, "learning rate")
+    momentum: float = _opt(0.0, "SGD momentum")
+    # Schedule
+    block_lines: int = _opt(1000, "lines per iteration, split into one fragment per worker")
+    epochs: int = _opt(1, "passes over the training lines")
+    blocks: Optional[int] = _opt(None, "stop after this many iterations")
+    eval_every: int = _opt(0, "evaluate every K iterations (0: at the end of each epoch only)")
+    # Verification
+    controls: int = _opt(2, "control ranks per iteration (0: plain data-parallel, no checks)")
+    compare: str = _opt("exact", "how gradients are compared", choices=("exact", "tolerance"))
+    rtol: float = _opt(1e-5, "tolerance mode: ||a-b|| <= rtol*max(||a||,||b||) + atol")
+    atol: float = _opt(0.0, "tolerance mode: absolute slack on the distance")
+    # Reproducibility and speed
+    seed: int = _opt(0, "seed for initial weights, the schedule and fault injection")
+    threads: int = _opt(1, "torch intra-op threads on every rank (must match for exact mode)")
+    wait: str = _opt("auto", "how idle ranks wait: spin (one rank per core), sleep (oversubscribed), "
+                             "auto (from ranks per node vs cores)", choices=("auto", "spin", "sleep"))
+    rank_timeout: float = _opt(600.0, "seconds the manager waits for a rank before aborting the job")
+    log_every: float = _opt(10.0, "seconds between progress lines when stderr is not a terminal")
+    # Fault injection (demonstration and tests)
+    fake_ranks: list = _opt((), "comma-separated ranks that fake their gradients, e.g. 3,7",
+                            type="ranks")
+    fake_mode: str = _opt("random", "how fake ranks cheat", choices=FAKE_MODES)
+    fake_from: int = _opt(0, "iteration from which fake ranks cheat")
+    fake_prob: float = _opt(1.0, "probability a fake rank cheats in a given iteration")
+    fault_plugin: Optional[str] = _opt(None, "module:function(grad, *, iteration, rank, x, y, model)"
+                                             " -> Tensor sent instead of the honest gradient")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @property
+    def uses_default_data(self) -> bool:
+        return self.data is None
+
+    @property
+    def data_path(self) -> str:
+        return self.data or DEFAULT_DATA
+
+
+def _parse_ranks(text: str) -> list:
+    try:
+        ranks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fake-ranks must be comma-separated integers, got {text!r}")
+    return sorted(set(ranks))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing and exiting, so only rank 0 speaks."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "python -m podlt_mpi") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Train with Proof of Deep Learning Training over MPI. "
+                "usage:: mpiexec -n 50 python -m podlt_mpi [options]",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        kw = {"default": f.default, "help": meta["help"], "dest": f.name}
+        if meta.get("type") == "ranks":
+            kw["type"] = _parse_ranks
+            kw["default"] = []
+        elif "choices" in meta:
+            kw["choices"] = meta["choices"]
+        elif f.type in ("int", "Optional[int]"):
+            kw["type"] = int
+        elif f.type == "float":
+            kw["type"] = float
+        p.add_argument(flag, **kw)
+    return p
+
+
+def parse_args(argv) -> RunConfig:
+    ns = build_parser().parse_args(argv)
+    cfg = RunConfig(**vars(ns))
+    check_options(cfg)
+    return cfg
+
+
+def check_options(cfg: RunConfig) -> None:
+    """Checks that need neither the world nor the data."""
+    if cfg.block_lines < 1:
+        raise ConfigError(f"--block-lines must be at least 1, got {cfg.block_lines}")
+    if cfg.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.blocks is not None and cfg.blocks < 1:
+        raise ConfigError(f"--blocks must be at least 1, got {cfg.blocks}")
+    if cfg.controls == 1 or cfg.controls < 0:
+        raise ConfigError(f"--controls must be 0 (no checks) or at least 2 (a majority needs "
+                          f"three votes), got {cfg.controls}")
+    if cfg.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
+    for name in ("lr", "rtol", "atol", "momentum", "rank_timeout", "log_every"):
+        v = getattr(cfg, name)
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if cfg.lr == 0:
+        raise ConfigError("--lr must be positive")
+    if not 0 <= cfg.holdout < 1:
+        raise ConfigError(f"--holdout must be in [0, 1), got {cfg.holdout}")
+    if not 0 <= cfg.fake_prob <= 1:
+        raise ConfigError(f"--fake-prob must be in [0, 1], got {cfg.fake_prob}")
+    if cfg.eval_every < 0:
+        raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """Checks against the number of ranks, before any data is read."""
+    need = 2 + cfg.controls
+    if world_size < need:
+        why = (f"a manager, one worker and {cfg.controls} controls" if cfg.controls
+               else "a manager and one worker")
+        raise ConfigError(f"--controls {cfg.controls} needs at least {need} ranks ({why}); "
+                          f"this job has {world_size}")
+    bad = [r for r in cfg.fake_ranks if r <= 0 or r >= world_size]
+    if bad:
+        raise ConfigError(f"--fake-ranks names rank {bad[0]}, but fake ranks must be between 1 "
+                          f"and {world_size - 1} (rank 0 is the manager)")
+    workers = world_size - 1 - cfg.controls
+    if cfg.block_lines < workers:
+        raise ConfigError(f"--block-lines {cfg.block_lines} is smaller than the {workers} workers "
+                          "of this job: every worker needs at least one line")

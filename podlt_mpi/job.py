@@ -1,0 +1,116 @@
+"""The MPI job: check everything that can be checked, together, then hand each rank its role.
+
+usage:: mpiexec -n 50 python -m podlt_mpi [options]
+
+Bad input is found before the first protocol message and makes every rank exit 2, with one line
+from rank 0. After that, an exception on any rank aborts the whole job (exit 1) so that no rank
+is left waiting for one that died.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import sys
+import traceback
+
+from . import __version__, comm as mpi, data, models, rundir, training
+from .config import ConfigError, build_parser, check_world, parse_args
+from .faults import Faker
+
+log = logging.getLogger("podlt_mpi")
+
+
+def _setup_logging(rank: int) -> None:
+    # Rank 0 reports progress; the others speak only to warn, tagged with their rank.
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s podlt[{rank}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(f"podlt_mpi: error: {text}", file=sys.stderr, flush=True)
+
+
+def run(argv) -> int:
+    comm = mpi.world()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    _setup_logging(rank)
+    if "-h" in argv or "--help" in argv:
+        if rank == 0:
+            build_parser().print_help()
+        return 0
+    # Identical argv on every rank gives identical errors: no communication needed yet.
+    try:
+        cfg = parse_args(argv)
+        check_world(cfg, size)
+    except ConfigError as e:
+        _say(rank, str(e))
+        return 2
+    training.set_determinism(cfg.threads)
+    waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
+
+    # Rank 0 prepares and validates the data and the run directory while the others sleep.
+    error, shared, created = None, None, False
+    if rank == 0:
+        try:
+            if cfg.uses_default_data:
+                data.ensure_default_data()
+            ds = data.resolve(cfg)
+            out = cfg.out or rundir.default_out()
+            rundir.check(out)
+            shared = (ds, out)
+        except ConfigError as e:
+            error = str(e)
+    error = mpi.fail_together(comm, error, waiter)
+    if error:
+        _say(rank, error)
+        return 2
+    ds, out = mpi.bcast(comm, shared)
+
+    # Every rank builds the model and its fault behaviour; any of them may fail on user code.
+    model = faker = None
+    try:
+        model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed)
+        faker = Faker(cfg, rank)
+        if rank == 0:
+            created = not os.path.exists(out)
+            os.makedirs(out, exist_ok=True)
+    except ConfigError as e:
+        error = str(e)
+    except OSError as e:
+        error = f"--out {out} cannot be created: {e.strerror}"
+    error = mpi.fail_together(comm, error, waiter)
+    if error:
+        if rank == 0 and created:
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        _say(rank, error)
+        return 2
+
+    try:
+        if rank == 0:
+            from .manager import Manager
+            meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test else None,
+                    "train_lines": [ds.train.start, ds.train.stop],
+                    "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
+                    "out": out, "world_size": size, "wait_mode": waiter.mode,
+                    "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
+                    "n_params": training.n_params(model),
+                    "versions": {"podlt_mpi": __version__, "torch": training.torch.__version__,
+                                 "python": platform.python_version()}}
+            log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
+                     size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
+            Manager(comm, cfg, ds, model, out, waiter, meta).run()
+        else:
+            from . import worker
+            worker.run(comm, model, ds.line_shape, faker, waiter)
+    except Exception:
+        print(f"podlt[{rank}] internal error, aborting the job:\n{traceback.format_exc()}",
+              file=sys.stderr, flush=True)
+        mpi.abort(comm, 1)
+        return 1
+    # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
+    mpi.quiet_barrier(comm, waiter)
+    return 0

@@ -1,0 +1,85 @@
+"""Who does what in one iteration: roles, fragments and the checked worker. Pure, no MPI.
+
+All randomness comes from the numpy Generator the caller passes, so a seed fixes the schedule
+and a checkpoint can store the generator's state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Assignment:
+    rank: int
+    role: str  # "worker" or "control"
+    start: int
+    stop: int
+
+    @property
+    def lines(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One iteration's layout. `checked` is the worker whose fragment the controls recompute."""
+    start: int
+    stop: int
+    workers: tuple
+    controls: tuple
+    checked: int | None
+    assignments: tuple
+
+    def fragment_of(self, rank: int) -> tuple:
+        for a in self.assignments:
+            if a.rank == rank and a.role == "worker":
+                return (a.start, a.stop)
+        raise KeyError(rank)
+
+
+def split_lines(start: int, stop: int, parts: int) -> list:
+    """Contiguous fragments covering [start, stop) whose sizes differ by at most one."""
+    n = stop - start
+    parts = min(parts, n)  # a short last block gives fewer, never empty, fragments
+    base, extra = divmod(n, parts)
+    out, s = [], start
+    for i in range(parts):
+        e = s + base + (1 if i < extra else 0)
+        out.append((s, e))
+        s = e
+    assert s == stop
+    return out
+
+
+def blocks(n_lines: int, block_lines: int) -> list:
+    """The training set as consecutive blocks [s, e); the last may be short."""
+    return [(s, min(s + block_lines, n_lines)) for s in range(0, n_lines, block_lines)]
+
+
+def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator) -> Plan:
+    """Roles from an already-ordered list of active ranks: the last n_controls are controls.
+
+    The checked worker is drawn uniformly among the workers that received lines.
+    """
+    order = list(order)
+    if n_controls:
+        workers, controls = order[:-n_controls], order[-n_controls:]
+    else:
+        workers, controls = order, []
+    frags = split_lines(start, stop, len(workers))
+    busy = workers[:len(frags)]
+    assignments = [Assignment(r, "worker", s, e) for r, (s, e) in zip(busy, frags)]
+    checked = None
+    if n_controls:
+        checked = busy[int(rng.integers(len(busy)))]
+        s, e = frags[busy.index(checked)]
+        assignments += [Assignment(r, "control", s, e) for r in controls]
+    return Plan(start, stop, tuple(busy), tuple(controls), checked, tuple(assignments))
+
+
+def shuffle(active, rng: np.random.Generator) -> list:
+    order = list(active)
+    rng.shuffle(order)
+    return order

@@ -1,0 +1,84 @@
+"""The computation every rank does: the gradient of the mean loss on a fragment. No MPI.
+
+Weights and gradients travel as one flat float32 vector in `model.parameters()` order.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def set_determinism(threads: int) -> None:
+    """Same threads and deterministic kernels on every rank, so honest ranks agree bit for bit."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def get_flat(model: nn.Module) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().astype(
+            np.float32, copy=False)
+
+
+def set_flat(model: nn.Module, flat: np.ndarray) -> None:
+    t = torch.from_numpy(flat)
+    i = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(t[i:i + p.numel()].view_as(p))
+            i += p.numel()
+
+
+def set_flat_grad(model: nn.Module, flat: torch.Tensor) -> None:
+    i = 0
+    for p in model.parameters():
+        p.grad = flat[i:i + p.numel()].view_as(p).clone()
+        i += p.numel()
+
+
+def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """(flat float32 gradient of the mean cross-entropy, the loss) on x, y."""
+    model.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    return flat.detach().numpy().astype(np.float32, copy=False), float(loss.detach())
+
+
+def weighted_mean(grads, counts) -> torch.Tensor:
+    """sum(n_i g_i) / sum(n_i): the full-batch gradient over the union of the fragments.
+
+    Summed in the order given (callers pass fragment order) so the result is reproducible.
+    """
+    total = float(sum(counts))
+    acc = torch.zeros(len(grads[0]), dtype=torch.float32)
+    for g, n in zip(grads, counts):
+        acc.add_(torch.from_numpy(g), alpha=n / total)
+    return acc
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 2000) -> tuple:
+    """(mean loss, accuracy) of the model on x, y."""
+    loss_sum, correct = 0.0, 0
+    for s in range(0, len(y), batch):
+        xb = torch.from_numpy(x[s:s + batch])
+        yb = torch.from_numpy(y[s:s + batch])
+        out = model(xb)
+        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(y), correct / len(y)
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)

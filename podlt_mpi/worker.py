@@ -1,0 +1,51 @@
+"""Every rank but 0: receive weights and a slice, return the gradient, until told to stop.
+
+A rank does not know its role; it computes whatever it is sent. A removed rank is sent STOP.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import comm as mpi
+from . import comm_tags as tags
+from . import protocol, training
+from .faults import Faker
+
+
+def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=None) -> int:
+    """Serve the manager; return how many fragments this rank computed.
+
+    `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
+    """
+    n_params = training.n_params(model)
+    line_size = math.prod(line_shape)
+    weights = np.empty(n_params, np.float32)
+    head = np.empty(protocol.HEADER_LEN, np.int64)
+    pending, done = [], 0
+    while True:
+        # Wait for the next header while our last answer drains: the manager may still be
+        # receiving it, and the buffers it reads must stay alive until it has.
+        waiter.wait(pending + [mpi.irecv(comm, head, 0, tags.HEADER)])
+        if on_message:
+            on_message(tags.HEADER, head.copy())
+        command, iteration, lines = (int(v) for v in head)
+        if command == protocol.STOP:
+            return done
+        x = np.empty((lines, line_size), np.float32)
+        y = np.empty(lines, np.int64)
+        waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
+                     mpi.irecv(comm, y, 0, tags.Y)])
+        if on_message:
+            for tag, arr in ((tags.WEIGHTS, weights), (tags.X, x), (tags.Y, y)):
+                on_message(tag, arr.copy())
+        training.set_flat(model, weights)
+        xt = torch.from_numpy(x).view(lines, *line_shape)
+        yt = torch.from_numpy(y)
+        grad, loss = training.gradient(model, xt, yt)
+        grad = np.ascontiguousarray(faker.send(grad, iteration, model, xt, yt), dtype=np.float32)
+        loss_buf = np.array([loss], np.float64)
+        pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
+        done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
