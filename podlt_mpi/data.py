@@ -5,12 +5,12 @@ Layout (DESIGN.md): datasets `x` (float32, [n, ...]) and `y` (int64, [n]) at the
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
+from . import atomic
 from .config import ConfigError, DEFAULT_DATA, DEFAULT_TEST_DATA, RunConfig
 
 SCAN_LINES = 8192  # validation reads the file in slices of this many lines
@@ -145,19 +145,9 @@ def synthetic(lines: int, stream: int) -> tuple:
 
 
 def write_h5(path: str, x: np.ndarray, y: np.ndarray) -> None:
-    """Write atomically: a reader sees the old file, or none, or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("x", data=x)
-            f.create_dataset("y", data=y)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("x", data=x)
+        f.create_dataset("y", data=y)
 
 
 def test_path_for(path: str) -> str:

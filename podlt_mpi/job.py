@@ -15,9 +15,8 @@ import shutil
 import sys
 import traceback
 
-from . import __version__, comm as mpi, data, models, rundir, training
+from . import __version__, comm as mpi, data, rundir
 from .config import ConfigError, build_parser, check_world, parse_args
-from .faults import Faker
 
 log = logging.getLogger("podlt_mpi")
 
@@ -49,7 +48,6 @@ def run(argv) -> int:
     except ConfigError as e:
         _say(rank, str(e))
         return 2
-    training.set_determinism(cfg.threads)
     waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
 
     # Rank 0 prepares and validates the data and the run directory while the others sleep.
@@ -69,6 +67,12 @@ def run(argv) -> int:
         _say(rank, error)
         return 2
     ds, out = mpi.bcast(comm, shared)
+
+    # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
+    # and bad input should be reported in seconds.
+    from . import models, training
+    from .faults import Faker
+    training.set_determinism(cfg.threads)
 
     # Every rank builds the model and its fault behaviour; any of them may fail on user code.
     model = faker = None
@@ -98,7 +102,7 @@ def run(argv) -> int:
                     "out": out, "world_size": size, "wait_mode": waiter.mode,
                     "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
                     "n_params": training.n_params(model),
-                    "versions": {"podlt_mpi": __version__, "torch": training.torch.__version__,
+                    "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
                                  "python": platform.python_version()}}
             log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
                      size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
-import torch
-
+from . import atomic
 from .config import ConfigError
 
-FILES = ("config.json", "model_init.pt", "model_final.pt", "ledger.jsonl", "metrics.jsonl",
-         "summary.json")
 
 
 def default_out() -> str:
@@ -40,24 +36,12 @@ def check(path: str) -> None:
         raise ConfigError(f"--out {path} cannot be created: {parent} is not a writable directory")
 
 
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: str, obj) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_model(path: str, model: torch.nn.Module) -> None:
-    _atomic(path, lambda f: torch.save(model.state_dict(), f))
+def save_model(path: str, model) -> None:
+    import torch  # lazily: the job checks its input before paying for the import
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(model.state_dict(), f)
