@@ -61,7 +61,7 @@ def inspect(path: str, x_key: str, y_key: str, role: str = "data") -> tuple:
         for s in range(0, n, SCAN_LINES):
             xs = x[s:s + SCAN_LINES]
             if not np.isfinite(xs).all():
-                bad = s + int(np.argwhere(~np.isfinite(xs.reshape(len(xs), -1)).any(1))[0, 0])
+                bad = s + int(np.argwhere((~np.isfinite(xs.reshape(len(xs), -1))).any(1))[0, 0])
                 raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at line {bad}")
             ys = y[s:s + SCAN_LINES]
             if (ys < 0).any() or not np.all(np.mod(ys, 1) == 0):

@@ -35,8 +35,19 @@ def _say(rank: int, text: str) -> None:
 
 def run(argv) -> int:
     comm = mpi.world()
+    _setup_logging(comm.Get_rank())
+    try:
+        return _run(comm, argv)
+    except Exception:
+        # Any rank failing alone would leave the others blocked in a receive: abort them all.
+        print(f"podlt[{comm.Get_rank()}] internal error, aborting the job:\n{traceback.format_exc()}",
+              file=sys.stderr, flush=True)
+        mpi.abort(comm, 1)
+        return 1
+
+
+def _run(comm, argv) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
-    _setup_logging(rank)
     if "-h" in argv or "--help" in argv:
         if rank == 0:
             build_parser().print_help()
@@ -93,28 +104,22 @@ def run(argv) -> int:
         _say(rank, error)
         return 2
 
-    try:
-        if rank == 0:
-            from .manager import Manager
-            meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test else None,
-                    "train_lines": [ds.train.start, ds.train.stop],
-                    "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
-                    "out": out, "world_size": size, "wait_mode": waiter.mode,
-                    "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
-                    "n_params": training.n_params(model),
-                    "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
-                                 "python": platform.python_version()}}
-            log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
-                     size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
-            Manager(comm, cfg, ds, model, out, waiter, meta).run()
-        else:
-            from . import worker
-            worker.run(comm, model, ds.line_shape, faker, waiter)
-    except Exception:
-        print(f"podlt[{rank}] internal error, aborting the job:\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
-        mpi.abort(comm, 1)
-        return 1
+    if rank == 0:
+        from .manager import Manager
+        meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test else None,
+                "train_lines": [ds.train.start, ds.train.stop],
+                "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
+                "out": out, "world_size": size, "wait_mode": waiter.mode,
+                "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
+                "n_params": training.n_params(model),
+                "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
+                             "python": platform.python_version()}}
+        log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
+                 size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
+        Manager(comm, cfg, ds, model, out, waiter, meta).run()
+    else:
+        from . import worker
+        worker.run(comm, model, ds.line_shape, faker, waiter)
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)
     return 0

@@ -1,0 +1,107 @@
+"""Bad input: exit 2, one clear line from rank 0 only, no traceback, nothing written."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def h5(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            f.create_dataset(k, data=v)
+    return str(path)
+
+
+def good_x(n=40):
+    return np.random.default_rng(0).random((n, 8), dtype=np.float32)
+
+
+def good_y(n=40):
+    return (np.arange(n) % 3).astype(np.int64)
+
+
+def bad_files(tmp):
+    (tmp / "text.h5").write_text("not hdf5")
+    nan_x = good_x()
+    nan_x[7, 3] = np.nan
+    return {
+        "missing": (str(tmp / "nope.h5"), "does not exist"),
+        "unreadable": (str(tmp / "text.h5"), "not a readable HDF5 file"),
+        "no x": (h5(tmp / "nox.h5", y=good_y()), "no dataset 'x'"),
+        "no y": (h5(tmp / "noy.h5", x=good_x()), "no dataset 'y'"),
+        "empty": (h5(tmp / "empty.h5", x=np.zeros((0, 8), np.float32), y=np.zeros(0, np.int64)),
+                  "is empty"),
+        "lengths": (h5(tmp / "len.h5", x=good_x(40), y=good_y(39)), "has 40 lines but 'y' has 39"),
+        "negative": (h5(tmp / "neg.h5", x=good_x(), y=good_y() - 1), "labels must be integers >= 0"),
+        "fractional": (h5(tmp / "frac.h5", x=good_x(), y=good_y() + 0.5), "labels must be integers >= 0"),
+        "non-finite": (h5(tmp / "nan.h5", x=nan_x, y=good_y()), "non-finite value at line 7"),
+    }
+
+
+CASES = ["missing", "unreadable", "no x", "no y", "empty", "lengths", "negative", "fractional",
+         "non-finite"]
+
+
+def assert_clean_exit_2(r, message, out=None):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, r.stderr  # one line, from rank 0 only
+    assert message in errors[0], errors[0]
+    assert "Traceback" not in r.stderr + r.stdout
+    if out is not None:
+        assert not os.path.exists(out), "a bad run must write nothing"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_data_file(case, tmp_path):
+    path, message = bad_files(tmp_path)[case]
+    out = tmp_path / "run"
+    r = run_job(4, ["--data", path, "--out", out, "--block-lines", "10"], timeout=60)
+    assert_clean_exit_2(r, message, out)
+
+
+@pytest.mark.parametrize("n,args,message", [
+    (3, [], "needs at least 4 ranks"),
+    (6, ["--block-lines", "2"], "--block-lines 2 is smaller than the 3 workers"),
+    (4, ["--model", "transformer"], "unknown model 'transformer'"),
+    (4, ["--model", "no_such_module_xyz:make"], "cannot import model module"),
+    (4, ["--fake-mode", "teleport"], "invalid choice: 'teleport'"),
+    (4, ["--fake-ranks", "0"], "--fake-ranks names rank 0"),
+    (4, ["--fake-ranks", "2,9"], "--fake-ranks names rank 9"),
+    (4, ["--controls", "1"], "--controls must be 0"),
+    (4, ["--lr", "nan"], "--lr must be a finite number"),
+])
+def test_bad_options(n, args, message, small_data, tmp_path):
+    out = tmp_path / "run"
+    r = run_job(n, ["--data", small_data["train"], "--out", out, *args], timeout=60)
+    assert_clean_exit_2(r, message, out)
+
+
+def test_cnn_on_flat_data_is_bad_input(tmp_path):
+    path = h5(tmp_path / "flat.h5", x=good_x(), y=good_y())
+    r = run_job(4, ["--data", path, "--out", tmp_path / "run", "--model", "cnn",
+                    "--block-lines", "10"], timeout=60)
+    assert_clean_exit_2(r, "needs image-shaped input", tmp_path / "run")
+
+
+def test_unwritable_out(small_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = run_job(4, ["--data", small_data["train"], "--out", blocker / "run"], timeout=60)
+    assert_clean_exit_2(r, "cannot be created")
+    r = run_job(4, ["--data", small_data["train"], "--out", "/proc/podlt-run"], timeout=60)
+    assert_clean_exit_2(r, "--out /proc/podlt-run")
+    assert not os.path.exists("/proc/podlt-run")
+
+
+def test_out_that_already_holds_a_run(small_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ledger.jsonl").write_text("")
+    r = run_job(4, ["--data", small_data["train"], "--out", out], timeout=60)
+    assert_clean_exit_2(r, "already holds a run")
