@@ -1,0 +1,26 @@
+"""Secrecy in the message forms: a rank's messages do not depend on its role."""
+import numpy as np
+
+from podlt_mpi import protocol, schedule
+
+
+def test_messages_have_the_same_form_for_every_role():
+    plan = schedule.plan_iteration(range(1, 8), 2, 1000, 1100, np.random.default_rng(5))
+    bx = np.random.default_rng(0).random((100, 4), dtype=np.float32)
+    by = np.arange(100, dtype=np.int64) % 3
+    w = np.ones(10, np.float32)
+    msgs = protocol.messages_for_plan(plan, 4, w, bx, by)
+    assert set(msgs) == set(range(1, 8))
+
+    def form(m):
+        return [(t, a.dtype, a.shape[1:] if a.ndim > 1 else len(a) if t == protocol.tags.HEADER
+                 else None) for t, a in m]
+    forms = {r: form(m) for r, m in msgs.items()}
+    assert len({str(f) for f in forms.values()}) == 1
+    for r, m in msgs.items():
+        header = m[0][1]
+        lines = [a for a in plan.assignments if a.rank == r][0].lines
+        assert header.tolist() == [protocol.WORK, 4, lines]  # nothing about role or position
+    c = plan.checked
+    for k in plan.controls:
+        assert msgs[k][2][1].tobytes() == msgs[c][2][1].tobytes()
