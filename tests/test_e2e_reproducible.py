@@ -86,3 +86,21 @@ def test_matches_single_process_training(model_name, optimizer, atol, job_args, 
     final = torch.load(out / "model_final.pt", weights_only=True)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(final[k], v, rtol=1e-5, atol=atol)
+
+
+def test_user_model_and_held_out_split(small_data, tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        "import math\nfrom torch import nn\n"
+        "def tiny(input_shape, n_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), n_classes))\n")
+    out = tmp_path / "run"
+    r = run_job(4, ["--data", small_data["train"], "--out", out, "--model", "mymodels:tiny",
+                    "--block-lines", "300", "--holdout", "0.25"], path=[tmp_path])
+    assert r.returncode == 0, r.stderr
+    cfg = read_json(out / "config.json")
+    assert cfg["n_params"] == 784 * 10 + 10 and cfg["model"] == "mymodels:tiny"
+    assert cfg["train_lines"] == [0, 1800] and cfg["test_lines"] == [1800, 2400]
+    ledger = read_jsonl(out / "ledger.jsonl")
+    assert len(ledger) == 6  # the epoch ends where the held-out lines begin
+    assert max(e for rec in ledger for _, e in rec["applied"]) == 1800
+    assert read_json(out / "summary.json")["test_accuracy"] is not None
