@@ -43,7 +43,9 @@ def main(argv=None) -> int:
     if command == "prepare":
         return prepare(argv)
     from .job import run
-    return run(argv)
+    code = run(argv)
+    from .comm import finish
+    finish(code)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,18 @@ def bcast(comm, obj, root: int = 0):
     return comm.bcast(obj, root=root)
 
 
+def finish(code: int) -> None:
+    """Finalize MPI and leave without the interpreter's teardown.
+
+    Tearing down torch in 50 processes on 2 cores took about 30 s after the last iteration; every
+    file the job writes is closed by now, so there is nothing left for the teardown to do.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.Finalize()
+    os._exit(code)
+
+
 def abort(comm, code: int = 1) -> None:
     """End the whole job now: no rank may be left waiting for one that failed."""
     sys.stderr.flush()
