@@ -96,7 +96,7 @@ class Manager:
             decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol, cfg.atol)
         return decision
 
-    def accepted(self, plan, decision, grads) -> list:
+    def accepted(self, plan, decision) -> list:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order."""
         out = []
         for a in plan.assignments:
@@ -120,7 +120,7 @@ class Manager:
         bx = bx.reshape(len(by), -1)
         grads, losses = self.exchange(plan, iteration, weights, bx, by)
         decision = self.check(plan, grads, weights, bx, by)
-        applied = self.accepted(plan, decision, grads)
+        applied = self.accepted(plan, decision)
         fake = decision.fake if decision else []
 
         loss = None

@@ -12,7 +12,6 @@ from podlt_mpi import comm as mpi
 from podlt_mpi import comm_tags as tags
 from podlt_mpi import models, schedule, training, worker
 from podlt_mpi.config import RunConfig
-from podlt_mpi.data import Dataset, Split
 from podlt_mpi.faults import Faker
 
 pytestmark = pytest.mark.mpi(min_size=4)
