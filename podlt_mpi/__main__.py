@@ -44,8 +44,10 @@ def main(argv=None) -> int:
         return prepare(argv)
     from .job import run
     code = run(argv)
-    from .comm import finish
-    finish(code)
+    if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2
+        from .comm import finish
+        finish(code)
+    return code
 
 
 if __name__ == "__main__":
