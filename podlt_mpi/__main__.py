@@ -3,13 +3,14 @@
 usage::
     mpiexec -n 50 python -m podlt_mpi [run] [options]          # train with PoDLT
     python -m podlt_mpi prepare synthetic --out data/synthetic-100k.h5
+    python -m podlt_mpi audit RUN_DIR [--sample K | --all]    # check a run, no MPI
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-SUBCOMMANDS = ("run", "prepare")
+SUBCOMMANDS = ("run", "prepare", "audit")
 
 
 def prepare(argv) -> int:
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     if command == "prepare":
         return prepare(argv)
+    if command == "audit":
+        from .audit import main as audit
+        return audit(argv)
     from .job import run
     code = run(argv)
     if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2

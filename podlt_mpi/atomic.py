@@ -12,6 +12,15 @@ def _mode() -> int:
     return 0o666 & ~umask  # what open() would have given; mkstemp gives 0600
 
 
+def _sync_dir(folder: str) -> None:
+    """Make the rename itself durable: after a node crash the new name, not the old, is there."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def replacing(path: str):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
@@ -25,6 +34,7 @@ def replacing(path: str):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_dir(folder)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -22,6 +22,10 @@ class RankTimeout(RuntimeError):
     pass
 
 
+class PeerLost(RuntimeError):
+    """A rank stopped answering (died or hangs): the job must end instead of waiting forever."""
+
+
 def world():
     return MPI.COMM_WORLD
 
@@ -63,8 +67,9 @@ class Waiter:
         start, delay = time.monotonic(), SLEEP_MIN
         while not MPI.Request.Testall(reqs):
             if self.timeout is not None and time.monotonic() - start > self.timeout:
-                late = sorted({w for r, w in zip(reqs, who or [None] * len(reqs))
-                               if w is not None and r != MPI.REQUEST_NULL})
+                # Testall completes all or nothing: ask each request to find the late peers.
+                late = sorted({w for r, w in zip(reqs, who or [None] * len(reqs), strict=True)
+                               if w is not None and not r.Test()})
                 raise RankTimeout(f"no answer within {self.timeout:g} s"
                                   + (f" from rank(s) {late}" if late else ""))
             if self.mode == "sleep":
@@ -78,6 +83,10 @@ def isend(comm, array, dest: int, tag: int):
 
 def irecv(comm, buffer, source: int, tag: int):
     return comm.Irecv(buffer, source=source, tag=tag)
+
+
+def test(req) -> bool:
+    return bool(req.Test())
 
 
 def quiet_barrier(comm, waiter: Waiter) -> None:

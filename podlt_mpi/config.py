@@ -58,8 +58,19 @@ class RunConfig:
     threads: int = _opt(1, "torch intra-op threads on every rank (must match for exact mode)")
     wait: str = _opt("auto", "how idle ranks wait: spin (one rank per core), sleep (oversubscribed), "
                              "auto (from ranks per node vs cores)", choices=("auto", "spin", "sleep"))
-    rank_timeout: float = _opt(600.0, "seconds the manager waits for a rank before aborting the job")
+    rank_timeout: float = _opt(0.0, "seconds the manager waits for a rank's answer before it "
+                                     "aborts the job; 0: auto, max(20, 10 x the slowest exchange "
+                                     "so far), 120 on the first iteration")
     log_every: float = _opt(10.0, "seconds between progress lines when stderr is not a terminal")
+    # Checkpoints, resume, preemption
+    checkpoint_every: int = _opt(50, "write a checkpoint every K iterations (0: only when "
+                                     "stopping early or removing a rank)")
+    keep_checkpoints: int = _opt(3, "keep the newest K periodic checkpoints (0: all, which lets "
+                                    "the audit replay any segment cheaply)")
+    resume: Optional[str] = _opt(None, "continue the run in this directory from its newest valid "
+                                       "checkpoint (any number of ranks)")
+    time_limit: float = _opt(0.0, "minutes: stop, checkpoint and exit 0 before this much time has "
+                                  "passed (0: no limit)")
     # Fault injection (demonstration and tests)
     fake_ranks: list = _opt((), "comma-separated ranks that fake their gradients, e.g. 3,7",
                             type="ranks")
@@ -137,7 +148,11 @@ def check_options(cfg: RunConfig) -> None:
                           f"three votes), got {cfg.controls}")
     if cfg.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
-    for name in ("lr", "rtol", "atol", "momentum", "rank_timeout", "log_every"):
+    if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0:
+        raise ConfigError("--checkpoint-every and --keep-checkpoints must be >= 0")
+    if cfg.resume is not None and cfg.out is not None:
+        raise ConfigError("--resume continues the run in its own directory; leave out --out")
+    for name in ("lr", "rtol", "atol", "momentum", "rank_timeout", "log_every", "time_limit"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
@@ -149,6 +164,43 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--fake-prob must be in [0, 1], got {cfg.fake_prob}")
     if cfg.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
+
+
+# What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
+# data lies now, and the simulated adversary. Everything else decides the numbers it computes.
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "rank_timeout", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
+                     "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
+
+
+def explicit_options(argv) -> set:
+    """The options given on the command line (not defaulted)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
+    """(config to continue with, {option: (before, now)}) from the run's config.json and argv."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    base = {k: v for k, v in saved.items() if k in names}
+    changed = {}
+    for name in sorted(explicit_options(argv) - {"resume"}):
+        now, before = getattr(cfg, name), base.get(name)
+        if isinstance(before, list) or isinstance(now, (list, tuple)):
+            now, before = list(now or []), list(before or [])
+        if now == before:
+            continue
+        if name not in RESUME_MAY_CHANGE:
+            raise ConfigError(f"--{name.replace('_', '-')} cannot change on --resume (the run "
+                              f"was started with {before!r}, this command gives {now!r})")
+        base[name] = now
+        changed[name] = (before, now)
+    base.update(resume=cfg.resume, out=None)
+    out = RunConfig(**base)
+    check_options(out)
+    return out, changed
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:

@@ -13,10 +13,11 @@ import os
 import platform
 import shutil
 import sys
+import time
 import traceback
 
-from . import __version__, comm as mpi, data, rundir
-from .config import ConfigError, build_parser, check_world, parse_args
+from . import __version__, comm as mpi, data, preempt, resume, rundir
+from .config import ConfigError, build_parser, check_world, parse_args, resumed
 
 log = logging.getLogger("podlt_mpi")
 
@@ -34,10 +35,16 @@ def _say(rank: int, text: str) -> None:
 
 
 def run(argv) -> int:
+    started = time.monotonic()
+    preempt.install()  # before the slow start-up, so an early signal is not lost
     comm = mpi.world()
     _setup_logging(comm.Get_rank())
     try:
-        return _run(comm, argv)
+        return _run(comm, argv, started)
+    except mpi.PeerLost as e:
+        print(f"podlt_mpi: error: {e}", file=sys.stderr, flush=True)
+        mpi.abort(comm, 1)
+        return 1
     except Exception:
         # Any rank failing alone would leave the others blocked in a receive: abort them all.
         print(f"podlt[{comm.Get_rank()}] internal error, aborting the job:\n{traceback.format_exc()}",
@@ -46,7 +53,7 @@ def run(argv) -> int:
         return 1
 
 
-def _run(comm, argv) -> int:
+def _run(comm, argv, started: float) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
     if "-h" in argv or "--help" in argv:
         if rank == 0:
@@ -55,29 +62,37 @@ def _run(comm, argv) -> int:
     # Identical argv on every rank gives identical errors: no communication needed yet.
     try:
         cfg = parse_args(argv)
-        check_world(cfg, size)
+        if not cfg.resume:  # a resumed run's configuration is read from its directory below
+            check_world(cfg, size)
     except ConfigError as e:
         _say(rank, str(e))
         return 2
     waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
 
     # Rank 0 prepares and validates the data and the run directory while the others sleep.
-    error, shared, created = None, None, False
+    error, shared, created, changed, history = None, None, False, {}, []
     if rank == 0:
         try:
+            if cfg.resume:
+                saved = resume.saved_config(cfg.resume)
+                history = saved.get("resumed", [])
+                cfg, changed = resumed(saved, cfg, argv)
+                check_world(cfg, size)
+                out = cfg.resume
+            else:
+                out = cfg.out or rundir.default_out()
+                rundir.check(out)
             if cfg.uses_default_data:
                 data.ensure_default_data()
             ds = data.resolve(cfg)
-            out = cfg.out or rundir.default_out()
-            rundir.check(out)
-            shared = (ds, out)
+            shared = (cfg, ds, out)
         except ConfigError as e:
             error = str(e)
     error = mpi.fail_together(comm, error, waiter)
     if error:
         _say(rank, error)
         return 2
-    ds, out = mpi.bcast(comm, shared)
+    cfg, ds, out = mpi.bcast(comm, shared)
 
     # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
     # and bad input should be reported in seconds.
@@ -86,11 +101,13 @@ def _run(comm, argv) -> int:
     training.set_determinism(cfg.threads)
 
     # Every rank builds the model and its fault behaviour; any of them may fail on user code.
-    model = faker = None
+    model = faker = plan = None
     try:
         model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed)
         faker = Faker(cfg, rank)
-        if rank == 0:
+        if rank == 0 and cfg.resume:
+            plan = resume.prepare(out, size, cfg.controls, changed, history)
+        elif rank == 0:
             created = not os.path.exists(out)
             os.makedirs(out, exist_ok=True)
     except ConfigError as e:
@@ -105,8 +122,8 @@ def _run(comm, argv) -> int:
         return 2
 
     if rank == 0:
-        from .manager import Manager
-        meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test else None,
+        from .manager import TOO_FEW, Manager
+        meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test and ds.test.path != ds.train.path else None,
                 "train_lines": [ds.train.start, ds.train.stop],
                 "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
                 "out": out, "world_size": size, "wait_mode": waiter.mode,
@@ -116,10 +133,12 @@ def _run(comm, argv) -> int:
                              "python": platform.python_version()}}
         log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
                  size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
-        Manager(comm, cfg, ds, model, out, waiter, meta).run()
+        summary = Manager(comm, cfg, ds, model, out, waiter, meta, plan, started).run()
+        code = 1 if summary["stopped_by"] == TOO_FEW else 0
     else:
         from . import worker
-        worker.run(comm, model, ds.line_shape, faker, waiter)
+        worker.run(comm, model, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout)
+        code = 0
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)
-    return 0
+    return code

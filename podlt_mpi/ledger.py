@@ -20,6 +20,14 @@ def sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def sha256_arrays(*arrays) -> str:
+    """One hash over several arrays' bytes, in order (a block's x and y)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def finite_or_none(x):
     """JSON has no NaN or Infinity; the ledger says null instead."""
     return x if x is None or math.isfinite(x) else None
@@ -38,15 +46,18 @@ def seal(record: dict, prev: str) -> dict:
 
 
 def check_chain(records) -> list:
-    """Problems found, as (iteration or index, message); empty when the chain is intact."""
+    """Problems found, as (position, message); empty when the chain is intact.
+
+    Record i is iteration i, so the position is the iteration where the chain breaks."""
     problems, prev = [], GENESIS
     for i, rec in enumerate(records):
-        where = rec.get("iteration", i)
+        said = rec.get("iteration")
+        aside = f" (the record says iteration {said})" if said != i else ""
         body = {k: v for k, v in rec.items() if k != "hash"}
         if hashlib.sha256(canonical(body)).hexdigest() != rec.get("hash"):
-            problems.append((where, "record hash does not match its contents"))
+            problems.append((i, "record hash does not match its contents" + aside))
         if rec.get("prev") != prev:
-            problems.append((where, "prev does not match the previous record's hash"))
+            problems.append((i, "prev does not match the previous record's hash" + aside))
         prev = rec.get("hash")
     return problems
 
@@ -71,6 +82,35 @@ class LedgerWriter:
         self._f.close()
 
 
-def read(path: str) -> list:
+def read(path: str) -> tuple:
+    """(records, torn): `torn` is True when the last line was cut off mid-write by a crash.
+
+    Every complete line ends with a newline, written together with its record; a line that does
+    not is the only thing a crash can leave behind, and it is never part of the chain.
+    """
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    torn = lines[-1] != ""
+    return [_parse(line) for line in lines[:-1] if line.strip()], torn
+
+
+def _parse(line: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        rec = None
+    return rec if isinstance(rec, dict) else {"unreadable": line[:80]}  # the chain check reports it
+
+
+def truncate(path: str, records: int) -> None:
+    """Keep the first `records` lines of a JSON-lines file: a resumed run rewrites the rest."""
+    with open(path, "rb+") as f:
+        kept = 0
+        for _ in range(records):
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                raise ValueError(f"{path} has fewer than {records} complete lines")
+            kept += len(line)
+        f.truncate(kept)
+        f.flush()
+        os.fsync(f.fileno())

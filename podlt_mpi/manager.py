@@ -18,50 +18,111 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from . import checkpoint, credits, preempt, protocol, rundir, schedule, training, verify
 from . import comm as mpi
 from . import comm_tags as tags
-from . import ledger, protocol, rundir, schedule, training, verify
+from . import ledger
 from .config import RunConfig
 from .data import Dataset, Reader
 from .progress import Progress, final_table
 
 log = logging.getLogger("podlt_mpi")
 
+FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
+MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
+TOO_FEW = "too few active ranks left for the controls"
+
 
 class Manager:
     def __init__(self, comm, cfg: RunConfig, ds: Dataset, model, out: str, waiter: mpi.Waiter,
-                 meta: dict):
+                 meta: dict, resume=None, started: float | None = None):
         self.comm, self.cfg, self.ds, self.out, self.meta = comm, cfg, ds, out, meta
         self.model = model
         self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
         self.line_shape = ds.line_shape
         self.waiter = waiter
-        self.gather_waiter = mpi.Waiter(waiter.mode, cfg.rank_timeout)
         self.rng = np.random.default_rng([cfg.seed, 1])
         self.active = list(range(1, comm.Get_size()))
         self.removed = []
-        self.counts = {"agree": 0, "fake": 0, "dispute": 0}
-        self.credits = {r: {"computed": 0, "verified": 0, "rejected": 0, "as_worker": 0,
-                            "as_control": 0, "checked": 0, "removed_at": None} for r in self.active}
+        self.counts = credits.verdict_counts([])
+        self.credits = credits.table(self.active)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
+        self.deadline = preempt.Deadline(cfg.time_limit, started)
+        self.slowest_exchange = None  # seconds; sets the automatic rank timeout
+        self.notice = None  # a stop signal that a worker reported with its loss
+        # What the run has done so far: zero, or restored from a checkpoint.
+        self.next_iteration, self.useful, self.last_loss, self.test = 0, 0, None, (None, None)
+        self.elapsed_before, self.protected = 0.0, []
+        self.resume = resume
+        if resume is not None and resume.checkpoint is not None:
+            self.restore(resume.checkpoint, resume.active)
 
     # ---- the schedule ----------------------------------------------------------------------
 
-    def iterations(self):
-        """(iteration, epoch, block, start, stop) for the whole run."""
-        it = 0
-        for epoch in range(self.cfg.epochs):
-            for b, (s, e) in enumerate(schedule.blocks(len(self.ds.train), self.cfg.block_lines)):
-                if self.cfg.blocks is not None and it >= self.cfg.blocks:
-                    return
+    def iterations(self, first: int = 0):
+        """(iteration, epoch, block, start, stop) from iteration `first` to the end of the run."""
+        for item in schedule.run_blocks(len(self.ds.train), self.cfg.block_lines, self.cfg.epochs,
+                                        self.cfg.blocks):
+            if item[0] >= first:
+                it, epoch, b, s, e = item
                 yield it, epoch, b, self.ds.train.start + s, self.ds.train.start + e
-                it += 1
 
     def total_iterations(self) -> int:
-        per_epoch = len(schedule.blocks(len(self.ds.train), self.cfg.block_lines))
-        total = per_epoch * self.cfg.epochs
-        return min(total, self.cfg.blocks) if self.cfg.blocks is not None else total
+        return schedule.total_iterations(len(self.ds.train), self.cfg.block_lines,
+                                         self.cfg.epochs, self.cfg.blocks)
+
+    # ---- state: checkpoints and resume ------------------------------------------------------
+
+    def proof(self) -> dict:
+        """Everything after an iteration that decides what the run does next (fingerprinted)."""
+        return {"next_iteration": self.next_iteration, "active": self.active,
+                "removed": self.removed, "counts": self.counts, "credits": self.credits,
+                "rng": self.rng.bit_generator.state, "useful": self.useful,
+                "last_loss": self.last_loss, "test": list(self.test),
+                "world_size": self.comm.Get_size()}
+
+    def restore(self, ckpt: dict, active: list) -> None:
+        proof = ckpt["proof"]
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.rng.bit_generator.state = proof["rng"]
+        self.active = active
+        self.removed = proof["removed"]
+        self.counts = proof["counts"]
+        self.credits = proof["credits"]
+        for r in active:
+            self.credits.setdefault(str(r), credits.entry())
+        self.next_iteration, self.useful = proof["next_iteration"], proof["useful"]
+        self.last_loss, self.test = proof["last_loss"], tuple(proof["test"])
+        self.elapsed_before = ckpt["position"]["elapsed_s"]
+        self.protected = ckpt["position"]["protected"]
+
+    def checkpoint_due(self, record: dict, last: bool, stopping: bool) -> bool:
+        every = self.cfg.checkpoint_every
+        periodic = every > 0 and (self.next_iteration % every == 0 or last)
+        return periodic or stopping or bool(record["removed"])
+
+    def write_checkpoint(self, record_hash: str, records: int, elapsed: float) -> str:
+        folder = os.path.join(self.out, "checkpoints")
+        position = {"ledger_records": records, "ledger_hash": record_hash, "elapsed_s": elapsed,
+                    "protected": self.protected}
+        path = checkpoint.save(folder, self.next_iteration, self.model.state_dict(),
+                               self.opt.state_dict(), self.proof(), position)
+        checkpoint.prune(folder, self.cfg.keep_checkpoints, set(self.protected))
+        return path
+
+    def stop_reason(self) -> str | None:
+        """Why to stop after this iteration: a signal here or on a worker, or the deadline."""
+        if len(self.active) < self.cfg.controls + 1:
+            return TOO_FEW
+        if preempt.requested():
+            return preempt.requested()
+        if self.notice:
+            return self.notice
+        if self.deadline.near():
+            return "--time-limit"
+        return None
 
     # ---- one iteration ---------------------------------------------------------------------
 
@@ -74,12 +135,30 @@ class Manager:
                 reqs.append(mpi.isend(self.comm, arr, rank, tag))
                 who.append(rank)
             grads[rank] = np.empty(n, np.float32)
-            losses[rank] = np.empty(1, np.float64)
+            losses[rank] = np.empty(2, np.float64)
             reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
                      mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
             who += [rank, rank]
-        self.gather_waiter.wait(reqs, who)
+        t0 = time.monotonic()
+        try:
+            mpi.Waiter(self.waiter.mode, self.exchange_timeout()).wait(reqs, who)
+        except mpi.RankTimeout as e:
+            raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
+                               f"at the last complete iteration: continue with --resume "
+                               f"{self.out}") from None
+        dt = time.monotonic() - t0
+        self.slowest_exchange = max(self.slowest_exchange or 0.0, dt)
+        for r, v in losses.items():
+            if v[1] and self.notice is None:
+                self.notice = f"{preempt.name(int(v[1]))} on rank {r}"
         return grads, {r: float(v[0]) for r, v in losses.items()}
+
+    def exchange_timeout(self) -> float:
+        if self.cfg.rank_timeout:
+            return self.cfg.rank_timeout
+        if self.slowest_exchange is None:
+            return FIRST_TIMEOUT
+        return max(MIN_TIMEOUT, 10 * self.slowest_exchange)
 
     def check(self, plan, grads, weights, bx, by) -> verify.Decision | None:
         if plan.checked is None:
@@ -126,16 +205,14 @@ class Manager:
         loss = None
         if applied:
             counts = [e - s for s, e, _ in applied]
-            mean = training.weighted_mean([grads[r] for _, _, r in applied], counts)
-            training.set_flat_grad(self.model, mean)
-            self.opt.step()
-            loss = sum(losses[r] * n for (_, _, r), n in zip(applied, counts)) / sum(counts)
+            training.apply_update(self.model, self.opt, [grads[r] for _, _, r in applied], counts)
+            loss = training.combined_loss([losses[r] for _, _, r in applied], counts)
 
-        self.account(plan, decision, iteration)
         for r in fake:
             self.remove(r, iteration, "worker" if r == plan.checked else "control")
         record = {
             "iteration": iteration, "epoch": epoch, "block": block, "lines": [start, stop],
+            "data_sha256": ledger.sha256_arrays(bx, by),
             "model_before": model_before,
             "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
                              "grad_sha256": ledger.sha256_array(grads[a.rank])}
@@ -147,35 +224,20 @@ class Manager:
                 "rel_dist": [[a, b, ledger.finite_or_none(d)] for a, b, d in decision.rel_dist],
                 "referee": decision.referee},
             "applied": [[s, e] for s, e, _ in applied],
+            "applied_from": [r for _, _, r in applied],
             "removed": sorted(fake),
             "loss": ledger.finite_or_none(loss),
             "model_after": ledger.sha256_array(training.get_flat(self.model)),
         }
-        return record
-
-    def account(self, plan, decision, iteration) -> None:
-        """Credits: a fragment counts for its rank unless the rank was caught or it was disputed."""
-        checked = set() if decision is None else {plan.checked, *plan.controls}
-        for a in plan.assignments:
-            c = self.credits[a.rank]
-            c["as_worker" if a.role == "worker" else "as_control"] += 1
-            if a.rank not in checked:
-                c["computed"] += 1
-                continue
-            c["checked"] += 1
-            if a.rank in decision.fake:
-                c["rejected"] += 1
-            elif decision.verdict != "dispute":
-                c["computed"] += 1
-                c["verified"] += 1
+        credits.account(self.credits, record)
         if decision is not None:
             self.counts[decision.verdict] += 1
+        return record
 
     def remove(self, rank: int, iteration: int, role: str) -> None:
         """For good: out of the active set, told to stop, never sent work again."""
         self.active.remove(rank)
         self.removed.append({"rank": rank, "iteration": iteration, "role": role})
-        self.credits[rank]["removed_at"] = iteration
         log.warning("rank %d removed at iteration %d: its gradient as %s differs from the majority",
                     rank, iteration, role)
         self.stop_ranks([rank])
@@ -200,56 +262,106 @@ class Manager:
         self.model.train()
         return result
 
+    def open_files(self):
+        """A fresh run writes its config and initial model; a resumed one cuts back its files to
+        the checkpoint it continues from, so nothing after it is duplicated."""
+        out, res = self.out, self.resume
+        config = {**asdict(self.cfg), **self.meta}
+        if res is None:
+            rundir.write_json(os.path.join(out, "config.json"), config)
+            rundir.save_model(os.path.join(out, "model_init.pt"), self.model)
+            prev = ledger.GENESIS
+        else:
+            config["resumed"] = res.history
+            rundir.write_json(os.path.join(out, "config.json"), config)
+            ledger.truncate(os.path.join(out, "ledger.jsonl"), res.records)
+            rundir.keep_metrics_before(os.path.join(out, "metrics.jsonl"), self.next_iteration)
+            for name in ("model_final.pt", "summary.json"):  # they described the run's old end
+                if os.path.exists(os.path.join(out, name)):
+                    os.unlink(os.path.join(out, name))
+            prev = res.prev
+        writer = ledger.LedgerWriter(os.path.join(out, "ledger.jsonl"), prev)
+        metrics = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+        return writer, metrics
+
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
-        rundir.write_json(os.path.join(out, "config.json"), {**asdict(cfg), **self.meta})
-        rundir.save_model(os.path.join(out, "model_init.pt"), self.model)
-        writer = ledger.LedgerWriter(os.path.join(out, "ledger.jsonl"))
-        metrics = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+        writer, metrics = self.open_files()
+        records = self.next_iteration
         total = self.total_iterations()
-        progress = Progress(total, cfg.log_every)
+        progress = Progress(total, cfg.log_every, done=self.next_iteration)
         t_start = time.monotonic()
-        useful, iterations, last_loss, test = 0, 0, None, (None, None)
         last_epoch_iteration = {}
-        for it, epoch, block, s, e in self.iterations():
+        for it, epoch, _, _, _ in self.iterations():
             last_epoch_iteration[epoch] = it
+        stop = None
         try:
-            for it, epoch, block, s, e in self.iterations():
+            for it, epoch, block, s, e in self.iterations(self.next_iteration):
                 t0 = time.monotonic()
                 order = sorted(self.active) if it == 0 else schedule.shuffle(self.active, self.rng)
-                record = writer.append(self.step(it, epoch, block, s, e, order))
-                dt = time.monotonic() - t0
+                record = self.step(it, epoch, block, s, e, order)
+                self.next_iteration = it + 1
                 lines = sum(b - a for a, b in record["applied"])
-                useful += lines
-                iterations += 1
-                last_loss = record["loss"] if record["loss"] is not None else last_loss
-                row = {"iteration": it, "epoch": epoch, "loss": record["loss"], "seconds": dt,
-                       "samples_per_s": lines / dt if dt > 0 else None, "applied_lines": lines,
+                self.useful += lines
+                self.last_loss = record["loss"] if record["loss"] is not None else self.last_loss
+                row = {"iteration": it, "epoch": epoch, "loss": record["loss"],
+                       "applied_lines": lines,
                        "verdict": record["check"]["verdict"] if record["check"] else None}
                 due = (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or \
                     it == last_epoch_iteration[epoch]
                 if due:
-                    test = self.evaluate()
-                    row.update(test_loss=test[0], test_accuracy=test[1])
+                    self.test = self.evaluate()
+                    row.update(test_loss=self.test[0], test_accuracy=self.test[1])
+                # Decided before the record is sealed, so the record can vouch for the checkpoint.
+                stop = self.stop_reason() if it + 1 < total else None
+                save = self.checkpoint_due(record, it + 1 == total, stop is not None)
+                if save:
+                    if record["removed"]:
+                        self.protected.append(self.next_iteration)  # the audit restarts here
+                    record["checkpoint"] = checkpoint.fingerprint(
+                        self.model.state_dict(), self.opt.state_dict(), self.proof())
+                record = writer.append(record)
+                records += 1
+                dt = time.monotonic() - t0
+                row.update(seconds=dt, samples_per_s=lines / dt if dt > 0 else None)
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+                if save:
+                    elapsed = self.elapsed_before + time.monotonic() - t_start
+                    self.write_checkpoint(record["hash"], records, elapsed)
+                self.deadline.note(time.monotonic() - t0)
                 progress.update(it, record["loss"] or float("nan"), self.counts, lines / max(dt, 1e-9))
+                if stop:
+                    break
         finally:
             progress.close()
             writer.close()
             metrics.close()
         self.stop_ranks(self.active)
-        wall = time.monotonic() - t_start
-        rundir.save_model(os.path.join(out, "model_final.pt"), self.model)
+        wall = self.elapsed_before + time.monotonic() - t_start
+        if stop is None:
+            rundir.save_model(os.path.join(out, "model_final.pt"), self.model)
         summary = {
-            "out": out, "ranks": self.comm.Get_size(), "iterations": iterations,
-            "removed": self.removed, "disputes": self.counts["dispute"], "checks": self.counts,
-            "credits": {str(r): c for r, c in self.credits.items()},
-            "final_loss": last_loss, "test_loss": test[0], "test_accuracy": test[1],
-            "wall_time_s": wall, "useful_samples": useful,
-            "useful_samples_per_s": useful / wall if wall > 0 else None,
+            "out": out, "status": "complete" if stop is None else "stopped",
+            "stopped_by": stop, "ranks": self.comm.Get_size(), "iterations": self.next_iteration,
+            "total_iterations": total, "removed": self.removed, "disputes": self.counts["dispute"],
+            "checks": self.counts, "credits": self.credits, "final_loss": self.last_loss,
+            "test_loss": self.test[0], "test_accuracy": self.test[1], "wall_time_s": wall,
+            "useful_samples": self.useful,
+            "useful_samples_per_s": self.useful / wall if wall > 0 else None,
+            "ledger_head": writer.prev,
         }
+        if stop:
+            summary["resume"] = (f"mpiexec -n {self.comm.Get_size()} python -m podlt_mpi "
+                                 f"--resume {out}")
         rundir.write_json(os.path.join(out, "summary.json"), summary)
         self.train.close()
-        print(final_table(summary), flush=True)
+        if stop == TOO_FEW:
+            log.error("%s after iteration %d: resume on more ranks to go on (--resume %s)",
+                      stop, self.next_iteration - 1, out)
+        elif stop:
+            print(f"podlt_mpi: stopped by {stop} after iteration {self.next_iteration - 1} of "
+                  f"{total}; checkpoint written. Resume with: {summary['resume']}", flush=True)
+        else:
+            print(final_table(summary), flush=True)
         return summary

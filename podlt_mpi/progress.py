@@ -10,13 +10,13 @@ log = logging.getLogger("podlt_mpi")
 
 
 class Progress:
-    def __init__(self, total: int, every_s: float, stream=sys.stderr):
+    def __init__(self, total: int, every_s: float, stream=sys.stderr, done: int = 0):
         self.total, self.every_s = total, every_s
         self._last = time.monotonic()
         self._bar = None
         if stream.isatty():
             from tqdm import tqdm
-            self._bar = tqdm(total=total, unit="it", file=stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=done, unit="it", file=stream, dynamic_ncols=True)
 
     def update(self, iteration: int, loss: float, counts: dict, samples_s: float) -> None:
         text = (f"loss {loss:.4f} verified {counts['agree']} fake {counts['fake']} "
@@ -50,6 +50,7 @@ def final_table(summary: dict) -> str:
                                               for r in summary["removed"]))
     else:
         lines.append("removed: none")
+    lines.append(f"ledger head {summary['ledger_head']} (publish it: the audit checks it)")
     lines.append(f"{'rank':>6} {'computed':>9} {'verified':>9} {'rejected':>9}  status")
     for rank, c in sorted(summary["credits"].items(), key=lambda kv: int(kv[0])):
         status = f"removed at {c['removed_at']}" if c["removed_at"] is not None else "active"

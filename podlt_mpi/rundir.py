@@ -9,7 +9,6 @@ from . import atomic
 from .config import ConfigError
 
 
-
 def default_out() -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, n = os.path.join("runs", stamp), 1
@@ -45,3 +44,20 @@ def save_model(path: str, model) -> None:
     import torch  # lazily: the job checks its input before paying for the import
     with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save(model.state_dict(), f)
+
+
+def keep_metrics_before(path: str, iteration: int) -> None:
+    """Drop metrics rows of iterations a resumed run will do again."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [line for line in f if line.strip()]
+    kept = []
+    for line in rows:
+        try:
+            if json.loads(line)["iteration"] < iteration:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a row torn by a crash
+    with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)

@@ -58,6 +58,25 @@ def blocks(n_lines: int, block_lines: int) -> list:
     return [(s, min(s + block_lines, n_lines)) for s in range(0, n_lines, block_lines)]
 
 
+def run_blocks(n_lines: int, block_lines: int, epochs: int, limit: int | None = None):
+    """(iteration, epoch, block, start, stop) for a whole run, relative to the training split.
+
+    A function of the configuration alone, so a resumed run and the audit see the same schedule.
+    """
+    it = 0
+    for epoch in range(epochs):
+        for b, (s, e) in enumerate(blocks(n_lines, block_lines)):
+            if limit is not None and it >= limit:
+                return
+            yield it, epoch, b, s, e
+            it += 1
+
+
+def total_iterations(n_lines: int, block_lines: int, epochs: int, limit: int | None = None) -> int:
+    total = len(blocks(n_lines, block_lines)) * epochs
+    return min(total, limit) if limit is not None else total
+
+
 def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator) -> Plan:
     """Roles from an already-ordered list of active ranks: the last n_controls are controls.
 

@@ -65,6 +65,17 @@ def weighted_mean(grads, counts) -> torch.Tensor:
     return acc
 
 
+def apply_update(model: nn.Module, opt: torch.optim.Optimizer, grads, counts) -> None:
+    """One optimizer step on the line-weighted mean of the accepted fragments' gradients."""
+    set_flat_grad(model, weighted_mean(grads, counts))
+    opt.step()
+
+
+def combined_loss(losses, counts) -> float:
+    """The block's mean loss from the fragments' mean losses."""
+    return sum(v * n for v, n in zip(losses, counts)) / sum(counts)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 2000) -> tuple:
     """(mean loss, accuracy) of the model on x, y."""

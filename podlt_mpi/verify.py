@@ -62,6 +62,10 @@ def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0
         p = compare(grads[r], grads[s], mode, rtol, atol)
         same[(r, s)] = same[(s, r)] = p.same
         rel.append([r, s, p.rel_dist])
+    return _vote(ranks, same, rel)
+
+
+def _vote(ranks, same, rel) -> Decision:
     if all(same[(r, s)] for r, s in combinations(ranks, 2)):
         return Decision("agree", [], ranks, rel)
     need = len(ranks) // 2 + 1
@@ -93,11 +97,29 @@ def referee(decision: Decision, grads: dict, reference: np.ndarray, mode: str = 
     if decision.verdict != "fake":
         return decision
     agrees = [r for r in grads if compare(grads[r], reference, mode, rtol, atol).same]
+    return _confirm(decision, list(grads), agrees)
+
+
+def _confirm(decision: Decision, ranks, agrees) -> Decision:
     ref = {"by": "manager", "agrees": agrees}
     if not agrees:
         return Decision("dispute", [], [], decision.rel_dist, ref)
-    fake = [r for r in grads if r not in agrees]
+    fake = [r for r in ranks if r not in agrees]
     if not fake:  # tolerance is not transitive: the majority and the odd one both pass
         return Decision("dispute", [], [], decision.rel_dist, ref)
     ref["overturned"] = sorted(fake) != sorted(decision.fake)
     return Decision("fake", fake, agrees, decision.rel_dist, ref)
+
+
+def by_hashes(hashes: dict, reference: str) -> Decision:
+    """The decision the manager must have reached, from bitwise identities alone (the audit).
+
+    `hashes`: rank -> sha256 of the gradient it sent; `reference`: the replayed gradient's.
+    Exact mode only: there, "the same" is "the same bits".
+    """
+    ranks = list(hashes)
+    same = {(r, s): hashes[r] == hashes[s] for r in ranks for s in ranks if r != s}
+    decision = _vote(ranks, same, [])
+    if decision.verdict != "fake":
+        return decision
+    return _confirm(decision, ranks, [r for r in ranks if hashes[r] == reference])

@@ -5,30 +5,47 @@ A rank does not know its role; it computes whatever it is sent. A removed rank i
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
 from . import comm as mpi
 from . import comm_tags as tags
-from . import protocol, training
+from . import preempt, protocol, training
 from .faults import Faker
 
+IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 
-def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=None) -> int:
+
+def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=None,
+        idle_timeout: float = 0.0) -> int:
     """Serve the manager; return how many fragments this rank computed.
 
     `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
+    `idle_timeout`: seconds to wait for the manager (0: max(IDLE_MIN, 10 x the longest pause so
+    far); evaluation and checkpoints make some pauses long).
     """
     n_params = training.n_params(model)
     line_size = math.prod(line_shape)
     weights = np.empty(n_params, np.float32)
     head = np.empty(protocol.HEADER_LEN, np.int64)
-    pending, done = [], 0
+    pending, done, longest = [], 0, 0.0
     while True:
         # Wait for the next header while our last answer drains: the manager may still be
         # receiving it, and the buffers it reads must stay alive until it has.
-        waiter.wait(pending + [mpi.irecv(comm, head, 0, tags.HEADER)])
+        limit = max(idle_timeout or IDLE_MIN, 10 * longest)
+        t0 = time.monotonic()
+        reqs = pending + [mpi.irecv(comm, head, 0, tags.HEADER)]
+        while True:
+            try:
+                mpi.Waiter(waiter.mode, 1.0).wait(reqs)
+                break
+            except mpi.RankTimeout:
+                if time.monotonic() - t0 > limit:
+                    raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
+                                       f"for {limit:.0f} s") from None
+        longest = max(longest, time.monotonic() - t0)
         if on_message:
             on_message(tags.HEADER, head.copy())
         command, iteration, lines = (int(v) for v in head)
@@ -46,6 +63,7 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         yt = torch.from_numpy(y)
         grad, loss = training.gradient(model, xt, yt)
         grad = np.ascontiguousarray(faker.send(grad, iteration, model, xt, yt), dtype=np.float32)
-        loss_buf = np.array([loss], np.float64)
+        # A stop signal seen here rides along with the loss: the manager may not have had one.
+        loss_buf = np.array([loss, preempt.number() or 0], np.float64)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends

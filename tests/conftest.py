@@ -23,13 +23,14 @@ def mpiexec():
     return exe
 
 
-def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=()):
+def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None):
     """mpiexec -n N python -m podlt_mpi ARGS, with a timeout; returns CompletedProcess.
 
-    `path`: extra folders on PYTHONPATH (for user plugins and models).
+    `path`: extra folders on PYTHONPATH (for user plugins and models); `env`: extra variables.
     """
     cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "podlt_mpi", *map(str, args)]
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), ROOT])}
+    full_env = {**os.environ, **(env or {}),
+                "PYTHONPATH": os.pathsep.join([*map(str, path), ROOT])}
     return subprocess.run(cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

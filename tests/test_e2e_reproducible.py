@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_same_seed_same_bytes(job_args, tmp_path):
     for name in ("a", "b"):
         r = run_job(5, job_args(out=name, blocks=6, seed=7))
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, r.stdout + r.stderr
     a, b = tmp_path / "a", tmp_path / "b"
     assert (a / "model_final.pt").read_bytes() == (b / "model_final.pt").read_bytes()
     ha = [rec["hash"] for rec in read_jsonl(a / "ledger.jsonl")]
@@ -23,13 +23,13 @@ def test_same_seed_same_bytes(job_args, tmp_path):
     assert ha == hb and len(ha) == 6
     # and a different seed gives a different run
     r = run_job(5, job_args(out="c", blocks=6, seed=8))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "c" / "model_final.pt").read_bytes() != (a / "model_final.pt").read_bytes()
 
 
 def test_files_follow_the_contract(job_args, tmp_path):
     r = run_job(5, job_args(blocks=4, fake_ranks=4, fake_mode="zero"))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "run"
     cfg = read_json(out / "config.json")
     assert cfg["block_lines"] == 200 and cfg["controls"] == 2 and cfg["world_size"] == 5
@@ -67,7 +67,7 @@ def test_matches_single_process_training(model_name, optimizer, atol, job_args, 
     r = run_job(6, job_args(blocks=5, model=model_name, optimizer=optimizer, lr=0.05
                             if optimizer == "sgd" else 1e-3, momentum=0.9 if optimizer == "sgd" else 0,
                             fake_ranks=2, fake_mode="zero"))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "run"
     cfg = read_json(out / "config.json")
     ledger = read_jsonl(out / "ledger.jsonl")
@@ -96,7 +96,7 @@ def test_user_model_and_held_out_split(small_data, tmp_path):
     out = tmp_path / "run"
     r = run_job(4, ["--data", small_data["train"], "--out", out, "--model", "mymodels:tiny",
                     "--block-lines", "300", "--holdout", "0.25"], path=[tmp_path])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     cfg = read_json(out / "config.json")
     assert cfg["n_params"] == 784 * 10 + 10 and cfg["model"] == "mymodels:tiny"
     assert cfg["train_lines"] == [0, 1800] and cfg["test_lines"] == [1800, 2400]

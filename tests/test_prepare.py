@@ -16,7 +16,7 @@ def prepare(path, *extra):
 def test_prepare_writes_the_layout_deterministically(tmp_path):
     for name in ("a.h5", "b.h5"):
         r = prepare(tmp_path / name, "--lines", "300", "--test-lines", "50")
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, r.stdout + r.stderr
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
         assert a["x"].dtype == np.float32 and a["x"].shape == (300, 1, 28, 28)
         assert a["y"].dtype == np.int64 and a["y"].shape == (300,)

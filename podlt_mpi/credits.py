@@ -1,0 +1,63 @@
+"""Reward accounting, from ledger records alone. Pure, no MPI.
+
+The manager builds summary.json's credits by feeding this every record it seals, and the audit
+feeds it the ledger: the two tables agree unless one of the files was changed.
+"""
+from __future__ import annotations
+
+VERDICTS = ("agree", "fake", "dispute")
+
+
+def entry() -> dict:
+    return {"computed": 0, "verified": 0, "rejected": 0, "as_worker": 0, "as_control": 0,
+            "verdicts": {v: 0 for v in VERDICTS}, "removed_at": None}
+
+
+def table(ranks) -> dict:
+    return {str(r): entry() for r in ranks}
+
+
+def account(credits: dict, record: dict) -> None:
+    """Add one iteration. A fragment earns `computed` unless its rank took part in a check that
+    rejected it or ended in a dispute; a rank caught this iteration earns nothing for it."""
+    check = record.get("check")
+    checked = set() if check is None else {check["worker"], *check["controls"]}
+    fake = set(record.get("removed", []))
+    for a in record["assignments"]:
+        c = credits.setdefault(str(a["rank"]), entry())
+        c["as_worker" if a["role"] == "worker" else "as_control"] += 1
+        if a["rank"] not in checked:
+            c["computed"] += 1
+            continue
+        c["verdicts"][check["verdict"]] += 1
+        if a["rank"] in fake:
+            c["rejected"] += 1
+        elif check["verdict"] != "dispute":
+            c["computed"] += 1
+            c["verified"] += 1
+    for r in record.get("removed", []):
+        credits.setdefault(str(r), entry())["removed_at"] = record["iteration"]
+
+
+def verdict_counts(records) -> dict:
+    counts = {v: 0 for v in VERDICTS}
+    for rec in records:
+        if rec.get("check"):
+            counts[rec["check"]["verdict"]] += 1
+    return counts
+
+
+def from_ledger(records, ranks=()) -> dict:
+    credits = table(ranks)
+    for rec in records:
+        account(credits, rec)
+    return credits
+
+
+def differences(a: dict, b: dict) -> list:
+    """Ranks whose entries differ between two credit tables, as sentences."""
+    out = []
+    for r in sorted(set(a) | set(b), key=int):
+        if a.get(r) != b.get(r):
+            out.append(f"rank {r}: {a.get(r)} != {b.get(r)}")
+    return out

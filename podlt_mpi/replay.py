@@ -1,0 +1,127 @@
+"""Verification by replay: recompute iterations of a run from its ledger, in one process. No MPI.
+
+Starting from weights the ledger vouches for (model_init.pt, or a checkpoint whose fingerprint
+sits in the ledger), each iteration's applied fragments are recomputed from the logged line
+ranges and compared bit for bit with the gradients the ranks sent (`grad_sha256`); then the
+manager's update is redone and must give `model_after`. A fragment that differs from the
+recomputation is attributed to the rank whose gradient was applied. After such a fragment the
+run's weights are no longer known, so replay can only go on from the next checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import ledger, training, verify
+from .data import Reader
+
+
+@dataclass
+class Outcome:
+    """What replaying one iteration showed."""
+    iteration: int
+    in_sync: bool                    # the replayed weights equal model_after: replay can go on
+    problems: list = field(default_factory=list)       # unexplained: the audit fails
+    fake_fragments: list = field(default_factory=list)  # [{lines, rank}] applied, not honest
+    verdict_confirmed: bool | None = None
+
+
+class Replayer:
+    def __init__(self, model, cfg, reader: Reader):
+        self.model, self.cfg, self.reader = model, cfg, reader
+        self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr,
+                                           cfg.momentum)
+
+    def load(self, model_state: dict, optimizer_state: dict | None) -> None:
+        """Start from these weights (and optimizer state; None: a fresh optimizer)."""
+        self.model.load_state_dict(model_state)
+        self.opt = training.make_optimizer(self.cfg.optimizer, self.model.parameters(),
+                                           self.cfg.lr, self.cfg.momentum)
+        if optimizer_state is not None:
+            self.opt.load_state_dict(optimizer_state)
+
+    def weights_sha(self) -> str:
+        return ledger.sha256_array(training.get_flat(self.model))
+
+    def same_state(self, model_state: dict, optimizer_state: dict) -> bool:
+        """Bitwise equality of the replayed model and optimizer with a checkpoint's."""
+        return _equal(self.model.state_dict(), model_state) and \
+            _equal(self.opt.state_dict(), optimizer_state)
+
+    def _fragment(self, x, y, start: int, s: int, e: int) -> tuple:
+        xt = torch.from_numpy(x[s - start:e - start])
+        yt = torch.from_numpy(y[s - start:e - start])
+        return training.gradient(self.model, xt, yt)
+
+    def step(self, rec: dict) -> Outcome:
+        """Replay `rec` from the current state, which must be the weights before it."""
+        it = rec["iteration"]
+        out = Outcome(it, in_sync=False)
+        if self.weights_sha() != rec["model_before"]:
+            out.problems.append("the weights before it are not the ones the ledger names")
+            return out
+        start, stop = rec["lines"]
+        x, y = self.reader.read(start, stop)
+        if ledger.sha256_arrays(x.reshape(len(y), -1), y) != rec.get("data_sha256"):
+            out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
+                                "(wrong --data file?)")
+            return out
+        sent = {a["rank"]: a["grad_sha256"] for a in rec["assignments"]}
+        cache = {}
+
+        def fragment(s, e):
+            if (s, e) not in cache:
+                cache[(s, e)] = self._fragment(x, y, start, s, e)
+            return cache[(s, e)]
+
+        check = rec.get("check")
+        if check:
+            s, e = check["lines"]
+            ref = ledger.sha256_array(fragment(s, e)[0])
+            votes = {r: sent[r] for r in (check["worker"], *check["controls"])}
+            if self.cfg.compare == "exact" or all(h == ref for h in votes.values()):
+                expected = verify.by_hashes(votes, ref)
+                out.verdict_confirmed = (expected.verdict == check["verdict"]
+                                         and sorted(expected.fake) == sorted(check["fake"]))
+                if not out.verdict_confirmed:
+                    out.problems.append(f"the logged verdict {check['verdict']} (fake "
+                                        f"{check['fake']}) does not follow from the gradients: "
+                                        f"replay gives {expected.verdict} (fake {expected.fake})")
+
+        grads, losses, counts, honest = [], [], [], True
+        for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
+            g, loss = fragment(s, e)
+            if ledger.sha256_array(g) != sent.get(r):
+                out.fake_fragments.append({"lines": [s, e], "rank": r})
+                honest = False
+            grads.append(g)
+            losses.append(loss)
+            counts.append(e - s)
+        if not honest:
+            return out  # the run applied something else: its weights after are unknown here
+        if grads:
+            training.apply_update(self.model, self.opt, grads, counts)
+            loss = ledger.finite_or_none(training.combined_loss(losses, counts))
+            if loss != rec["loss"]:
+                out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")
+        if self.weights_sha() != rec["model_after"]:
+            out.problems.append("the manager's update does not give the logged model_after")
+            return out
+        out.in_sync = True
+        return out
+
+
+def _equal(a, b) -> bool:
+    """Structural, bitwise equality of two state dicts."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.dtype == b.dtype and a.shape == b.shape
+                and np.array_equal(a.detach().reshape(-1).view(torch.uint8).numpy(),
+                                   b.detach().reshape(-1).view(torch.uint8).numpy()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b, strict=True))
+    return a == b

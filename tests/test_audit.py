@@ -1,0 +1,183 @@
+"""The audit: an honest run and a run with caught fakes pass; every kind of tampering fails it,
+at the iteration where it was done."""
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import read_json, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def make_run(small_data, out, *extra, ranks=6):
+    args = ["--data", small_data["train"], "--test-data", small_data["test"], "--out", out,
+            "--block-lines", "200", "--checkpoint-every", "4", "--keep-checkpoints", "0", *extra]
+    r = run_job(ranks, args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def honest(small_data, tmp_path_factory):
+    return make_run(small_data, str(tmp_path_factory.mktemp("honest") / "run"))
+
+
+@pytest.fixture(scope="module")
+def with_fakes(small_data, tmp_path_factory):
+    # ranks 2 and 5 flip signs from iteration 2; unchecked fragments of theirs are applied
+    # before each is caught
+    return make_run(small_data, str(tmp_path_factory.mktemp("fakes") / "run"), "--fake-ranks",
+                    "2,5", "--fake-mode", "sign-flip", "--fake-from", "2", "--epochs", "2",
+                    ranks=8)
+
+
+def audit(run_dir, sample=None):
+    from podlt_mpi.audit import Audit
+    return Audit(run_dir).run(sample=sample)
+
+
+def test_audit_all_passes_on_an_honest_run_and_replays_every_iteration(honest):
+    rep = audit(honest)
+    assert rep["passed"], rep["problems"]
+    assert rep["replay"]["replayed"] == rep["replay"]["verified"] == rep["iterations"] == 12
+    assert rep["replay"]["verdicts_confirmed"] == 12
+    assert rep["credits"] == read_json(os.path.join(honest, "summary.json"))["credits"]
+
+
+def test_a_sample_replays_from_the_nearest_checkpoint_not_from_the_start(honest):
+    from podlt_mpi.audit import Audit
+    a = Audit(honest)
+    a.check_chain()
+    a.build()
+    rep = a.replay([10], a.check_checkpoints())
+    assert sorted(rep["outcomes"]) == [8, 9, 10]  # from checkpoint 8, not iteration 0
+    assert all(o.in_sync for o in rep["outcomes"].values())
+
+
+def test_audit_all_passes_with_caught_fakes_and_attributes_their_contributions(with_fakes):
+    summary = read_json(os.path.join(with_fakes, "summary.json"))
+    assert sorted(r["rank"] for r in summary["removed"]) == [2, 5]
+    rep = audit(with_fakes)
+    assert rep["passed"], rep["problems"]
+    assert sorted(r["rank"] for r in rep["removed"]) == [2, 5]
+    assert rep["credits"] == summary["credits"]
+    # every fragment replay shows was wrong came from a rank that was removed later
+    assert all(f["rank"] in (2, 5) and f["removed_at"] >= f["iteration"]
+               for f in rep["fake_contributions"])
+    shown = [u for u in rep["unverified_from_removed"] if u["replay"] == "shown fake"]
+    assert shown == [] or all(u["iteration"] >= 2 for u in shown)
+    assert rep["replay"]["verified"] + len(rep["replay"]["skipped"]) + \
+        len({f["iteration"] for f in rep["fake_contributions"]}) >= rep["iterations"] - 1
+
+
+def edited(src, dst, iteration, edit, reseal=False):
+    """Copy a run and change record `iteration` of its ledger (resealing the chain if asked)."""
+    from podlt_mpi import ledger
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "ledger.jsonl")
+    records, _ = ledger.read(path)
+    edit(records[iteration])
+    if reseal:
+        prev = records[iteration - 1]["hash"] if iteration else ledger.GENESIS
+        for k in range(iteration, len(records)):
+            records[k] = ledger.seal(records[k], prev)
+            prev = records[k]["hash"]
+    with open(path, "w") as f:
+        f.writelines(ledger.canonical(r).decode() + "\n" for r in records)
+    return dst
+
+
+def _set(key, value):
+    return lambda rec: rec.__setitem__(key, value)
+
+
+FIELD_EDITS = {
+    "iteration": _set("iteration", 99), "epoch": _set("epoch", 1), "block": _set("block", 0),
+    "lines": _set("lines", [0, 200]), "data_sha256": _set("data_sha256", "0" * 64),
+    "model_before": _set("model_before", "1" * 64),
+    "assignments": lambda rec: rec["assignments"][0].update(  # another rank, already busy
+        rank=rec["assignments"][1]["rank"]),
+    "check": lambda rec: rec["check"].__setitem__("verdict", "fake"),
+    "applied": _set("applied", []), "applied_from": _set("applied_from", []),
+    "removed": _set("removed", [3]), "loss": _set("loss", 0.5),
+    "model_after": _set("model_after", "2" * 64), "prev": _set("prev", "3" * 64),
+    "hash": _set("hash", "4" * 64), "checkpoint": _set("checkpoint", "5" * 64),
+}
+
+
+@pytest.mark.parametrize("field", sorted(FIELD_EDITS))
+def test_editing_any_field_of_a_record_is_found_at_its_iteration(field, honest, tmp_path):
+    run = edited(honest, str(tmp_path / "run"), 3, FIELD_EDITS[field])
+    rep = audit(run, sample=0)
+    assert not rep["passed"]
+    assert 3 in {p["iteration"] for p in rep["problems"] if p["check"] == "chain"}
+
+
+@pytest.mark.parametrize("field,check", [
+    ("loss", "replay"), ("model_after", "weights"), ("applied", "structure"),
+    ("removed", "structure"), ("lines", "structure"), ("data_sha256", "replay"),
+    ("assignments", "structure"),
+])
+def test_a_resealed_chain_does_not_hide_an_edit(field, check, honest, tmp_path):
+    run = edited(honest, str(tmp_path / "run"), 3, FIELD_EDITS[field], reseal=True)
+    rep = audit(run)
+    assert not rep["passed"]
+    assert any(p["check"] == check and p["iteration"] in (3, 4) for p in rep["problems"]), \
+        rep["problems"]
+    assert any(p["check"] == "summary" for p in rep["problems"])  # head no longer matches
+
+
+def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):
+    def forge(rec):
+        rec["assignments"][1]["grad_sha256"] = "6" * 64
+    run = edited(honest, str(tmp_path / "run"), 5, forge, reseal=True)
+    rep = audit(run)
+    assert any(p["check"] == "replay" and p["iteration"] == 5 for p in rep["problems"])
+
+
+def test_a_changed_checkpoint_is_found_and_refused_by_resume(honest, tmp_path):
+    import torch
+
+    from podlt_mpi import checkpoint, ledger, resume
+    run = str(tmp_path / "run")
+    shutil.copytree(honest, run)
+    path = checkpoint.path_for(os.path.join(run, "checkpoints"), 8)
+    blob = torch.load(path, weights_only=True)
+    name = next(iter(blob["model"]))
+    blob["model"][name].view(-1)[0] += 1e-3
+    torch.save(blob, path)
+    rep = audit(run, sample=0)
+    assert {(p["iteration"], p["check"]) for p in rep["problems"]} == {(7, "checkpoint")}
+    records, _ = ledger.read(os.path.join(run, "ledger.jsonl"))
+    assert "differ from what iteration 7" in resume.usable(checkpoint.load(path), records)
+
+
+def test_credits_in_the_summary_must_match_the_ledger(honest, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(honest, run)
+    path = os.path.join(run, "summary.json")
+    s = read_json(path)
+    s["credits"]["1"]["verified"] += 1
+    with open(path, "w") as f:
+        json.dump(s, f)
+    rep = audit(run, sample=0)
+    assert [p["check"] for p in rep["problems"]] == ["credits"]
+
+
+def test_audit_command_exit_codes_and_json(honest, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", honest, "--sample", "3",
+                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED" in r.stdout and json.loads(out.read_text())["passed"] is True
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(tmp_path / "nothing")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    bad = edited(honest, str(tmp_path / "bad"), 2, _set("loss", 9.0))
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", bad, "--sample", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "PROBLEM iteration 2 [chain]" in r.stdout

@@ -1,0 +1,142 @@
+"""End to end: preemption, time limits and crashes end the job cleanly, and --resume finishes the
+run with exactly the bytes of a run done in one go."""
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import ROOT, read_json, read_jsonl, run_job
+
+pytestmark = pytest.mark.slow
+
+RANKS = 5
+HELPERS = os.path.join(ROOT, "tests", "helpers")
+CHAOS = ["--fake-ranks", "2", "--fault-plugin", "chaos:act"]  # rank 2 runs tests/helpers/chaos.py
+
+
+def base(small_data, out):
+    # 24 iterations of 200 lines; a checkpoint every 5
+    return ["--data", small_data["train"], "--test-data", small_data["test"], "--out", out,
+            "--block-lines", "200", "--epochs", "2", "--checkpoint-every", "5",
+            "--keep-checkpoints", "0"]
+
+
+@pytest.fixture(scope="module")
+def reference(small_data, tmp_path_factory):
+    """The run done in one go, honestly."""
+    out = str(tmp_path_factory.mktemp("ref") / "run")
+    r = run_job(RANKS, base(small_data, out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def same_bytes(a, b, name="model_final.pt"):
+    with open(os.path.join(a, name), "rb") as f, open(os.path.join(b, name), "rb") as g:
+        return f.read() == g.read()
+
+
+def protocol_records(out):
+    """Ledger records without what legitimately differs: hashes and checkpoint fingerprints."""
+    drop = {"hash", "prev", "checkpoint"}
+    return [{k: v for k, v in rec.items() if k not in drop}
+            for rec in read_jsonl(os.path.join(out, "ledger.jsonl"))]
+
+
+def resume(out, *extra):
+    r = run_job(RANKS, ["--resume", out, *extra], path=[HELPERS])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def assert_equals_reference(out, reference):
+    assert read_json(os.path.join(out, "summary.json"))["status"] == "complete"
+    assert same_bytes(out, reference)
+    assert protocol_records(out) == protocol_records(reference)
+    assert read_json(os.path.join(out, "summary.json"))["credits"] == \
+        read_json(os.path.join(reference, "summary.json"))["credits"]
+
+
+@pytest.mark.parametrize("action,at", [("term-job", 2), ("usr1-self", 9), ("int-job", 16)])
+def test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes(action, at, small_data,
+                                                                      tmp_path, reference):
+    out = str(tmp_path / "run")
+    r = run_job(RANKS, base(small_data, out) + CHAOS, path=[HELPERS],
+                env={"PODLT_CHAOS": f"{action}@{at}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = read_json(os.path.join(out, "summary.json"))
+    signame = {"term-job": "SIGTERM", "usr1-self": "SIGUSR1", "int-job": "SIGINT"}[action]
+    assert s["status"] == "stopped" and s["stopped_by"].startswith(signame)
+    assert s["iterations"] == at + 1  # it finished the iteration it was in, and no more
+    assert f"--resume {out}" in r.stdout
+    assert os.path.exists(os.path.join(out, "checkpoints", f"ckpt-{at + 1:08d}.pt"))
+    assert not os.path.exists(os.path.join(out, "model_final.pt"))
+    resume(out)
+    assert_equals_reference(out, reference)
+
+
+def test_time_limit_stops_in_time_and_resume_completes(small_data, tmp_path, reference):
+    out = str(tmp_path / "run")
+    r = run_job(RANKS, base(small_data, out) + ["--time-limit", "0.001"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = read_json(os.path.join(out, "summary.json"))
+    assert s["status"] == "stopped" and s["stopped_by"] == "--time-limit"
+    assert s["iterations"] < 24
+    resume(out, "--time-limit", "0")
+    assert_equals_reference(out, reference)
+
+
+@pytest.mark.parametrize("role", ["worker", "control"])
+def test_kill_9_ends_the_job_quickly_and_resume_completes(role, small_data, tmp_path, reference):
+    at = 7
+    rec = read_jsonl(os.path.join(reference, "ledger.jsonl"))[at]
+    victim = next(a["rank"] for a in rec["assignments"] if a["role"] == role)
+    out, stamp = str(tmp_path / "run"), str(tmp_path / "stamp")
+    r = run_job(RANKS, base(small_data, out) + ["--fake-ranks", victim, "--fault-plugin",
+                                                "chaos:act"],
+                path=[HELPERS], env={"PODLT_CHAOS": f"kill@{at}", "PODLT_CHAOS_STAMP": stamp})
+    ended = time.time()
+    assert r.returncode != 0
+    with open(stamp) as f:
+        assert ended - float(f.read()) < 30
+    ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
+    assert [x["iteration"] for x in ledger] == list(range(at))  # ends at the last complete one
+    resume(out, "--fake-ranks", "")
+    assert_equals_reference(out, reference)
+
+
+def test_a_hanging_rank_ends_the_job_within_30_s(small_data, tmp_path):
+    out, stamp = str(tmp_path / "run"), str(tmp_path / "stamp")
+    r = run_job(RANKS, base(small_data, out) + CHAOS, path=[HELPERS],
+                env={"PODLT_CHAOS": "stop@6", "PODLT_CHAOS_STAMP": stamp}, timeout=120)
+    ended = time.time()
+    assert r.returncode != 0
+    with open(stamp) as f:
+        assert ended - float(f.read()) < 30
+    assert "from rank(s) [2] in iteration 6" in r.stderr
+    assert len(read_jsonl(os.path.join(out, "ledger.jsonl"))) == 6
+
+
+def test_resume_on_more_ranks_continues_and_says_what_changes(small_data, tmp_path, reference):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference, out)
+    for name in ("ckpt-00000024.pt", "ckpt-00000020.pt", "ckpt-00000015.pt"):
+        os.unlink(os.path.join(out, "checkpoints", name))
+    r = run_job(RANKS + 2, ["--resume", out])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "continues on 7" in r.stderr and "ranks [5, 6] join" in r.stderr
+    ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
+    assert len(ledger) == 24 and ledger[10]["prev"] == ledger[9]["hash"]
+    late = {a["rank"] for rec in ledger[10:] for a in rec["assignments"]}
+    assert {5, 6} <= late
+    hist = read_json(os.path.join(out, "config.json"))["resumed"]
+    assert hist[-1]["from_iteration"] == 10 and hist[-1]["world_size"] == 7
+
+
+def test_resume_refuses_to_change_what_decides_the_numbers(small_data, tmp_path, reference):
+    out = str(tmp_path / "run")
+    shutil.copytree(reference, out)
+    r = run_job(RANKS, ["--resume", out, "--lr", "0.1"])
+    assert r.returncode == 2
+    assert "--lr cannot change on --resume" in r.stderr and "Traceback" not in r.stderr
+    assert same_bytes(out, reference, "ledger.jsonl")  # nothing touched
