@@ -110,15 +110,19 @@ def bcast(comm, obj, root: int = 0):
 
 
 def finish(code: int) -> None:
-    """Finalize MPI and leave without the interpreter's teardown.
+    """Finalize MPI and leave through C's exit(), skipping the interpreter's teardown.
 
-    Tearing down torch in 50 processes on 2 cores took about 30 s after the last iteration; every
-    file the job writes is closed by now, so there is nothing left for the teardown to do.
+    Tearing down torch in 50 processes on 2 cores took about 30 s after the last iteration;
+    every file the job writes is closed by now, so there is nothing left for it to do. Not
+    os._exit: it skips MPICH's exit handlers, and under load Hydra then killed the job after a
+    clean finish (rc 9 in 41 of 60 tries of a bare mpi4py script on a busy machine; C's exit(),
+    0 of 40; a normal exit, 0 of 40).
     """
+    import ctypes
     sys.stdout.flush()
     sys.stderr.flush()
     MPI.Finalize()
-    os._exit(code)
+    ctypes.CDLL(None).exit(code)
 
 
 def abort(comm, code: int = 1) -> None:
