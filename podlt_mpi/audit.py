@@ -235,8 +235,17 @@ class Audit:
 
     # ---- all of it -----------------------------------------------------------------------------
 
-    def run(self, sample: int | None = 10, seed: int = 0) -> dict:
+    def check_head(self, expected: str) -> None:
+        """Against the head published from the job's log, which no edit of the files can reach."""
+        head = self.records[-1].get("hash") if self.records else ledger.GENESIS
+        if head != expected:
+            self.problem(None, "ledger_head", f"the ledger ends in {head}, not in the published "
+                         f"{expected}")
+
+    def run(self, sample: int | None = 10, seed: int = 0, expect_head: str | None = None) -> dict:
         """`sample`: how many iterations to replay, None for all."""
+        if expect_head:
+            self.check_head(expect_head)
         self.check_chain()
         self.check_structure()
         self.build()
@@ -365,12 +374,15 @@ def main(argv) -> int:
                      "chosen at random (each from its nearest checkpoint)")
     how.add_argument("--all", action="store_true", help="replay every iteration")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing the sample")
+    p.add_argument("--expect-head", metavar="HASH", help="the ledger head printed at the end "
+                   "of the job's log: proves the files were not rewritten as a whole")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-': stdout)")
     a = p.parse_args(argv)
     try:
         if a.sample < 0:
             raise ConfigError(f"--sample must be >= 0, got {a.sample}")
-        report = Audit(a.run_dir, a.data).run(None if a.all else a.sample, a.seed)
+        report = Audit(a.run_dir, a.data).run(None if a.all else a.sample, a.seed,
+                                              a.expect_head)
     except ConfigError as e:
         print(f"podlt_mpi audit: error: {e}", file=sys.stderr)
         return 2

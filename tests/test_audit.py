@@ -133,6 +133,21 @@ def test_a_resealed_chain_does_not_hide_an_edit(field, check, honest, tmp_path):
     assert any(p["check"] == "summary" for p in rep["problems"])  # head no longer matches
 
 
+def test_only_the_published_head_catches_a_ledger_and_summary_rewritten_together(honest, tmp_path):
+    head = read_json(os.path.join(honest, "summary.json"))["ledger_head"]
+    run = edited(honest, str(tmp_path / "run"), 3, FIELD_EDITS["loss"], reseal=True)
+    path = os.path.join(run, "summary.json")
+    s = read_json(path)
+    s["ledger_head"] = json.loads(open(os.path.join(run, "ledger.jsonl")).readlines()[-1])["hash"]
+    with open(path, "w") as f:
+        json.dump(s, f)
+    from podlt_mpi.audit import Audit
+    assert Audit(run).run(sample=0)["passed"]  # consistent files, no replay of iteration 3
+    rep = Audit(run).run(sample=0, expect_head=head)
+    assert [p["check"] for p in rep["problems"]] == ["ledger_head"]
+    assert Audit(honest).run(sample=0, expect_head=head)["passed"]
+
+
 def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):
     def forge(rec):
         rec["assignments"][1]["grad_sha256"] = "6" * 64

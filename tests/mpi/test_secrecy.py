@@ -34,7 +34,8 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
     if rank == 0:
         from podlt_mpi.manager import Manager
         m = Manager.__new__(Manager)  # only the exchange is exercised: no files, no data file
-        m.comm, m.model, m.gather_waiter, m.waiter = comm, model, waiter, waiter
+        m.comm, m.model, m.waiter, m.out = comm, model, waiter, "-"
+        m.cfg, m.slowest_exchange, m.notice = RunConfig(rank_timeout=60), None, None
         rng = np.random.default_rng(3)
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
