@@ -58,11 +58,24 @@ def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0
     ranks = list(grads)
     same = {}
     rel = []
-    for r, s in combinations(ranks, 2):
-        p = compare(grads[r], grads[s], mode, rtol, atol)
+    if len(ranks) == 3 and _same_shape(grads.values()):
+        # the usual check: one fused pass reads each vector once (kernels/fused.py)
+        from .kernels.fused import three_way
+        stats = three_way(*(grads[r] for r in ranks))
+        pairs = {(ranks[i], ranks[j]): stats.compare(i, j, mode, rtol, atol)
+                 for i, j in stats.PAIRS}
+    else:
+        pairs = {(r, s): compare(grads[r], grads[s], mode, rtol, atol)
+                 for r, s in combinations(ranks, 2)}
+    for (r, s), p in pairs.items():
         same[(r, s)] = same[(s, r)] = p.same
         rel.append([r, s, p.rel_dist])
     return _vote(ranks, same, rel)
+
+
+def _same_shape(arrays) -> bool:
+    arrays = list(arrays)
+    return all(a.dtype == np.float32 and a.shape == arrays[0].shape for a in arrays)
 
 
 def _vote(ranks, same, rel) -> Decision:
