@@ -4,13 +4,14 @@ usage::
     mpiexec -n 50 python -m podlt_mpi [run] [options]          # train with PoDLT
     python -m podlt_mpi prepare synthetic --out data/synthetic-100k.h5
     python -m podlt_mpi audit RUN_DIR [--sample K | --all]    # check a run, no MPI
+    python -m podlt_mpi simulate --ranks N --fakes F --iterations T   # detection, in numbers
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-SUBCOMMANDS = ("run", "prepare", "audit")
+SUBCOMMANDS = ("run", "prepare", "audit", "simulate")
 
 
 def prepare(argv) -> int:
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     if command == "audit":
         from .audit import main as audit
         return audit(argv)
+    if command == "simulate":
+        from .simulate import main as simulate
+        return simulate(argv)
     from .job import run
     code = run(argv)
     if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2

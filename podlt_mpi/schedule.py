@@ -77,22 +77,29 @@ def total_iterations(n_lines: int, block_lines: int, epochs: int, limit: int | N
     return min(total, limit) if limit is not None else total
 
 
-def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator) -> Plan:
-    """Roles from an already-ordered list of active ranks: the last n_controls are controls.
+def roles(order, n_controls: int, n_lines: int, rng: np.random.Generator) -> tuple:
+    """(busy workers, controls, checked worker) from an already-ordered list of active ranks.
 
-    The checked worker is drawn uniformly among the workers that received lines.
+    The last n_controls are controls; workers beyond the block's line count get nothing; the
+    checked worker is drawn uniformly among the busy ones. O(1) draws, so the simulation
+    (simulate.py) runs this same code for 10,000 ranks.
     """
     order = list(order)
     if n_controls:
         workers, controls = order[:-n_controls], order[-n_controls:]
     else:
         workers, controls = order, []
-    frags = split_lines(start, stop, len(workers))
-    busy = workers[:len(frags)]
-    assignments = [Assignment(r, "worker", s, e) for r, (s, e) in zip(busy, frags)]
-    checked = None
-    if n_controls:
-        checked = busy[int(rng.integers(len(busy)))]
+    busy = workers[:min(len(workers), n_lines)]
+    checked = busy[int(rng.integers(len(busy)))] if n_controls else None
+    return busy, controls, checked
+
+
+def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator) -> Plan:
+    """Roles (see `roles`) and every rank's lines for the block [start, stop)."""
+    busy, controls, checked = roles(order, n_controls, stop - start, rng)
+    frags = split_lines(start, stop, len(busy))
+    assignments = [Assignment(r, "worker", s, e) for r, (s, e) in zip(busy, frags, strict=True)]
+    if checked is not None:
         s, e = frags[busy.index(checked)]
         assignments += [Assignment(r, "control", s, e) for r in controls]
     return Plan(start, stop, tuple(busy), tuple(controls), checked, tuple(assignments))
