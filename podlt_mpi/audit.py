@@ -291,8 +291,9 @@ def _record_problems(rec, i, plan, gone, controls) -> list:
                    f"the schedule's {list(want)}")
     workers = [a for a in rec["assignments"] if a["role"] == "worker"]
     ctrl = [a for a in rec["assignments"] if a["role"] == "control"]
-    ranks = [a["rank"] for a in rec["assignments"]]
-    if len(set(ranks)) != len(ranks):
+    again = [a for a in rec["assignments"] if a["role"] == "recheck"]
+    ranks = [a["rank"] for a in rec["assignments"] if a["role"] != "recheck"]
+    if len(set(ranks)) != len(ranks) or len({a["rank"] for a in again}) != len(again):
         out.append("a rank has two assignments")
     for r in ranks:
         if r in gone:
@@ -317,6 +318,11 @@ def _record_problems(rec, i, plan, gone, controls) -> list:
             out.append("the controls did not receive the checked fragment")
         if (check["verdict"] == "fake") != bool(fake):
             out.append(f"verdict {check['verdict']} with fake ranks {fake}")
+        listed = (check.get("referee") or {}).get("rechecks", [])
+        if [a["rank"] for a in again] != listed or \
+                any(a["lines"] != check["lines"] for a in again) or \
+                {a["rank"] for a in again} & {check["worker"], *check["controls"]}:
+            out.append("the dispute's rechecks are not the ones its check lists")
     if sorted(rec["removed"]) != fake:
         out.append(f"removed {rec['removed']} but the check found {fake} fake")
     applied, source = [], []
@@ -325,8 +331,11 @@ def _record_problems(rec, i, plan, gone, controls) -> list:
         if check is not None and r == check["worker"]:
             if check["verdict"] == "dispute":
                 continue
-            if r in fake:
-                r = next((c for c in check["controls"] if c not in fake), None)
+            if r in fake:  # the first vote that agreed with the manager stands in
+                later = [*check["controls"], *(a["rank"] for a in again)]
+                r = next((c for c in later if c not in fake), None)
+        elif r in fake:
+            continue  # caught lying on a recheck: its own fragment is dropped
         applied.append(a["lines"])
         source.append(r)
     if rec["applied"] != applied:

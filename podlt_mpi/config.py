@@ -14,7 +14,8 @@ from typing import Optional
 
 DEFAULT_DATA = "data/synthetic-100k.h5"
 DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
-FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise")
+FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise",
+              "alie", "ipm", "mimic", "collude", "label-flip")
 
 
 class ConfigError(Exception):

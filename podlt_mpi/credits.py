@@ -10,28 +10,36 @@ VERDICTS = ("agree", "fake", "dispute")
 
 def entry() -> dict:
     return {"computed": 0, "verified": 0, "rejected": 0, "as_worker": 0, "as_control": 0,
-            "verdicts": {v: 0 for v in VERDICTS}, "removed_at": None}
+            "as_recheck": 0, "verdicts": {v: 0 for v in VERDICTS}, "removed_at": None}
 
 
 def table(ranks) -> dict:
     return {str(r): entry() for r in ranks}
 
 
+def in_check(a: dict, check: dict | None) -> bool:
+    """Whether an assignment took part in the check: the checked worker's, a control's, or a
+    dispute's recheck of the same lines."""
+    if check is None:
+        return False
+    return a["role"] in ("control", "recheck") or a["rank"] == check["worker"]
+
+
 def account(credits: dict, record: dict) -> None:
-    """Add one iteration. A fragment earns `computed` unless its rank took part in a check that
+    """Add one iteration. A fragment earns `computed` unless it took part in a check that
     rejected it or ended in a dispute; a rank caught this iteration earns nothing for it."""
     check = record.get("check")
-    checked = set() if check is None else {check["worker"], *check["controls"]}
-    fake = set(record.get("removed", []))
+    caught = set(record.get("removed", []))
     for a in record["assignments"]:
         c = credits.setdefault(str(a["rank"]), entry())
-        c["as_worker" if a["role"] == "worker" else "as_control"] += 1
-        if a["rank"] not in checked:
+        c["as_" + a["role"]] += 1
+        checked = in_check(a, check)
+        if checked:
+            c["verdicts"][check["verdict"]] += 1
+        if a["rank"] in caught:
+            c["rejected"] += checked
+        elif not checked:
             c["computed"] += 1
-            continue
-        c["verdicts"][check["verdict"]] += 1
-        if a["rank"] in fake:
-            c["rejected"] += 1
         elif check["verdict"] != "dispute":
             c["computed"] += 1
             c["verified"] += 1

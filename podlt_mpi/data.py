@@ -79,6 +79,10 @@ class Reader:
         self._f = h5py.File(path, "r")
         self._x, self._y = self._f[x_key], self._f[y_key]
 
+    @property
+    def lines(self) -> int:
+        return self._y.shape[0]
+
     def read(self, start: int, stop: int) -> tuple:
         x = np.ascontiguousarray(self._x[start:stop], dtype=np.float32)
         y = np.ascontiguousarray(self._y[start:stop]).astype(np.int64)

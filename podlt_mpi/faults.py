@@ -22,6 +22,7 @@ class Faker:
         self.start, self.prob, self.seed = cfg.fake_from, cfg.fake_prob, cfg.seed
         self.plugin = load_function(cfg.fault_plugin, "--fault-plugin") if cfg.fault_plugin else None
         self._last = None  # what it sent last time, for "stale"
+        self._data = (cfg.data_path, cfg.x_key, cfg.y_key)  # "mimic" reads other lines
 
     def cheats(self, iteration: int) -> bool:
         if not self.active or iteration < self.start:
@@ -69,7 +70,40 @@ class Faker:
             return training.gradient(model, x[:half], y[:half])[0]
         if m == "lowprec":
             return _bf16_gradient(model, x, y)
+        if m == "alie":  # "a little is enough": a shift of one spread, coordinate by coordinate
+            return grad - _spread(model, x, y)
+        if m == "ipm":  # inner product manipulation: a small step against the true gradient
+            return grad * np.float32(-0.1)
+        if m == "collude":  # every colluder sends the same vector, whatever lines it holds
+            same = np.random.default_rng([self.seed, iteration, 77]).standard_normal(grad.size)
+            return (same * 1e-2).astype(np.float32)
+        if m == "label-flip":  # honest computation on poisoned labels
+            classes = model(x[:1]).shape[1]
+            return training.gradient(model, x, classes - 1 - y)[0]
+        if m == "mimic":  # an honest-looking gradient copied from other lines of the data
+            return self._mimic(iteration, model, len(y), x.shape[1:])
         raise ValueError(f"unknown fake mode {m!r}")
+
+    def _mimic(self, iteration, model, lines, shape) -> np.ndarray:
+        from .data import Reader
+        path, xk, yk = self._data
+        reader = Reader(path, xk, yk)
+        try:
+            n = reader.lines
+            start = int(self._rng(iteration, 3).integers(max(1, n - lines)))
+            x, y = reader.read(start, start + lines)
+        finally:
+            reader.close()
+        return training.gradient(model, torch.from_numpy(x).view(len(y), *shape),
+                                 torch.from_numpy(y))[0]
+
+
+def _spread(model, x, y, parts: int = 4) -> np.ndarray:
+    """Per-coordinate standard deviation of the gradient over parts of the fragment."""
+    k = max(1, min(parts, len(y)))
+    grads = [training.gradient(model, xs, ys)[0]
+             for xs, ys in zip(torch.tensor_split(x, k), torch.tensor_split(y, k), strict=True)]
+    return np.std(np.stack(grads), axis=0).astype(np.float32) if k > 1 else np.abs(grads[0])
 
 
 def _bf16_gradient(model, x, y) -> np.ndarray:

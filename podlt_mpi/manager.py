@@ -160,20 +160,55 @@ class Manager:
             return FIRST_TIMEOUT
         return max(MIN_TIMEOUT, 10 * self.slowest_exchange)
 
-    def check(self, plan, grads, weights, bx, by) -> verify.Decision | None:
+    def check(self, plan, grads, losses, weights, bx, by, iteration) -> tuple:
+        """(decision, recheck assignments). `grads` and `losses`, by (rank, start, stop), gain
+        the rechecks' results."""
         if plan.checked is None:
-            return None
-        votes = {r: grads[r] for r in (plan.checked, *plan.controls)}
+            return None, []
+        s, e = plan.fragment_of(plan.checked)
+        votes = {r: grads[(r, s, e)] for r in (plan.checked, *plan.controls)}
         cfg = self.cfg
         decision = verify.decide(votes, cfg.compare, cfg.rtol, cfg.atol)
+        if decision.verdict == "agree":
+            return decision, []
+        training.set_flat(self.referee_model, weights)
+        x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
+        y = torch.from_numpy(by[s - plan.start:e - plan.start])
+        reference, _ = training.gradient(self.referee_model, x, y)
         if decision.verdict == "fake":
-            s, e = plan.fragment_of(plan.checked)
-            training.set_flat(self.referee_model, weights)
-            x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
-            y = torch.from_numpy(by[s - plan.start:e - plan.start])
-            reference, _ = training.gradient(self.referee_model, x, y)
             decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol, cfg.atol)
-        return decision
+        if decision.verdict != "dispute":
+            return decision, []
+        return self.resolve(plan, votes, reference, decision, grads, losses, weights, bx, by,
+                            iteration)
+
+    def resolve(self, plan, votes, reference, decision, grads, losses, weights, bx, by,
+                iteration):
+        """A dispute: the fragment goes to further ranks, drawn at random among those not yet
+        involved, until two ranks agree with the manager's own result; every other vote loses.
+        Each recruited rank receives an ordinary work message: it cannot tell whose lines."""
+        cfg, s, e = self.cfg, *plan.fragment_of(plan.checked)
+        agrees = [r for r in votes if verify.compare(votes[r], reference, cfg.compare,
+                                                     cfg.rtol, cfg.atol).same]
+        rechecks = []
+        for r in schedule.shuffle([r for r in self.active if r not in votes], self.rng):
+            if len(agrees) >= 2:
+                break
+            one = schedule.Plan(plan.start, plan.stop, (), (), None,
+                                (schedule.Assignment(r, "recheck", s, e),))
+            got, loss = self.exchange(one, iteration, weights, bx, by)
+            votes[r] = grads[(r, s, e)] = got[r]
+            losses[(r, s, e)] = loss[r]
+            rechecks.append(one.assignments[0])
+            if verify.compare(got[r], reference, cfg.compare, cfg.rtol, cfg.atol).same:
+                agrees.append(r)
+        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in rechecks]}
+        if len(agrees) < 2:
+            step["resolved"] = False
+            return verify.Decision("dispute", [], [], decision.rel_dist, step), rechecks
+        step["resolved"] = True
+        fake = [r for r in votes if r not in agrees]
+        return verify.Decision("fake", fake, agrees, decision.rel_dist, step), rechecks
 
     def accepted(self, plan, decision) -> list:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order."""
@@ -186,7 +221,9 @@ class Manager:
                 if decision.verdict == "dispute":
                     continue  # no majority: nothing from this fragment is applied
                 if a.rank in decision.fake:
-                    source = decision.majority[0]  # the controls' agreed gradient takes c's place
+                    source = decision.majority[0]  # the agreed gradient takes c's place
+            elif decision is not None and a.rank in decision.fake:
+                continue  # a rank caught lying on a recheck: its own fragment is not trusted
             out.append((a.start, a.stop, source))
         return out
 
@@ -197,16 +234,20 @@ class Manager:
         model_before = ledger.sha256_array(weights)
         bx, by = self.train.read(start, stop)
         bx = bx.reshape(len(by), -1)
-        grads, losses = self.exchange(plan, iteration, weights, bx, by)
-        decision = self.check(plan, grads, weights, bx, by)
+        sent, losses = self.exchange(plan, iteration, weights, bx, by)
+        # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
+        grads = {(a.rank, a.start, a.stop): sent[a.rank] for a in plan.assignments}
+        losses = {(a.rank, a.start, a.stop): losses[a.rank] for a in plan.assignments}
+        decision, rechecks = self.check(plan, grads, losses, weights, bx, by, iteration)
         applied = self.accepted(plan, decision)
         fake = decision.fake if decision else []
 
         loss = None
         if applied:
             counts = [e - s for s, e, _ in applied]
-            training.apply_update(self.model, self.opt, [grads[r] for _, _, r in applied], counts)
-            loss = training.combined_loss([losses[r] for _, _, r in applied], counts)
+            training.apply_update(self.model, self.opt, [grads[(r, s, e)] for s, e, r in applied],
+                                  counts)
+            loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
             self.remove(r, iteration, "worker" if r == plan.checked else "control")
@@ -215,8 +256,8 @@ class Manager:
             "data_sha256": ledger.sha256_arrays(bx, by),
             "model_before": model_before,
             "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
-                             "grad_sha256": ledger.sha256_array(grads[a.rank])}
-                            for a in plan.assignments],
+                             "grad_sha256": ledger.sha256_array(grads[(a.rank, a.start, a.stop)])}
+                            for a in (*plan.assignments, *rechecks)],
             "check": None if decision is None else {
                 "lines": list(plan.fragment_of(plan.checked)), "worker": plan.checked,
                 "controls": list(plan.controls), "verdict": decision.verdict,

@@ -68,7 +68,7 @@ class Replayer:
             out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
                                 "(wrong --data file?)")
             return out
-        sent = {a["rank"]: a["grad_sha256"] for a in rec["assignments"]}
+        sent = {(a["rank"], tuple(a["lines"])): a["grad_sha256"] for a in rec["assignments"]}
         cache = {}
 
         def fragment(s, e):
@@ -80,9 +80,16 @@ class Replayer:
         if check:
             s, e = check["lines"]
             ref = ledger.sha256_array(fragment(s, e)[0])
-            votes = {r: sent[r] for r in (check["worker"], *check["controls"])}
+            rechecks = (check.get("referee") or {}).get("rechecks", [])
+            votes = {r: sent.get((r, (s, e))) for r in (check["worker"], *check["controls"])}
+            extra = {r: sent.get((r, (s, e))) for r in rechecks}
             if self.cfg.compare == "exact" or all(h == ref for h in votes.values()):
                 expected = verify.by_hashes(votes, ref)
+                if rechecks:  # a dispute: two votes like the manager's win, every other loses
+                    agree = [r for r, h in {**votes, **extra}.items() if h == ref]
+                    lose = sorted(r for r in {**votes, **extra} if r not in agree)
+                    expected = verify.Decision("fake" if len(agree) >= 2 and lose else "dispute",
+                                               lose if len(agree) >= 2 else [])
                 out.verdict_confirmed = (expected.verdict == check["verdict"]
                                          and sorted(expected.fake) == sorted(check["fake"]))
                 if not out.verdict_confirmed:
@@ -93,7 +100,7 @@ class Replayer:
         grads, losses, counts, honest = [], [], [], True
         for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
             g, loss = fragment(s, e)
-            if ledger.sha256_array(g) != sent.get(r):
+            if ledger.sha256_array(g) != sent.get((r, (s, e))):
                 out.fake_fragments.append({"lines": [s, e], "rank": r})
                 honest = False
             grads.append(g)

@@ -4,10 +4,25 @@ import os
 import pytest
 
 from conftest import read_json, read_jsonl, run_job
+from podlt_mpi.config import FAKE_MODES
 
 pytestmark = pytest.mark.slow
 
-MODES = ["random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise"]
+MODES = list(FAKE_MODES)  # the original eight and the attacks: alie ipm mimic collude label-flip
+ACCURACY_MARGIN = 0.05
+
+
+@pytest.fixture(scope="module")
+def honest_accuracy(small_data, tmp_path_factory):
+    """Test accuracy of the honest 7-rank run, by seed."""
+    acc = {}
+    for seed in (0, 1):
+        out = str(tmp_path_factory.mktemp(f"honest{seed}") / "run")
+        r = run_job(7, ["--data", small_data["train"], "--test-data", small_data["test"],
+                        "--out", out, "--block-lines", "200", "--seed", seed])
+        assert r.returncode == 0, r.stdout + r.stderr
+        acc[seed] = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
+    return acc
 
 
 def removed_ranks(out):
@@ -15,13 +30,16 @@ def removed_ranks(out):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_fake_mode_is_caught_and_only_the_fake_is_removed(mode, job_args, tmp_path):
+def test_each_fake_mode_is_caught_and_only_the_fake_is_removed(mode, job_args, tmp_path,
+                                                              honest_accuracy):
     # ranks 1..6; rank 3 cheats from iteration 1, so the first iterations are honest ("stale"
     # then really resends an old gradient)
     r = run_job(7, job_args(fake_ranks=3, fake_mode=mode, fake_from=1))
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     assert removed_ranks(out) == [3]
+    acc = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
+    assert abs(acc - honest_accuracy[0]) <= ACCURACY_MARGIN, (acc, honest_accuracy[0])
     ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
     caught = [rec for rec in ledger if rec["removed"]]
     assert len(caught) == 1 and caught[0]["check"]["verdict"] == "fake"
@@ -30,6 +48,18 @@ def test_each_fake_mode_is_caught_and_only_the_fake_is_removed(mode, job_args, t
     assert after and 3 not in after  # removed for good: never given work again
     credits = read_json(os.path.join(out, "summary.json"))["credits"]
     assert credits["3"]["rejected"] == 1 and credits["3"]["removed_at"] == caught[0]["iteration"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_fakes_of_each_mode_with_another_seed(mode, job_args, tmp_path, honest_accuracy):
+    # a second seed and two fakes (a fake worker may meet a fake control: "collude" then
+    # outvotes the honest control, and the manager's referee must overturn it)
+    r = run_job(7, job_args(fake_ranks="2,5", fake_mode=mode, seed=1))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = str(tmp_path / "run")
+    assert removed_ranks(out) == [2, 5]
+    acc = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
+    assert abs(acc - honest_accuracy[1]) <= ACCURACY_MARGIN, (acc, honest_accuracy[1])
 
 
 def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
@@ -81,3 +111,26 @@ def test_intermittent_cheater_is_caught(job_args, tmp_path):
     r = run_job(6, job_args(fake_ranks=4, fake_mode="scaled", fake_prob=0.5, epochs=2))
     assert r.returncode == 0, r.stdout + r.stderr
     assert removed_ranks(str(tmp_path / "run")) == [4]
+
+
+def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args, tmp_path):
+    # iteration 0 (seed 0, 6 ranks): worker 2 is checked by controls 4 and 5. Fakes 2 and 5 send
+    # different random vectors: a 1-1-1 split. The fragment goes to one more rank, which agrees
+    # with the honest control and the manager: 2 and 5 lose and are removed at once.
+    r = run_job(6, job_args(fake_ranks="2,5", fake_mode="random"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = str(tmp_path / "run")
+    first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
+    check = first["check"]
+    assert check["worker"] == 2 and check["controls"] == [4, 5]
+    assert check["verdict"] == "fake" and check["fake"] == [2, 5] and first["removed"] == [2, 5]
+    step = check["referee"]
+    assert step["resolved"] is True and len(step["rechecks"]) == 1
+    again = [a for a in first["assignments"] if a["role"] == "recheck"]
+    assert [a["rank"] for a in again] == step["rechecks"] and step["rechecks"][0] in (1, 3)
+    assert again[0]["lines"] == check["lines"] and sorted(step["agrees"]) == sorted([4, *step["rechecks"]])
+    assert sum(e - s for s, e in first["applied"]) == 200  # the block lost nothing
+    assert removed_ranks(out) == [2, 5]
+    from podlt_mpi.audit import Audit
+    rep = Audit(out).run(sample=None)
+    assert rep["passed"], rep["problems"]
