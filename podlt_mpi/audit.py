@@ -77,7 +77,7 @@ class Audit:
         gone = {}
         for i, rec in enumerate(self.records):
             try:
-                for msg in _record_problems(rec, i, plan, gone, cfg.controls):
+                for msg in _record_problems(rec, i, plan, gone, cfg):
                     self.problem(i, "structure", msg)
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 self.problem(i, "structure", f"the record is malformed ({type(e).__name__}: {e})")
@@ -278,7 +278,7 @@ class Audit:
         }
 
 
-def _record_problems(rec, i, plan, gone, controls) -> list:
+def _record_problems(rec, i, plan, gone, cfg) -> list:
     """Where one record departs from the protocol (see the module docstring)."""
     out = []
     if rec["iteration"] != i:
@@ -304,36 +304,42 @@ def _record_problems(rec, i, plan, gone, controls) -> list:
         and all(bounds[k][1] == bounds[k + 1][0] for k in range(len(bounds) - 1))
     if not covered or max(sizes) - min(sizes) > 1:
         out.append("the workers' fragments do not split the block evenly")
-    check = rec["check"]
-    if bool(controls) != (check is not None):
-        out.append("a check is missing" if controls else "a check without controls")
-    fake = []
-    if check is not None:
-        frag = {a["rank"]: a["lines"] for a in workers}
-        fake = sorted(check["fake"])
+    checks = credits.checks_of(rec)
+    expected = min(cfg.checks_per_iteration, len(workers)) if cfg.controls else 0
+    if len(checks) != expected:
+        out.append(f"{len(checks)} checks where the configuration makes {expected}")
+    frag = {a["rank"]: a["lines"] for a in workers}
+    fake, by_worker, later = set(), {}, {}
+    for check in checks:
+        by_worker[check["worker"]] = check
+        mine = [a for a in ctrl if a["lines"] == check["lines"]]
+        redo = [a for a in again if a["lines"] == check["lines"]]
+        later[check["worker"]] = [*check["controls"], *(a["rank"] for a in redo)]
+        fake |= set(check["fake"])
         if frag.get(check["worker"]) != check["lines"]:
             out.append("the checked lines are not the checked worker's fragment")
-        if sorted(a["rank"] for a in ctrl) != sorted(check["controls"]) or \
-                any(a["lines"] != check["lines"] for a in ctrl):
+        if sorted(a["rank"] for a in mine) != sorted(check["controls"]) or \
+                len(check["controls"]) != cfg.controls:
             out.append("the controls did not receive the checked fragment")
-        if (check["verdict"] == "fake") != bool(fake):
-            out.append(f"verdict {check['verdict']} with fake ranks {fake}")
+        if (check["verdict"] == "fake") != bool(check["fake"]):
+            out.append(f"verdict {check['verdict']} with fake ranks {check['fake']}")
         listed = (check.get("referee") or {}).get("rechecks", [])
-        if [a["rank"] for a in again] != listed or \
-                any(a["lines"] != check["lines"] for a in again) or \
-                {a["rank"] for a in again} & {check["worker"], *check["controls"]}:
+        if [a["rank"] for a in redo] != listed or \
+                {a["rank"] for a in redo} & {check["worker"], *check["controls"]}:
             out.append("the dispute's rechecks are not the ones its check lists")
-    if sorted(rec["removed"]) != fake:
-        out.append(f"removed {rec['removed']} but the check found {fake} fake")
+    if len(ctrl) != sum(len(c["controls"]) for c in checks) or \
+            len(again) != sum(len((c.get("referee") or {}).get("rechecks", [])) for c in checks):
+        out.append("a control or recheck belongs to no check")
+    if sorted(rec["removed"]) != sorted(fake):
+        out.append(f"removed {rec['removed']} but the checks found {sorted(fake)} fake")
     applied, source = [], []
     for a in workers:
-        r = a["rank"]
-        if check is not None and r == check["worker"]:
+        r, check = a["rank"], by_worker.get(a["rank"])
+        if check is not None:
             if check["verdict"] == "dispute":
                 continue
             if r in fake:  # the first vote that agreed with the manager stands in
-                later = [*check["controls"], *(a["rank"] for a in again)]
-                r = next((c for c in later if c not in fake), None)
+                r = next((c for c in later[r] if c not in fake), None)
         elif r in fake:
             continue  # caught lying on a recheck: its own fragment is dropped
         applied.append(a["lines"])

@@ -50,7 +50,9 @@ class RunConfig:
     blocks: Optional[int] = _opt(None, "stop after this many iterations")
     eval_every: int = _opt(0, "evaluate every K iterations (0: at the end of each epoch only)")
     # Verification
-    controls: int = _opt(2, "control ranks per iteration (0: plain data-parallel, no checks)")
+    controls: int = _opt(2, "control ranks per check (0: plain data-parallel, no checks)")
+    checks_per_iteration: int = _opt(1, "workers checked per iteration, each by its own controls "
+                                        "(faster detection for M*K extra fragments)")
     compare: str = _opt("exact", "how gradients are compared", choices=("exact", "tolerance"))
     rtol: float = _opt(1e-5, "tolerance mode: ||a-b|| <= rtol*max(||a||,||b||) + atol")
     atol: float = _opt(0.0, "tolerance mode: absolute slack on the distance")
@@ -147,6 +149,8 @@ def check_options(cfg: RunConfig) -> None:
     if cfg.controls == 1 or cfg.controls < 0:
         raise ConfigError(f"--controls must be 0 (no checks) or at least 2 (a majority needs "
                           f"three votes), got {cfg.controls}")
+    if cfg.checks_per_iteration < 1:
+        raise ConfigError(f"--checks-per-iteration must be at least 1, got {cfg.checks_per_iteration}")
     if cfg.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0:
@@ -165,6 +169,11 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--fake-prob must be in [0, 1], got {cfg.fake_prob}")
     if cfg.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
+
+
+def min_active(cfg: RunConfig) -> int:
+    """Active ranks an iteration needs: every check's worker and controls (or one worker)."""
+    return cfg.checks_per_iteration * (cfg.controls + 1) if cfg.controls else 1
 
 
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
@@ -206,17 +215,18 @@ def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
 
 def check_world(cfg: RunConfig, world_size: int) -> None:
     """Checks against the number of ranks, before any data is read."""
-    need = 2 + cfg.controls
+    m = cfg.checks_per_iteration if cfg.controls else 1
+    need = 1 + m * (1 + cfg.controls)
     if world_size < need:
-        why = (f"a manager, one worker and {cfg.controls} controls" if cfg.controls
-               else "a manager and one worker")
-        raise ConfigError(f"--controls {cfg.controls} needs at least {need} ranks ({why}); "
-                          f"this job has {world_size}")
+        why = (f"a manager, {m} worker(s) to check and {m * cfg.controls} controls"
+               if cfg.controls else "a manager and one worker")
+        raise ConfigError(f"--controls {cfg.controls} with --checks-per-iteration {m} needs at "
+                          f"least {need} ranks ({why}); this job has {world_size}")
     bad = [r for r in cfg.fake_ranks if r <= 0 or r >= world_size]
     if bad:
         raise ConfigError(f"--fake-ranks names rank {bad[0]}, but fake ranks must be between 1 "
                           f"and {world_size - 1} (rank 0 is the manager)")
-    workers = world_size - 1 - cfg.controls
+    workers = world_size - 1 - m * cfg.controls
     if cfg.block_lines < workers:
         raise ConfigError(f"--block-lines {cfg.block_lines} is smaller than the {workers} workers "
                           "of this job: every worker needs at least one line")

@@ -17,28 +17,36 @@ def table(ranks) -> dict:
     return {str(r): entry() for r in ranks}
 
 
-def in_check(a: dict, check: dict | None) -> bool:
-    """Whether an assignment took part in the check: the checked worker's, a control's, or a
-    dispute's recheck of the same lines."""
-    if check is None:
-        return False
-    return a["role"] in ("control", "recheck") or a["rank"] == check["worker"]
+def checks_of(record: dict) -> list:
+    """Every check of an iteration: `check`, then `extra_checks` (--checks-per-iteration)."""
+    first = record.get("check")
+    return ([first] if first else []) + list(record.get("extra_checks", []))
+
+
+def check_of(a: dict, checks: list) -> dict | None:
+    """The check an assignment took part in: as its checked worker, a control or a recheck of
+    the same lines (the checked fragments of one iteration never overlap)."""
+    for c in checks:
+        if a["role"] == "worker" and a["rank"] == c["worker"] or \
+                a["role"] in ("control", "recheck") and a["lines"] == c["lines"]:
+            return c
+    return None
 
 
 def account(credits: dict, record: dict) -> None:
     """Add one iteration. A fragment earns `computed` unless it took part in a check that
     rejected it or ended in a dispute; a rank caught this iteration earns nothing for it."""
-    check = record.get("check")
+    checks = checks_of(record)
     caught = set(record.get("removed", []))
     for a in record["assignments"]:
         c = credits.setdefault(str(a["rank"]), entry())
         c["as_" + a["role"]] += 1
-        checked = in_check(a, check)
-        if checked:
+        check = check_of(a, checks)
+        if check is not None:
             c["verdicts"][check["verdict"]] += 1
         if a["rank"] in caught:
-            c["rejected"] += checked
-        elif not checked:
+            c["rejected"] += check is not None
+        elif check is None:
             c["computed"] += 1
         elif check["verdict"] != "dispute":
             c["computed"] += 1
@@ -50,8 +58,8 @@ def account(credits: dict, record: dict) -> None:
 def verdict_counts(records) -> dict:
     counts = {v: 0 for v in VERDICTS}
     for rec in records:
-        if rec.get("check"):
-            counts[rec["check"]["verdict"]] += 1
+        for c in checks_of(rec):
+            counts[c["verdict"]] += 1
     return counts
 
 

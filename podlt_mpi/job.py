@@ -17,7 +17,7 @@ import time
 import traceback
 
 from . import __version__, comm as mpi, data, preempt, resume, rundir
-from .config import ConfigError, build_parser, check_world, parse_args, resumed
+from .config import ConfigError, build_parser, check_world, min_active, parse_args, resumed
 
 log = logging.getLogger("podlt_mpi")
 
@@ -106,7 +106,7 @@ def _run(comm, argv, started: float) -> int:
         model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed)
         faker = Faker(cfg, rank)
         if rank == 0 and cfg.resume:
-            plan = resume.prepare(out, size, cfg.controls, changed, history)
+            plan = resume.prepare(out, size, min_active(cfg), changed, history)
         elif rank == 0:
             created = not os.path.exists(out)
             os.makedirs(out, exist_ok=True)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -22,11 +22,28 @@ from . import checkpoint, credits, preempt, protocol, rundir, schedule, training
 from . import comm as mpi
 from . import comm_tags as tags
 from . import ledger
-from .config import RunConfig
+from .config import RunConfig, min_active
 from .data import Dataset, Reader
 from .progress import Progress, final_table
 
 log = logging.getLogger("podlt_mpi")
+
+
+@dataclass
+class Check:
+    """One checked worker, its controls, what they decided and who rechecked a dispute."""
+    checked: int
+    controls: tuple
+    lines: tuple
+    decision: verify.Decision
+    rechecks: list
+
+    def record(self) -> dict:
+        d = self.decision
+        return {"lines": list(self.lines), "worker": self.checked, "controls": list(self.controls),
+                "verdict": d.verdict, "fake": sorted(d.fake),
+                "rel_dist": [[a, b, ledger.finite_or_none(x)] for a, b, x in d.rel_dist],
+                "referee": d.referee}
 
 FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
 MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
@@ -114,7 +131,7 @@ class Manager:
 
     def stop_reason(self) -> str | None:
         """Why to stop after this iteration: a signal here or on a worker, or the deadline."""
-        if len(self.active) < self.cfg.controls + 1:
+        if len(self.active) < min_active(self.cfg):
             return TOO_FEW
         if preempt.requested():
             return preempt.requested()
@@ -160,37 +177,38 @@ class Manager:
             return FIRST_TIMEOUT
         return max(MIN_TIMEOUT, 10 * self.slowest_exchange)
 
-    def check(self, plan, grads, losses, weights, bx, by, iteration) -> tuple:
-        """(decision, recheck assignments). `grads` and `losses`, by (rank, start, stop), gain
-        the rechecks' results."""
-        if plan.checked is None:
-            return None, []
-        s, e = plan.fragment_of(plan.checked)
-        votes = {r: grads[(r, s, e)] for r in (plan.checked, *plan.controls)}
+    def check(self, plan, grads, losses, weights, bx, by, iteration) -> list:
+        """One Check per checked worker. `grads` and `losses`, by (rank, start, stop), gain the
+        rechecks' results."""
+        return [self.check_one(c, ctrl, plan, grads, losses, weights, bx, by, iteration)
+                for c, ctrl in plan.checks]
+
+    def check_one(self, checked, controls, plan, grads, losses, weights, bx, by, iteration):
+        s, e = plan.fragment_of(checked)
+        votes = {r: grads[(r, s, e)] for r in (checked, *controls)}
         cfg = self.cfg
         decision = verify.decide(votes, cfg.compare, cfg.rtol, cfg.atol)
+        done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
-            return decision, []
+            return done
         training.set_flat(self.referee_model, weights)
         x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
         y = torch.from_numpy(by[s - plan.start:e - plan.start])
         reference, _ = training.gradient(self.referee_model, x, y)
         if decision.verdict == "fake":
-            decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol, cfg.atol)
-        if decision.verdict != "dispute":
-            return decision, []
-        return self.resolve(plan, votes, reference, decision, grads, losses, weights, bx, by,
-                            iteration)
+            done.decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol,
+                                           cfg.atol)
+        if done.decision.verdict == "dispute":
+            self.resolve(done, plan, votes, reference, grads, losses, weights, bx, by, iteration)
+        return done
 
-    def resolve(self, plan, votes, reference, decision, grads, losses, weights, bx, by,
-                iteration):
+    def resolve(self, done, plan, votes, reference, grads, losses, weights, bx, by, iteration):
         """A dispute: the fragment goes to further ranks, drawn at random among those not yet
         involved, until two ranks agree with the manager's own result; every other vote loses.
         Each recruited rank receives an ordinary work message: it cannot tell whose lines."""
-        cfg, s, e = self.cfg, *plan.fragment_of(plan.checked)
+        cfg, (s, e) = self.cfg, done.lines
         agrees = [r for r in votes if verify.compare(votes[r], reference, cfg.compare,
                                                      cfg.rtol, cfg.atol).same]
-        rechecks = []
         for r in schedule.shuffle([r for r in self.active if r not in votes], self.rng):
             if len(agrees) >= 2:
                 break
@@ -199,37 +217,41 @@ class Manager:
             got, loss = self.exchange(one, iteration, weights, bx, by)
             votes[r] = grads[(r, s, e)] = got[r]
             losses[(r, s, e)] = loss[r]
-            rechecks.append(one.assignments[0])
+            done.rechecks.append(one.assignments[0])
             if verify.compare(got[r], reference, cfg.compare, cfg.rtol, cfg.atol).same:
                 agrees.append(r)
-        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in rechecks]}
+        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in done.rechecks],
+                "resolved": len(agrees) >= 2}
+        rel = done.decision.rel_dist
         if len(agrees) < 2:
-            step["resolved"] = False
-            return verify.Decision("dispute", [], [], decision.rel_dist, step), rechecks
-        step["resolved"] = True
-        fake = [r for r in votes if r not in agrees]
-        return verify.Decision("fake", fake, agrees, decision.rel_dist, step), rechecks
+            done.decision = verify.Decision("dispute", [], [], rel, step)
+        else:
+            done.decision = verify.Decision("fake", [r for r in votes if r not in agrees], agrees,
+                                            rel, step)
 
-    def accepted(self, plan, decision) -> list:
+    def accepted(self, plan, checks) -> list:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order."""
+        by_worker = {c.checked: c for c in checks}
+        caught = {r for c in checks for r in c.decision.fake}
         out = []
         for a in plan.assignments:
             if a.role != "worker":
                 continue
-            source = a.rank
-            if decision is not None and a.rank == plan.checked:
-                if decision.verdict == "dispute":
+            source, c = a.rank, by_worker.get(a.rank)
+            if c is not None:
+                if c.decision.verdict == "dispute":
                     continue  # no majority: nothing from this fragment is applied
-                if a.rank in decision.fake:
-                    source = decision.majority[0]  # the agreed gradient takes c's place
-            elif decision is not None and a.rank in decision.fake:
+                if a.rank in c.decision.fake:
+                    source = c.decision.majority[0]  # the agreed gradient takes c's place
+            elif a.rank in caught:
                 continue  # a rank caught lying on a recheck: its own fragment is not trusted
             out.append((a.start, a.stop, source))
         return out
 
     def step(self, iteration, epoch, block, start, stop, order) -> dict:
         cfg = self.cfg
-        plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng)
+        plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng,
+                                       cfg.checks_per_iteration)
         weights = training.get_flat(self.model)
         model_before = ledger.sha256_array(weights)
         bx, by = self.train.read(start, stop)
@@ -238,9 +260,9 @@ class Manager:
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         grads = {(a.rank, a.start, a.stop): sent[a.rank] for a in plan.assignments}
         losses = {(a.rank, a.start, a.stop): losses[a.rank] for a in plan.assignments}
-        decision, rechecks = self.check(plan, grads, losses, weights, bx, by, iteration)
-        applied = self.accepted(plan, decision)
-        fake = decision.fake if decision else []
+        checks = self.check(plan, grads, losses, weights, bx, by, iteration)
+        applied = self.accepted(plan, checks)
+        fake = sorted({r for c in checks for r in c.decision.fake})
 
         loss = None
         if applied:
@@ -250,7 +272,11 @@ class Manager:
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
-            self.remove(r, iteration, "worker" if r == plan.checked else "control")
+            role = ("worker" if any(r == c.checked for c in checks) else
+                    "control" if r in plan.controls else "recheck")
+            self.remove(r, iteration, role)
+        rechecks = [a for c in checks for a in c.rechecks]
+        records = [c.record() for c in checks]
         record = {
             "iteration": iteration, "epoch": epoch, "block": block, "lines": [start, stop],
             "data_sha256": ledger.sha256_arrays(bx, by),
@@ -258,21 +284,18 @@ class Manager:
             "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
                              "grad_sha256": ledger.sha256_array(grads[(a.rank, a.start, a.stop)])}
                             for a in (*plan.assignments, *rechecks)],
-            "check": None if decision is None else {
-                "lines": list(plan.fragment_of(plan.checked)), "worker": plan.checked,
-                "controls": list(plan.controls), "verdict": decision.verdict,
-                "fake": sorted(fake),
-                "rel_dist": [[a, b, ledger.finite_or_none(d)] for a, b, d in decision.rel_dist],
-                "referee": decision.referee},
+            "check": records[0] if records else None,
             "applied": [[s, e] for s, e, _ in applied],
             "applied_from": [r for _, _, r in applied],
-            "removed": sorted(fake),
+            "removed": fake,
             "loss": ledger.finite_or_none(loss),
             "model_after": ledger.sha256_array(training.get_flat(self.model)),
         }
+        if len(records) > 1:
+            record["extra_checks"] = records[1:]  # --checks-per-iteration: the others in turn
         credits.account(self.credits, record)
-        if decision is not None:
-            self.counts[decision.verdict] += 1
+        for c in checks:
+            self.counts[c.decision.verdict] += 1
         return record
 
     def remove(self, rank: int, iteration: int, role: str) -> None:

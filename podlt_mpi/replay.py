@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import ledger, training, verify
+from . import credits, ledger, training, verify
 from .data import Reader
 
 
@@ -76,26 +76,13 @@ class Replayer:
                 cache[(s, e)] = self._fragment(x, y, start, s, e)
             return cache[(s, e)]
 
-        check = rec.get("check")
-        if check:
-            s, e = check["lines"]
-            ref = ledger.sha256_array(fragment(s, e)[0])
-            rechecks = (check.get("referee") or {}).get("rechecks", [])
-            votes = {r: sent.get((r, (s, e))) for r in (check["worker"], *check["controls"])}
-            extra = {r: sent.get((r, (s, e))) for r in rechecks}
-            if self.cfg.compare == "exact" or all(h == ref for h in votes.values()):
-                expected = verify.by_hashes(votes, ref)
-                if rechecks:  # a dispute: two votes like the manager's win, every other loses
-                    agree = [r for r, h in {**votes, **extra}.items() if h == ref]
-                    lose = sorted(r for r in {**votes, **extra} if r not in agree)
-                    expected = verify.Decision("fake" if len(agree) >= 2 and lose else "dispute",
-                                               lose if len(agree) >= 2 else [])
-                out.verdict_confirmed = (expected.verdict == check["verdict"]
-                                         and sorted(expected.fake) == sorted(check["fake"]))
-                if not out.verdict_confirmed:
-                    out.problems.append(f"the logged verdict {check['verdict']} (fake "
-                                        f"{check['fake']}) does not follow from the gradients: "
-                                        f"replay gives {expected.verdict} (fake {expected.fake})")
+        confirmed = []
+        for check in credits.checks_of(rec):
+            ok = _confirm(check, sent, fragment, out, self.cfg.compare)
+            if ok is not None:
+                confirmed.append(ok)
+        if confirmed:
+            out.verdict_confirmed = all(confirmed)
 
         grads, losses, counts, honest = [], [], [], True
         for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
@@ -118,6 +105,30 @@ class Replayer:
             return out
         out.in_sync = True
         return out
+
+
+def _confirm(check, sent, fragment, out, mode: str) -> bool | None:
+    """Re-derive one check's verdict from the hashes the ranks sent and the replayed gradient
+    (None where tolerance mode makes bits insufficient)."""
+    s, e = check["lines"]
+    ref = ledger.sha256_array(fragment(s, e)[0])
+    rechecks = (check.get("referee") or {}).get("rechecks", [])
+    votes = {r: sent.get((r, (s, e))) for r in (check["worker"], *check["controls"])}
+    extra = {r: sent.get((r, (s, e))) for r in rechecks}
+    if mode != "exact" and not all(h == ref for h in votes.values()):
+        return None
+    expected = verify.by_hashes(votes, ref)
+    if rechecks:  # a dispute: two votes like the manager's win, every other loses
+        agree = [r for r, h in {**votes, **extra}.items() if h == ref]
+        lose = sorted(r for r in {**votes, **extra} if r not in agree)
+        expected = verify.Decision("fake" if len(agree) >= 2 and lose else "dispute",
+                                   lose if len(agree) >= 2 else [])
+    ok = expected.verdict == check["verdict"] and sorted(expected.fake) == sorted(check["fake"])
+    if not ok:
+        out.problems.append(f"the logged verdict {check['verdict']} (fake {check['fake']}) for "
+                            f"lines {check['lines']} does not follow from the gradients: replay "
+                            f"gives {expected.verdict} (fake {expected.fake})")
+    return ok
 
 
 def _equal(a, b) -> bool:

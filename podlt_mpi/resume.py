@@ -82,7 +82,7 @@ def active_ranks(proof: dict | None, world_size: int) -> tuple:
     return sorted(active), notes
 
 
-def prepare(run_dir: str, world_size: int, controls: int, changed: dict,
+def prepare(run_dir: str, world_size: int, need: int, changed: dict,
             history: list) -> Resume:
     """Choose the checkpoint to continue from; raise ConfigError if the run cannot continue."""
     records, _ = ledger.read(os.path.join(run_dir, "ledger.jsonl"))
@@ -100,9 +100,9 @@ def prepare(run_dir: str, world_size: int, controls: int, changed: dict,
         log.warning("skipping checkpoint %s: %s", path, why)
     proof = found["proof"] if found else None
     active, notes = active_ranks(proof, world_size)
-    if len(active) < controls + 1:
+    if len(active) < need:
         raise ConfigError(f"--resume {run_dir}: only {len(active)} active ranks remain on "
-                          f"{world_size} ranks, too few for --controls {controls}")
+                          f"{world_size} ranks, and the checks need {need}")
     n = found["iteration"] if found else 0
     if found is None:
         notes.insert(0, "no usable checkpoint: starting over from iteration 0")

@@ -24,13 +24,15 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Plan:
-    """One iteration's layout. `checked` is the worker whose fragment the controls recompute."""
+    """One iteration's layout. `checked` is the (first) worker whose fragment controls recompute;
+    `checks` pairs every checked worker with its own controls (--checks-per-iteration)."""
     start: int
     stop: int
     workers: tuple
     controls: tuple
     checked: int | None
     assignments: tuple
+    checks: tuple = ()  # ((checked worker, (its controls...)), ...)
 
     def fragment_of(self, rank: int) -> tuple:
         for a in self.assignments:
@@ -77,32 +79,43 @@ def total_iterations(n_lines: int, block_lines: int, epochs: int, limit: int | N
     return min(total, limit) if limit is not None else total
 
 
-def roles(order, n_controls: int, n_lines: int, rng: np.random.Generator) -> tuple:
-    """(busy workers, controls, checked worker) from an already-ordered list of active ranks.
+def roles(order, n_controls: int, n_lines: int, rng: np.random.Generator, checks: int = 1) -> tuple:
+    """(busy workers, controls, checked workers) from an already-ordered list of active ranks.
 
-    The last n_controls are controls; workers beyond the block's line count get nothing; the
-    checked worker is drawn uniformly among the busy ones. O(1) draws, so the simulation
-    (simulate.py) runs this same code for 10,000 ranks.
+    The last checks*n_controls are controls, n_controls per check in turn; workers beyond the
+    block's line count get nothing; the checked workers are drawn uniformly, without repeats,
+    among the busy ones. O(1) draws, so the simulation (simulate.py) runs this same code for
+    10,000 ranks.
     """
     order = list(order)
-    if n_controls:
-        workers, controls = order[:-n_controls], order[-n_controls:]
+    k = n_controls * checks
+    if k:
+        workers, controls = order[:-k], order[-k:]
     else:
         workers, controls = order, []
     busy = workers[:min(len(workers), n_lines)]
-    checked = busy[int(rng.integers(len(busy)))] if n_controls else None
-    return busy, controls, checked
+    if not n_controls:
+        return busy, controls, []
+    checks = min(checks, len(busy))  # a short last block may have fewer busy workers
+    if checks == 1:
+        return busy, controls, [busy[int(rng.integers(len(busy)))]]
+    return busy, controls, [busy[int(i)] for i in rng.choice(len(busy), size=checks, replace=False)]
 
 
-def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator) -> Plan:
+def plan_iteration(order, n_controls: int, start: int, stop: int, rng: np.random.Generator,
+                   checks: int = 1) -> Plan:
     """Roles (see `roles`) and every rank's lines for the block [start, stop)."""
-    busy, controls, checked = roles(order, n_controls, stop - start, rng)
+    busy, controls, checked = roles(order, n_controls, stop - start, rng, checks)
     frags = split_lines(start, stop, len(busy))
     assignments = [Assignment(r, "worker", s, e) for r, (s, e) in zip(busy, frags, strict=True)]
-    if checked is not None:
-        s, e = frags[busy.index(checked)]
-        assignments += [Assignment(r, "control", s, e) for r in controls]
-    return Plan(start, stop, tuple(busy), tuple(controls), checked, tuple(assignments))
+    pairs = []
+    for i, c in enumerate(checked):
+        s, e = frags[busy.index(c)]
+        mine = tuple(controls[i * n_controls:(i + 1) * n_controls])
+        assignments += [Assignment(r, "control", s, e) for r in mine]
+        pairs.append((c, mine))
+    return Plan(start, stop, tuple(busy), tuple(controls), checked[0] if checked else None,
+                tuple(assignments), tuple(pairs))
 
 
 def shuffle(active, rng: np.random.Generator) -> list:

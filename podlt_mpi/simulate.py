@@ -22,7 +22,8 @@ COLLUDED = np.full(1, -1.0, np.float32)
 
 
 def run_trial(ranks: int, fakes: int, iterations: int, controls: int = 2,
-              cheat_prob: float = 1.0, collude: bool = False, seed: int = 0) -> dict:
+              cheat_prob: float = 1.0, collude: bool = False, seed: int = 0,
+              checks: int = 1) -> dict:
     """One run: {fake rank: (iteration caught or None, unverified contributions)} and honest
     ranks removed (must stay empty)."""
     sched = np.random.default_rng([seed, 1])
@@ -31,25 +32,25 @@ def run_trial(ranks: int, fakes: int, iterations: int, controls: int = 2,
     fake = {int(r) for r in pick.choice(active, size=fakes, replace=False)}
     caught, unverified, honest_removed = {}, {r: 0 for r in fake}, []
     for it in range(iterations):
-        if len(active) < controls + 1 or len(caught) == fakes:
+        if len(active) < checks * (controls + 1) or len(caught) == fakes:
             break
         order = sorted(active) if it == 0 else schedule.shuffle(active, sched)
-        busy, ctrl, checked = schedule.roles(order, controls, len(order), sched)
+        busy, ctrl, checked = schedule.roles(order, controls, len(order), sched, checks)
         cheating = {r for r in fake if r not in caught and pick.random() < cheat_prob}
-        in_check = {checked, *ctrl}
-        for r in cheating - in_check:
+        for r in cheating - {*checked, *ctrl}:
             unverified[r] += r in busy  # applied without a check
-        votes = {r: (COLLUDED if collude else np.full(1, r, np.float32)) if r in cheating
-                 else HONEST for r in (checked, *ctrl)}
-        decision = verify.referee(verify.decide(votes), votes, HONEST)
-        for r in decision.fake:
-            active.remove(r)
-            if r in fake:
-                caught[r] = it
-            else:
-                honest_removed.append(r)
-        if decision.verdict == "agree" and checked in cheating:
-            unverified[checked] += 1  # a check made only of colluders: fooled
+        for i, c in enumerate(checked):
+            votes = {r: (COLLUDED if collude else np.full(1, r, np.float32)) if r in cheating
+                     else HONEST for r in (c, *ctrl[i * controls:(i + 1) * controls])}
+            decision = verify.referee(verify.decide(votes), votes, HONEST)
+            for r in decision.fake:
+                active.remove(r)
+                if r in fake:
+                    caught[r] = it
+                else:
+                    honest_removed.append(r)
+            if decision.verdict == "agree" and c in cheating:
+                unverified[c] += 1  # a check made only of colluders: fooled
     return {"fakes": {r: (caught.get(r), unverified[r]) for r in sorted(fake)},
             "honest_removed": honest_removed}
 
@@ -64,10 +65,11 @@ def summarize(values) -> dict:
 
 
 def simulate(ranks: int, fakes: int, iterations: int, controls: int = 2, cheat_prob: float = 1.0,
-             collude: bool = False, trials: int = 1, seed: int = 0) -> dict:
+             collude: bool = False, trials: int = 1, seed: int = 0, checks: int = 1) -> dict:
     to_catch, unverified, survived, honest = [], [], 0, []
     for t in range(trials):
-        res = run_trial(ranks, fakes, iterations, controls, cheat_prob, collude, seed * 100003 + t)
+        res = run_trial(ranks, fakes, iterations, controls, cheat_prob, collude, seed * 100003 + t,
+                        checks)
         honest += res["honest_removed"]
         for caught, n in res["fakes"].values():
             if caught is None:
@@ -76,15 +78,18 @@ def simulate(ranks: int, fakes: int, iterations: int, controls: int = 2, cheat_p
                 to_catch.append(caught + 1)  # iterations until caught, the catching one included
                 unverified.append(n)
     active = ranks - 1
-    closed = {"catch_probability": guarantees.catch_probability(active, controls, cheat_prob),
-              "expected_iterations": guarantees.expected_iterations(active, controls, cheat_prob),
-              "survival": guarantees.survival(iterations, active, controls, cheat_prob),
-              "expected_unverified": guarantees.expected_unverified(active, controls),
-              "overhead": guarantees.overhead(active, controls)}
+    closed = {"catch_probability": guarantees.catch_probability(active, controls, cheat_prob,
+                                                                 checks),
+              "expected_iterations": guarantees.expected_iterations(active, controls, cheat_prob,
+                                                                     checks),
+              "survival": guarantees.survival(iterations, active, controls, cheat_prob, checks),
+              "expected_unverified": guarantees.expected_unverified(active, controls, checks),
+              "overhead": guarantees.overhead(active, controls, checks)}
     if collude and fakes > 1:
         closed["collusion_catch_probability"] = guarantees.collusion_catch_probability(
             active, fakes, controls, cheat_prob)
     return {"ranks": ranks, "fakes": fakes, "iterations": iterations, "controls": controls,
+            "checks": checks,
             "cheat_prob": cheat_prob, "collude": collude, "trials": trials,
             "iterations_to_catch": summarize(to_catch),
             "unverified_contributions": summarize(unverified),
@@ -96,7 +101,8 @@ def text(r: dict) -> str:
     c, it, un = r["closed_form"], r["iterations_to_catch"], r["unverified_contributions"]
     lines = [f"{r['ranks']} ranks, {r['fakes']} fake(s) "
              f"{'colluding' if r['collude'] else 'independent'}, cheating with p={r['cheat_prob']}"
-             f", {r['controls']} controls, {r['iterations']} iterations x {r['trials']} trials"]
+             f", {r['checks']} check(s) of {r['controls']} controls, {r['iterations']} iterations "
+             f"x {r['trials']} trials"]
     if it["n"]:
         lines.append(f"  iterations until caught (of those caught): mean {it['mean']:.1f} +- {it['sem']:.1f} "
                      f"(closed form {c['expected_iterations']:.1f}), median {it['median']:.0f}, "
@@ -118,6 +124,8 @@ def main(argv) -> int:
     p.add_argument("--fakes", type=int, default=1)
     p.add_argument("--iterations", type=int, required=True)
     p.add_argument("--controls", type=int, default=2)
+    p.add_argument("--checks-per-iteration", type=int, default=1, dest="checks",
+                   help="workers checked per iteration, each by its own controls")
     p.add_argument("--cheat-prob", type=float, default=1.0, help="a fake cheats with this "
                    "probability in each iteration (intermittent cheater below 1)")
     p.add_argument("--mode", choices=("independent", "collude"), default="independent",
@@ -128,7 +136,9 @@ def main(argv) -> int:
     a = p.parse_args(argv)
     problems = [m for bad, m in (
         (a.controls < 2, "--controls must be at least 2"),
-        (a.ranks < a.controls + 2, f"--ranks must be at least {a.controls + 2}"),
+        (a.checks < 1, "--checks-per-iteration must be at least 1"),
+        (a.ranks < a.checks * (a.controls + 1) + 1,
+         f"--ranks must be at least {a.checks * (a.controls + 1) + 1}"),
         (not 0 < a.fakes < a.ranks, "--fakes must be between 1 and ranks - 1"),
         (a.iterations < 1 or a.trials < 1, "--iterations and --trials must be at least 1"),
         (not 0 < a.cheat_prob <= 1, "--cheat-prob must be in (0, 1]")) if bad]
@@ -137,7 +147,7 @@ def main(argv) -> int:
         return 2
     t = time.monotonic()
     r = simulate(a.ranks, a.fakes, a.iterations, a.controls, a.cheat_prob, a.mode == "collude",
-                 a.trials, a.seed)
+                 a.trials, a.seed, a.checks)
     r["seconds"] = time.monotonic() - t
     if a.json == "-":
         print(json.dumps(r, indent=2))

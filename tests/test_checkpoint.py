@@ -88,9 +88,12 @@ def test_resume_may_change_how_the_run_goes_on_but_not_its_numbers():
 
 def test_credits_from_records():
     rec = {"iteration": 4, "removed": [3],
-           "assignments": [{"rank": 1, "role": "worker"}, {"rank": 2, "role": "worker"},
-                           {"rank": 3, "role": "control"}, {"rank": 4, "role": "control"}],
-           "check": {"worker": 2, "controls": [3, 4], "verdict": "fake", "fake": [3]}}
+           "assignments": [{"rank": 1, "role": "worker", "lines": [0, 5]},
+                           {"rank": 2, "role": "worker", "lines": [5, 10]},
+                           {"rank": 3, "role": "control", "lines": [5, 10]},
+                           {"rank": 4, "role": "control", "lines": [5, 10]}],
+           "check": {"worker": 2, "controls": [3, 4], "verdict": "fake", "fake": [3],
+                     "lines": [5, 10]}}
     table = credits.from_ledger([rec])
     assert table["1"]["computed"] == 1 and table["1"]["verified"] == 0
     assert table["2"]["verified"] == 1 and table["2"]["verdicts"]["fake"] == 1

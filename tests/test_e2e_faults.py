@@ -134,3 +134,22 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
     from podlt_mpi.audit import Audit
     rep = Audit(out).run(sample=None)
     assert rep["passed"], rep["problems"]
+
+
+def test_several_checks_per_iteration(job_args, tmp_path):
+    # 8 ranks: 2 checks of 2 controls each, 3 more workers; rank 3 cheats from iteration 1
+    r = run_job(9, job_args(checks_per_iteration=2, fake_ranks=3, fake_mode="ipm", fake_from=1))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = str(tmp_path / "run")
+    ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
+    for rec in ledger:
+        checks = [rec["check"], *rec["extra_checks"]]
+        assert len(checks) == 2 and checks[0]["worker"] != checks[1]["worker"]
+        assert not set(checks[0]["controls"]) & set(checks[1]["controls"])
+    s = read_json(os.path.join(out, "summary.json"))
+    assert removed_ranks(out) == [3]
+    assert sum(s["checks"].values()) == 2 * len(ledger)
+    from podlt_mpi.audit import Audit
+    rep = Audit(out).run(sample=None)
+    assert rep["passed"], rep["problems"]
+    assert rep["credits"] == s["credits"]

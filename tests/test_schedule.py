@@ -66,3 +66,20 @@ def test_short_last_block_gives_no_empty_fragment():
 
 def test_blocks():
     assert schedule.blocks(2500, 1000) == [(0, 1000), (1000, 2000), (2000, 2500)]
+
+
+def test_several_checks_per_iteration_have_their_own_controls():
+    rng = np.random.default_rng(5)
+    plan = schedule.plan_iteration(range(1, 12), 2, 0, 70, rng, checks=3)
+    assert len(plan.checks) == 3 and len({c for c, _ in plan.checks}) == 3
+    seats = [r for _, ctrl in plan.checks for r in ctrl]
+    assert sorted(seats) == sorted(plan.controls) == list(range(6, 12))  # the last 3*2 ranks
+    for c, ctrl in plan.checks:
+        assert c in plan.workers
+        lines = plan.fragment_of(c)
+        got = [(a.start, a.stop) for a in plan.assignments if a.role == "control" and a.rank in ctrl]
+        assert got == [lines] * 2
+    # one check draws exactly as before: the same schedule for the same seed
+    a = schedule.plan_iteration(range(1, 8), 2, 0, 50, np.random.default_rng(1))
+    b = schedule.plan_iteration(range(1, 8), 2, 0, 50, np.random.default_rng(1), checks=1)
+    assert a == b and a.checks == ((a.checked, a.controls),)

@@ -19,6 +19,9 @@ def test_closed_form_values():
     assert guarantees.survival(10, 49) == pytest.approx((1 - 3 / 49) ** 10)
     assert guarantees.expected_unverified(49, 2) == pytest.approx(46 / 3)
     assert guarantees.overhead(49, 2) == pytest.approx(2 / 47)
+    assert guarantees.catch_probability(49, 2, 1.0, checks=3) == pytest.approx(9 / 49)
+    assert guarantees.expected_unverified(49, 2, checks=3) == pytest.approx((43 - 3) / 9)
+    assert guarantees.overhead(49, 2, checks=3) == pytest.approx(6 / 43)
     # all three of a check colluding fools it; with 2 colluders and 2 controls that cannot happen
     assert guarantees.collusion_catch_probability(49, 2) == guarantees.catch_probability(49)
     assert guarantees.collusion_catch_probability(49, 5) < guarantees.catch_probability(49)
@@ -28,10 +31,10 @@ def within(stats, expected, k=4):
     return abs(stats["mean"] - expected) <= k * stats["sem"] + 1e-9
 
 
-@pytest.mark.parametrize("controls,q", [(2, 1.0), (2, 0.4), (4, 1.0)])
-def test_simulation_matches_the_closed_form(controls, q):
+@pytest.mark.parametrize("controls,q,checks", [(2, 1.0, 1), (2, 0.4, 1), (4, 1.0, 1), (2, 1.0, 3)])
+def test_simulation_matches_the_closed_form(controls, q, checks):
     r = simulate(ranks=30, fakes=1, iterations=2000, controls=controls, cheat_prob=q,
-                 trials=800, seed=1)
+                 trials=800, seed=1, checks=checks)
     c = r["closed_form"]
     assert r["survived"] == 0 and r["honest_removed"] == []
     assert within(r["iterations_to_catch"], c["expected_iterations"])
