@@ -85,10 +85,6 @@ def irecv(comm, buffer, source: int, tag: int):
     return comm.Irecv(buffer, source=source, tag=tag)
 
 
-def test(req) -> bool:
-    return bool(req.Test())
-
-
 def quiet_barrier(comm, waiter: Waiter) -> None:
     """A barrier whose waiting ranks sleep, for when one rank does long work (data generation)."""
     waiter.wait([comm.Ibarrier()])
