@@ -225,8 +225,7 @@ class Audit:
         if self.summary is None:
             self.notes.append("no summary.json (the run did not finish): credits not compared")
             return table
-        head = self.records[-1].get("hash") if self.records else ledger.GENESIS
-        if self.summary.get("ledger_head") != head:
+        if self.summary.get("ledger_head") != self.head():
             self.problem(None, "summary", "summary.json's ledger_head is not the ledger's last "
                          "hash: records were changed and the chain rebuilt, or cut")
         for d in credits.differences(table, self.summary.get("credits", {})):
@@ -235,9 +234,12 @@ class Audit:
 
     # ---- all of it -----------------------------------------------------------------------------
 
+    def head(self) -> str:
+        return self.records[-1].get("hash") if self.records else ledger.GENESIS
+
     def check_head(self, expected: str) -> None:
         """Against the head published from the job's log, which no edit of the files can reach."""
-        head = self.records[-1].get("hash") if self.records else ledger.GENESIS
+        head = self.head()
         if head != expected:
             self.problem(None, "ledger_head", f"the ledger ends in {head}, not in the published "
                          f"{expected}")

@@ -220,14 +220,9 @@ class Manager:
             done.rechecks.append(one.assignments[0])
             if verify.compare(got[r], reference, cfg.compare, cfg.rtol, cfg.atol).same:
                 agrees.append(r)
-        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in done.rechecks],
-                "resolved": len(agrees) >= 2}
-        rel = done.decision.rel_dist
-        if len(agrees) < 2:
-            done.decision = verify.Decision("dispute", [], [], rel, step)
-        else:
-            done.decision = verify.Decision("fake", [r for r in votes if r not in agrees], agrees,
-                                            rel, step)
+        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in done.rechecks]}
+        done.decision = verify.settle(list(votes), agrees, done.decision.rel_dist, step)
+        step["resolved"] = done.decision.verdict == "fake"
 
     def accepted(self, plan, checks) -> list:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order."""

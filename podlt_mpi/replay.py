@@ -118,11 +118,9 @@ def _confirm(check, sent, fragment, out, mode: str) -> bool | None:
     if mode != "exact" and not all(h == ref for h in votes.values()):
         return None
     expected = verify.by_hashes(votes, ref)
-    if rechecks:  # a dispute: two votes like the manager's win, every other loses
-        agree = [r for r, h in {**votes, **extra}.items() if h == ref]
-        lose = sorted(r for r in {**votes, **extra} if r not in agree)
-        expected = verify.Decision("fake" if len(agree) >= 2 and lose else "dispute",
-                                   lose if len(agree) >= 2 else [])
+    if rechecks:  # a dispute: settled the way the manager settles it
+        every = {**votes, **extra}
+        expected = verify.settle(list(every), [r for r, h in every.items() if h == ref])
     ok = expected.verdict == check["verdict"] and sorted(expected.fake) == sorted(check["fake"])
     if not ok:
         out.problems.append(f"the logged verdict {check['verdict']} (fake {check['fake']}) for "

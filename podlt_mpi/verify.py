@@ -124,6 +124,15 @@ def _confirm(decision: Decision, ranks, agrees) -> Decision:
     return Decision("fake", fake, agrees, decision.rel_dist, ref)
 
 
+def settle(ranks, agrees, rel_dist=(), step: dict | None = None) -> Decision:
+    """A dispute after its rechecks: two votes equal to the manager's result win and every other
+    vote loses; with fewer, or nobody to lose (tolerance is not transitive), it stays a dispute."""
+    lose = [r for r in ranks if r not in agrees]
+    if len(agrees) < 2 or not lose:
+        return Decision("dispute", [], [], list(rel_dist), step)
+    return Decision("fake", lose, list(agrees), list(rel_dist), step)
+
+
 def by_hashes(hashes: dict, reference: str) -> Decision:
     """The decision the manager must have reached, from bitwise identities alone (the audit).
 

@@ -103,3 +103,10 @@ def test_more_controls_need_a_strict_majority():
     assert d.verdict == "fake" and d.fake == [3, 4]
     d = verify.decide({1: a, 2: a.copy(), 3: g(1), 4: g(1)})  # 2-2: no majority of 4
     assert d.verdict == "dispute"
+
+
+def test_a_dispute_is_settled_by_two_votes_equal_to_the_managers():
+    d = verify.settle([2, 4, 5, 1], [4, 1])
+    assert d.verdict == "fake" and d.fake == [2, 5] and d.majority == [4, 1]
+    assert verify.settle([2, 4, 5], [4]).verdict == "dispute"       # one is not a majority
+    assert verify.settle([2, 4, 5], [2, 4, 5]).verdict == "dispute"  # nobody to lose
