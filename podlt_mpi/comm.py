@@ -30,6 +30,12 @@ def world():
     return MPI.COMM_WORLD
 
 
+def library() -> str:
+    """The MPI library's name and version, e.g. 'MPICH Version: 5.0.2'."""
+    first = MPI.Get_library_version().strip().split("\n", 1)[0].split(",", 1)[0]
+    return " ".join(first.split())
+
+
 def local_ranks(comm) -> int:
     """How many ranks of this job share this node."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)

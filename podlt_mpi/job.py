@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from . import __version__, comm as mpi, data, preempt, resume, rundir
+from . import __version__, comm as mpi, data, launcher, preempt, resume, rundir
 from .config import ConfigError, build_parser, check_world, min_active, parse_args, resumed
 
 log = logging.getLogger("podlt_mpi")
@@ -55,6 +55,11 @@ def run(argv) -> int:
 
 def _run(comm, argv, started: float) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
+    lone = launcher.lone_worlds(size, os.environ, mpi.library())
+    if lone:  # N copies of the job, each its own manager: refuse, said once
+        if lone[1]:
+            print(f"podlt_mpi: error: {lone[0]}", file=sys.stderr, flush=True)
+        return 2
     if "-h" in argv or "--help" in argv:
         if rank == 0:
             build_parser().print_help()
@@ -130,7 +135,7 @@ def _run(comm, argv, started: float) -> int:
                 "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
                 "n_params": training.n_params(model),
                 "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
-                             "python": platform.python_version()}}
+                             "python": platform.python_version(), "mpi": mpi.library()}}
         log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
                  size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
         summary = Manager(comm, cfg, ds, model, out, waiter, meta, plan, started).run()

@@ -57,15 +57,26 @@ def assert_equals_reference(out, reference):
         read_json(os.path.join(reference, "summary.json"))["credits"]
 
 
-@pytest.mark.parametrize("action,at", [("term-job", 2), ("usr1-self", 9), ("int-job", 16)])
+SIGNAMES = {"term-job": "SIGTERM", "usr1-self": "SIGUSR1", "int-job": "SIGINT",
+            "usr1-job": "SIGUSR1"}
+
+
+@pytest.mark.parametrize("action,at", [("term-job", 2), ("usr1-self", 9), ("int-job", 16),
+                                       ("usr1-job", 6)])
 def test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes(action, at, small_data,
-                                                                      tmp_path, reference):
+                                                                      tmp_path, reference, mpi):
     out = str(tmp_path / "run")
     r = run_job(RANKS, base(small_data, out) + CHAOS, path=[HELPERS],
                 env={"PODLT_CHAOS": f"{action}@{at}"})
+    if mpi.name == "openmpi" and action in ("term-job", "int-job"):
+        # Open MPI's mpirun does not forward these: it ends the ranks itself (SIGTERM, SIGKILL a
+        # second later). Whether or not a checkpoint landed, resume must give the one-go bytes.
+        resume(out)
+        assert_equals_reference(out, reference)
+        return
     assert r.returncode == 0, r.stdout + r.stderr
     s = read_json(os.path.join(out, "summary.json"))
-    signame = {"term-job": "SIGTERM", "usr1-self": "SIGUSR1", "int-job": "SIGINT"}[action]
+    signame = SIGNAMES[action]
     assert s["status"] == "stopped" and s["stopped_by"].startswith(signame)
     assert s["iterations"] == at + 1  # it finished the iteration it was in, and no more
     assert f"--resume {out}" in r.stdout
