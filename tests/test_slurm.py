@@ -19,7 +19,9 @@ from conftest import ROOT, read_json
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPT = os.path.join(ROOT, "slurm", "podlt.sbatch")
+GPU_SCRIPT = os.path.join(ROOT, "slurm", "podlt-gpu.sbatch")
 SUBMIT_TIMEOUT = 400  # seconds for one sbatch --wait, requeues included
+NAME = "podlt-test"    # every job these tests submit, so that none outlives them
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,9 @@ def cluster():
         mpi_impls.unavailable("slurm", "no Slurm cluster answers (SLURM_CONF="
                               f"{os.environ.get('SLURM_CONF', 'unset')}); start one with "
                               "slurm/local-cluster/start.sh")
+    yield
+    # A test that failed or timed out may leave its job behind: cancel it.
+    subprocess.run(["scancel", f"--name={NAME}"], capture_output=True, timeout=60)
 
 
 def job_env(impl, **settings):
@@ -43,10 +48,10 @@ def job_env(impl, **settings):
             "PODLT_PYTHON": impl.python, **settings}
 
 
-def submit(tasks, env, log, wait=True):
-    """sbatch the CPU script; with wait, block until it ends (requeues included)."""
-    cmd = ["sbatch", "--parsable", f"--ntasks={tasks}", f"--output={log}", "--time=30:00",
-           *(["--wait"] if wait else []), SCRIPT]
+def submit(tasks, env, log, wait=True, script=SCRIPT, options=()):
+    """sbatch a script; with wait, block until it ends (requeues included)."""
+    cmd = ["sbatch", "--parsable", f"--job-name={NAME}", f"--ntasks={tasks}", "--time=30:00",
+           f"--output={log}", *options, *(["--wait"] if wait else []), script]
     if not wait:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -110,6 +115,15 @@ def test_each_launch_mode_gives_a_correct_run(cluster, small_data, tmp_path, imp
                               PODLT_ARGS=args(small_data, 1)), log)
     assert r.returncode == 0, r.stderr + read(log)
     assert_complete(out, read(log), tasks, "Open MPI" if impl.name == "openmpi" else "MPICH")
+
+
+def test_the_gpu_script_runs_the_same_job(cluster, small_data, tmp_path):
+    # This node has no GPUs: ask for none. What the ranks do with GPUs is the job's concern.
+    out, log = str(tmp_path / "run"), str(tmp_path / "job.out")
+    r = submit(4, job_env(mpi_impls.get("mpich"), PODLT_OUT=out, PODLT_ARGS=args(small_data, 1)),
+               log, script=GPU_SCRIPT, options=["--gpus-per-task=0", "--cpus-per-task=1"])
+    assert r.returncode == 0, r.stderr + read(log)
+    assert_complete(out, read(log), 4, "MPICH")
 
 
 def test_srun_without_an_mpi_plugin_exits_2_with_one_message(cluster, small_data, tmp_path):
