@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 
 import numpy as np
 
 from . import checkpoint, credits, ledger, schedule
 from .replay import Outcome, Replayer
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, saved_options
 
 
 class Audit:
@@ -40,8 +39,7 @@ class Audit:
             self.records, self.torn = ledger.read(self._path("ledger.jsonl"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"{run_dir} is not a readable run directory: {e}") from None
-        names = {f.name for f in fields(RunConfig)}
-        self.cfg = RunConfig(**{k: v for k, v in saved.items() if k in names})
+        self.cfg = RunConfig(**saved_options(saved))
         self.meta = saved
         self.data = data or saved.get("data")
         if not self.data or not os.path.exists(self.data):
@@ -73,7 +71,8 @@ class Audit:
     def check_structure(self) -> None:
         cfg, (first, last) = self.cfg, self.meta["train_lines"]
         plan = {it: (ep, b, first + s, first + e) for it, ep, b, s, e in
-                schedule.run_blocks(last - first, cfg.block_lines, cfg.epochs, cfg.blocks)}
+                schedule.run_blocks(last - first, cfg.block_lines, cfg.epochs, cfg.blocks,
+                                    schedule.shuffle_seed(cfg))}
         gone = {}
         for i, rec in enumerate(self.records):
             try:

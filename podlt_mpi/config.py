@@ -47,6 +47,8 @@ class RunConfig:
     # Schedule
     block_lines: int = _opt(1000, "lines per iteration, split into one fragment per worker")
     epochs: int = _opt(1, "passes over the training lines")
+    shuffle_blocks: bool = _opt(True, "visit the blocks in a new seeded order every epoch; each "
+                                      "block stays a contiguous range of lines", type="bool")
     blocks: Optional[int] = _opt(None, "stop after this many iterations")
     eval_every: int = _opt(0, "evaluate every K iterations (0: at the end of each epoch only)")
     # Verification
@@ -121,6 +123,8 @@ def build_parser(prog: str = "python -m podlt_mpi") -> argparse.ArgumentParser:
         if meta.get("type") == "ranks":
             kw["type"] = _parse_ranks
             kw["default"] = []
+        elif meta.get("type") == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
         elif "choices" in meta:
             kw["choices"] = meta["choices"]
         elif f.type in ("int", "Optional[int]"):
@@ -191,10 +195,20 @@ def explicit_options(argv) -> set:
     return set(vars(p.parse_args(argv)))
 
 
+# Options added since runs were first written, with the value that gives an older run's
+# behaviour: a run's config.json that lacks one continues, and is audited, as it was started.
+BEFORE_OPTION = {"shuffle_blocks": False}
+
+
+def saved_options(saved: dict) -> dict:
+    """RunConfig fields from a run's config.json, older runs' missing ones filled in."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return {**BEFORE_OPTION, **{k: v for k, v in saved.items() if k in names}}
+
+
 def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
     """(config to continue with, {option: (before, now)}) from the run's config.json and argv."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    base = {k: v for k, v in saved.items() if k in names}
+    base = saved_options(saved)
     changed = {}
     for name in sorted(explicit_options(argv) - {"resume"}):
         now, before = getattr(cfg, name), base.get(name)

@@ -80,7 +80,7 @@ class Manager:
     def iterations(self, first: int = 0):
         """(iteration, epoch, block, start, stop) from iteration `first` to the end of the run."""
         for item in schedule.run_blocks(len(self.ds.train), self.cfg.block_lines, self.cfg.epochs,
-                                        self.cfg.blocks):
+                                        self.cfg.blocks, schedule.shuffle_seed(self.cfg)):
             if item[0] >= first:
                 it, epoch, b, s, e = item
                 yield it, epoch, b, self.ds.train.start + s, self.ds.train.start + e

@@ -83,3 +83,29 @@ def test_several_checks_per_iteration_have_their_own_controls():
     a = schedule.plan_iteration(range(1, 8), 2, 0, 50, np.random.default_rng(1))
     b = schedule.plan_iteration(range(1, 8), 2, 0, 50, np.random.default_rng(1), checks=1)
     assert a == b and a.checks == ((a.checked, a.controls),)
+
+
+def test_shuffled_blocks_visit_every_block_once_per_epoch_in_a_seeded_order():
+    spans = schedule.blocks(1050, 100)  # 11 blocks, the last one short
+    run = list(schedule.run_blocks(1050, 100, 3, shuffle=5))
+    assert [it for it, *_ in run] == list(range(33))
+    orders = []
+    for epoch in range(3):
+        rows = [r for r in run if r[1] == epoch]
+        assert sorted(b for _, _, b, _, _ in rows) == list(range(11))
+        assert all((s, e) == spans[b] for _, _, b, s, e in rows)  # contiguous, as in the file
+        orders.append([b for _, _, b, _, _ in rows])
+    assert orders[0] != orders[1] and orders[0] != list(range(11))
+    assert run == list(schedule.run_blocks(1050, 100, 3, shuffle=5))
+    assert run != list(schedule.run_blocks(1050, 100, 3, shuffle=6))
+    # file order without a seed; --blocks cuts the same sequence short
+    assert [b for _, _, b, _, _ in schedule.run_blocks(1050, 100, 1)] == list(range(11))
+    assert list(schedule.run_blocks(1050, 100, 3, limit=15, shuffle=5)) == run[:15]
+
+
+def test_runs_from_before_the_option_keep_file_order():
+    from podlt_mpi.config import RunConfig, saved_options
+    assert RunConfig().shuffle_blocks is True
+    old = RunConfig(**saved_options({"seed": 3, "epochs": 2}))
+    assert schedule.shuffle_seed(old) is None
+    assert schedule.shuffle_seed(RunConfig(**saved_options({"seed": 3, "shuffle_blocks": True}))) == 3
