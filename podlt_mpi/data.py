@@ -36,6 +36,18 @@ def _open(path: str, role: str) -> h5py.File:
         raise ConfigError(f"{role} file {path} is not a readable HDF5 file ({e})") from None
 
 
+def first_nonfinite_line(x: np.ndarray) -> int | None:
+    """Index of the first line of x holding a NaN or an infinity."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def first_bad_label(y: np.ndarray) -> int | None:
+    """Index of the first label that is not an integer >= 0."""
+    bad = (y < 0) | (np.mod(y, 1) != 0)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
 def inspect(path: str, x_key: str, y_key: str, role: str = "data") -> tuple:
     """Validate a whole file; return (n_lines, line shape, n_classes). Raises ConfigError."""
     with _open(path, role) as f:
@@ -60,14 +72,15 @@ def inspect(path: str, x_key: str, y_key: str, role: str = "data") -> tuple:
         n, top = x.shape[0], -1
         for s in range(0, n, SCAN_LINES):
             xs = x[s:s + SCAN_LINES]
-            if not np.isfinite(xs).all():
-                bad = s + int(np.argwhere((~np.isfinite(xs.reshape(len(xs), -1))).any(1))[0, 0])
-                raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at line {bad}")
+            bad = first_nonfinite_line(xs)
+            if bad is not None:
+                raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at line "
+                                  f"{s + bad}")
             ys = y[s:s + SCAN_LINES]
-            if (ys < 0).any() or not np.all(np.mod(ys, 1) == 0):
-                bad = s + int(np.argwhere((ys < 0) | (np.mod(ys, 1) != 0))[0, 0])
-                raise ConfigError(f"{role} file {path}: labels must be integers >= 0, line {bad} "
-                                  f"has {ys[bad - s]}")
+            bad = first_bad_label(ys)
+            if bad is not None:
+                raise ConfigError(f"{role} file {path}: labels must be integers >= 0, line "
+                                  f"{s + bad} has {ys[bad]}")
             top = max(top, int(ys.max()))
         return n, tuple(x.shape[1:]), top + 1
 

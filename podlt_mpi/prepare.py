@@ -90,8 +90,8 @@ def _labels(column: list, what: str) -> np.ndarray:
         y = np.asarray(column, dtype=np.float64)
     except ValueError:
         raise ConfigError(f"{what}: labels must be integers >= 0") from None
-    if y.size and ((y < 0).any() or (np.mod(y, 1) != 0).any()):
-        bad = int(np.argwhere((y < 0) | (np.mod(y, 1) != 0))[0, 0])
+    bad = data.first_bad_label(y)
+    if bad is not None:
         raise ConfigError(f"{what}: labels must be integers >= 0; line {bad} has {y[bad]:g}")
     return y.astype(np.int64)
 
@@ -108,9 +108,9 @@ def _shaped(x: np.ndarray, shape: tuple | None, what: str) -> np.ndarray:
 def _checked(x: np.ndarray, what: str) -> np.ndarray:
     if len(x) == 0:
         raise ConfigError(f"{what} holds no lines")
-    finite = np.isfinite(x.reshape(len(x), -1)).all(1)
-    if not finite.all():
-        raise ConfigError(f"{what}: line {int(np.argmin(finite))} has a non-finite value")
+    bad = data.first_nonfinite_line(x)
+    if bad is not None:
+        raise ConfigError(f"{what}: line {bad} has a non-finite value")
     return x
 
 

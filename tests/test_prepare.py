@@ -130,6 +130,7 @@ def test_csv_with_a_header_and_without(tmp_path):
     ("1,2,0\n3,x,1\n", [], "line 1 has a value that is not a number"),
     ("1,2,0\n3,4\n", [], "line 1 has 2 values"),
     ("1,2,0.5\n", [], "labels must be integers"),
+    ("1,2,0\n1,nan,1\n", [], "line 1 has a non-finite value"),
     ("a,b\n1,2\n", ["--label", "c"], "no such column"),
     ("1,2,3,0\n", ["--shape", "2,2"], "--shape 2,2 holds 4 values"),
     ("", [], "is empty"),
