@@ -79,7 +79,9 @@ class RunConfig:
     # Fault injection (demonstration and tests)
     fake_ranks: list = _opt((), "comma-separated ranks that fake their gradients, e.g. 3,7",
                             type="ranks")
-    fake_mode: str = _opt("random", "how fake ranks cheat", choices=FAKE_MODES)
+    fake_mode: str = _opt("random", "how fake ranks cheat: one mode for all of them, or "
+                                    "RANK=MODE,... per rank (a bare MODE in the list is the "
+                                    "others'); modes: " + " ".join(FAKE_MODES))
     fake_from: int = _opt(0, "iteration from which fake ranks cheat")
     fake_prob: float = _opt(1.0, "probability a fake rank cheats in a given iteration")
     fault_plugin: Optional[str] = _opt(None, "module:function(grad, *, iteration, rank, x, y, model)"
@@ -95,6 +97,28 @@ class RunConfig:
     @property
     def data_path(self) -> str:
         return self.data or DEFAULT_DATA
+
+
+def fake_modes(spec: str, fake_ranks) -> dict:
+    """{rank: mode} for every fake rank, from --fake-mode "MODE" or "RANK=MODE,...[,MODE]"."""
+    default, named = "random", {}
+    for item in (t.strip() for t in spec.split(",") if t.strip()):
+        rank, _, mode = item.rpartition("=")
+        if mode not in FAKE_MODES:
+            raise ConfigError(f"--fake-mode names {mode!r}, which is not a fake mode; choose "
+                              f"from {', '.join(FAKE_MODES)}")
+        if not rank:
+            default = mode
+            continue
+        try:
+            named[int(rank)] = mode
+        except ValueError:
+            raise ConfigError(f"--fake-mode item {item!r} must be MODE or RANK=MODE") from None
+    stray = sorted(set(named) - set(fake_ranks))
+    if stray:
+        raise ConfigError(f"--fake-mode gives rank {stray[0]} a mode, but --fake-ranks does not "
+                          "name it")
+    return {r: named.get(r, default) for r in fake_ranks}
 
 
 def _parse_ranks(text: str) -> list:
@@ -173,6 +197,7 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--fake-prob must be in [0, 1], got {cfg.fake_prob}")
     if cfg.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
+    fake_modes(cfg.fake_mode, cfg.fake_ranks)
 
 
 def min_active(cfg: RunConfig) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import training
-from .config import RunConfig
+from .config import RunConfig, fake_modes
 from .models import load_function
 
 
@@ -17,8 +17,8 @@ class Faker:
 
     def __init__(self, cfg: RunConfig, rank: int):
         self.rank = rank
-        self.mode = cfg.fake_mode
-        self.active = rank in cfg.fake_ranks
+        self.mode = fake_modes(cfg.fake_mode, cfg.fake_ranks).get(rank)
+        self.active = self.mode is not None
         self.start, self.prob, self.seed = cfg.fake_from, cfg.fake_prob, cfg.seed
         self.plugin = load_function(cfg.fault_plugin, "--fault-plugin") if cfg.fault_plugin else None
         self._last = None  # what it sent last time, for "stale"

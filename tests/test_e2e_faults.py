@@ -62,6 +62,15 @@ def test_two_fakes_of_each_mode_with_another_seed(mode, job_args, tmp_path, hone
     assert abs(acc - honest_accuracy[1]) <= ACCURACY_MARGIN, (acc, honest_accuracy[1])
 
 
+def test_two_fakes_of_different_modes_are_both_removed(job_args, tmp_path, honest_accuracy):
+    r = run_job(7, job_args(fake_ranks="2,4", fake_mode="2=lazy,4=sign-flip", fake_from=1))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = str(tmp_path / "run")
+    assert removed_ranks(out) == [2, 4]
+    acc = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
+    assert abs(acc - honest_accuracy[0]) <= ACCURACY_MARGIN, (acc, honest_accuracy[0])
+
+
 def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     r = run_job(6, job_args(epochs=2))
     assert r.returncode == 0, r.stdout + r.stderr
