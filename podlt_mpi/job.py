@@ -146,4 +146,14 @@ def _run(comm, argv, started: float) -> int:
         code = 0
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)
+    peaks = comm.gather(peak_rss_mb(), root=0)
+    if rank == 0 and os.path.exists(os.path.join(out, "summary.json")):
+        rundir.add_to_json(os.path.join(out, "summary.json"), peak_rss_mb=peaks)
     return code
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kB, macOS bytes)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import checkpoint, credits, preempt, protocol, rundir, schedule, training, verify
+from . import checkpoint, credits, preempt, protocol, rundir, schedule, timing, training, verify
 from . import comm as mpi
 from . import comm_tags as tags
 from . import ledger
@@ -67,6 +67,7 @@ class Manager:
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
         self.slowest_exchange = None  # seconds; sets the automatic rank timeout
+        self.cost = timing.IterationCost()  # this iteration's, for metrics.jsonl
         self.notice = None  # a stop signal that a worker reported with its loss
         # What the run has done so far: zero, or restored from a checkpoint.
         self.next_iteration, self.useful, self.last_loss, self.test = 0, 0, None, (None, None)
@@ -147,25 +148,30 @@ class Manager:
         """Send every assigned rank its messages; return (grads, losses) by rank."""
         n = training.n_params(self.model)
         reqs, who, grads, losses = [], [], {}, {}
-        for rank, msgs in protocol.messages_for_plan(plan, iteration, weights, bx, by).items():
-            for tag, arr in msgs:
-                reqs.append(mpi.isend(self.comm, arr, rank, tag))
-                who.append(rank)
-            grads[rank] = np.empty(n, np.float32)
-            losses[rank] = np.empty(2, np.float64)
-            reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
-                     mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
-            who += [rank, rank]
+        cost = self.cost
         t0 = time.monotonic()
-        try:
-            mpi.Waiter(self.waiter.mode, self.exchange_timeout()).wait(reqs, who)
-        except mpi.RankTimeout as e:
-            raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
-                               f"at the last complete iteration: continue with --resume "
-                               f"{self.out}") from None
+        with cost.part("exchange"):
+            for rank, msgs in protocol.messages_for_plan(plan, iteration, weights, bx, by).items():
+                for tag, arr in msgs:
+                    reqs.append(mpi.isend(self.comm, arr, rank, tag))
+                    who.append(rank)
+                    cost.bytes_out += arr.nbytes
+                grads[rank] = np.empty(n, np.float32)
+                losses[rank] = np.empty(protocol.ANSWER_LEN, np.float64)
+                reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
+                         mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
+                who += [rank, rank]
+                cost.bytes_in += grads[rank].nbytes + losses[rank].nbytes
+            try:
+                mpi.Waiter(self.waiter.mode, self.exchange_timeout()).wait(reqs, who)
+            except mpi.RankTimeout as e:
+                raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger "
+                                   f"ends at the last complete iteration: continue with "
+                                   f"--resume {self.out}") from None
         dt = time.monotonic() - t0
         self.slowest_exchange = max(self.slowest_exchange or 0.0, dt)
         for r, v in losses.items():
+            cost.compute.append(float(v[2]))
             if v[1] and self.notice is None:
                 self.notice = f"{preempt.name(int(v[1]))} on rank {r}"
         return grads, {r: float(v[0]) for r, v in losses.items()}
@@ -247,23 +253,28 @@ class Manager:
         cfg = self.cfg
         plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng,
                                        cfg.checks_per_iteration)
+        cost = self.cost
         weights = training.get_flat(self.model)
-        model_before = ledger.sha256_array(weights)
-        bx, by = self.train.read(start, stop)
-        bx = bx.reshape(len(by), -1)
+        with cost.part("ledger"):
+            model_before = ledger.sha256_array(weights)
+        with cost.part("read"):
+            bx, by = self.train.read(start, stop)
+            bx = bx.reshape(len(by), -1)
         sent, losses = self.exchange(plan, iteration, weights, bx, by)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         grads = {(a.rank, a.start, a.stop): sent[a.rank] for a in plan.assignments}
         losses = {(a.rank, a.start, a.stop): losses[a.rank] for a in plan.assignments}
-        checks = self.check(plan, grads, losses, weights, bx, by, iteration)
+        with cost.part("verify"):
+            checks = self.check(plan, grads, losses, weights, bx, by, iteration)
         applied = self.accepted(plan, checks)
         fake = sorted({r for c in checks for r in c.decision.fake})
 
         loss = None
         if applied:
             counts = [e - s for s, e, _ in applied]
-            training.apply_update(self.model, self.opt, [grads[(r, s, e)] for s, e, r in applied],
-                                  counts)
+            with cost.part("update"):
+                training.apply_update(self.model, self.opt,
+                                      [grads[(r, s, e)] for s, e, r in applied], counts)
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
@@ -272,20 +283,21 @@ class Manager:
             self.remove(r, iteration, role)
         rechecks = [a for c in checks for a in c.rechecks]
         records = [c.record() for c in checks]
-        record = {
-            "iteration": iteration, "epoch": epoch, "block": block, "lines": [start, stop],
-            "data_sha256": ledger.sha256_arrays(bx, by),
-            "model_before": model_before,
-            "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
-                             "grad_sha256": ledger.sha256_array(grads[(a.rank, a.start, a.stop)])}
-                            for a in (*plan.assignments, *rechecks)],
-            "check": records[0] if records else None,
-            "applied": [[s, e] for s, e, _ in applied],
-            "applied_from": [r for _, _, r in applied],
-            "removed": fake,
-            "loss": ledger.finite_or_none(loss),
-            "model_after": ledger.sha256_array(training.get_flat(self.model)),
-        }
+        with cost.part("ledger"):  # hashing the block, the gradients and the weights
+            record = {
+                "iteration": iteration, "epoch": epoch, "block": block, "lines": [start, stop],
+                "data_sha256": ledger.sha256_arrays(bx, by),
+                "model_before": model_before,
+                "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
+                                 "grad_sha256": ledger.sha256_array(grads[(a.rank, a.start, a.stop)])}
+                                for a in (*plan.assignments, *rechecks)],
+                "check": records[0] if records else None,
+                "applied": [[s, e] for s, e, _ in applied],
+                "applied_from": [r for _, _, r in applied],
+                "removed": fake,
+                "loss": ledger.finite_or_none(loss),
+                "model_after": ledger.sha256_array(training.get_flat(self.model)),
+            }
         if len(records) > 1:
             record["extra_checks"] = records[1:]  # --checks-per-iteration: the others in turn
         credits.account(self.credits, record)
@@ -357,6 +369,7 @@ class Manager:
         try:
             for it, epoch, block, s, e in self.iterations(self.next_iteration):
                 t0 = time.monotonic()
+                self.cost = timing.IterationCost()
                 order = sorted(self.active) if it == 0 else schedule.shuffle(self.active, self.rng)
                 record = self.step(it, epoch, block, s, e, order)
                 self.next_iteration = it + 1
@@ -369,20 +382,23 @@ class Manager:
                 due = (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or \
                     it == last_epoch_iteration[epoch]
                 if due:
-                    self.test = self.evaluate()
+                    with self.cost.part("eval"):
+                        self.test = self.evaluate()
                     row.update(test_loss=self.test[0], test_accuracy=self.test[1])
                 # Decided before the record is sealed, so the record can vouch for the checkpoint.
                 stop = self.stop_reason() if it + 1 < total else None
                 save = self.checkpoint_due(record, it + 1 == total, stop is not None)
-                if save:
-                    if record["removed"]:
-                        self.protected.append(self.next_iteration)  # the audit restarts here
-                    record["checkpoint"] = checkpoint.fingerprint(
-                        self.model.state_dict(), self.opt.state_dict(), self.proof())
-                record = writer.append(record)
+                with self.cost.part("ledger"):
+                    if save:
+                        if record["removed"]:
+                            self.protected.append(self.next_iteration)  # the audit restarts here
+                        record["checkpoint"] = checkpoint.fingerprint(
+                            self.model.state_dict(), self.opt.state_dict(), self.proof())
+                    record = writer.append(record)
                 records += 1
                 dt = time.monotonic() - t0
-                row.update(seconds=dt, samples_per_s=lines / dt if dt > 0 else None)
+                row.update(seconds=dt, samples_per_s=lines / dt if dt > 0 else None,
+                           **self.cost.row())
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 if save:

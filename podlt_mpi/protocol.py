@@ -12,10 +12,15 @@ from . import comm_tags as tags
 
 STOP, WORK = 0, 1
 HEADER_LEN = 3  # [command, iteration, lines]
+ANSWER_LEN = 3  # float64 [loss, stop signal seen (0: none), seconds spent computing], with the gradient
 
 
 def header(command: int, iteration: int = -1, lines: int = 0) -> np.ndarray:
     return np.array([command, iteration, lines], dtype=np.int64)
+
+
+def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
+    return np.array([loss, signal, seconds], np.float64)
 
 
 def work_messages(iteration: int, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> list:

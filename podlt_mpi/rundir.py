@@ -40,6 +40,12 @@ def write_json(path: str, obj) -> None:
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def add_to_json(path: str, **fields) -> None:
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    write_json(path, {**obj, **fields})
+
+
 def save_model(path: str, model) -> None:
     import torch  # lazily: the job checks its input before paying for the import
     with atomic.replacing(path) as tmp, open(tmp, "wb") as f:

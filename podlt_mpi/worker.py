@@ -61,9 +61,10 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         training.set_flat(model, weights)
         xt = torch.from_numpy(x).view(lines, *line_shape)
         yt = torch.from_numpy(y)
+        t_compute = time.perf_counter()
         grad, loss = training.gradient(model, xt, yt)
         grad = np.ascontiguousarray(faker.send(grad, iteration, model, xt, yt), dtype=np.float32)
         # A stop signal seen here rides along with the loss: the manager may not have had one.
-        loss_buf = np.array([loss, preempt.number() or 0], np.float64)
+        loss_buf = protocol.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends

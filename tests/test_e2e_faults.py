@@ -1,4 +1,5 @@
 """End to end: every fake mode is caught and only the fakes are removed; honest runs remove nobody."""
+import math
 import os
 
 import pytest
@@ -81,6 +82,16 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
     assert all(rec["applied"] and sum(e - s for s, e in rec["applied"]) == 200 for rec in ledger)
     assert "removed: none" in r.stdout
+    # the costs behind the overhead benchmarks: bytes from the ledger's own assignments
+    config = read_json(os.path.join(out, "config.json"))
+    n, line = config["n_params"], math.prod(config["line_shape"])
+    for rec, row in zip(ledger, read_jsonl(os.path.join(out, "metrics.jsonl")), strict=True):
+        lines = [e - s for s, e in (a["lines"] for a in rec["assignments"])]
+        assert row["bytes_out"] == sum(3 * 8 + 4 * n + k * (4 * line + 8) for k in lines)
+        assert row["bytes_in"] == len(lines) * (4 * n + 3 * 8)
+        assert {"exchange", "verify", "update", "ledger", "read"} <= set(row["time"])
+        assert 0 < row["compute_max"] <= row["time"]["exchange"] <= row["seconds"]
+    assert len(s["peak_rss_mb"]) == 6 and all(m > 50 for m in s["peak_rss_mb"])
 
 
 def test_fake_control_is_caught(job_args, tmp_path):
