@@ -1,17 +1,18 @@
-"""Command line: train (the default), or prepare data.
+"""Command line: train (the default), prepare data, audit or report on a run, simulate.
 
 usage::
     mpiexec -n 50 python -m podlt_mpi [run] [options]          # train with PoDLT
     python -m podlt_mpi prepare synthetic --out data/synthetic-100k.h5
     python -m podlt_mpi prepare fashion-mnist --out data/fashion-mnist   # also: csv, npz
     python -m podlt_mpi audit RUN_DIR [--sample K | --all]    # check a run, no MPI
+    python -m podlt_mpi report RUN_DIR [--out DIR]               # figures + summary of a run
     python -m podlt_mpi simulate --ranks N --fakes F --iterations T   # detection, in numbers
 """
 from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = ("run", "prepare", "audit", "simulate")
+SUBCOMMANDS = ("run", "prepare", "audit", "report", "simulate")
 
 
 def main(argv=None) -> int:
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
     if command == "audit":
         from .audit import main as audit
         return audit(argv)
+    if command == "report":
+        from .report import main as report
+        return report(argv)
     if command == "simulate":
         from .simulate import main as simulate
         return simulate(argv)

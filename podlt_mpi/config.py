@@ -44,6 +44,10 @@ class RunConfig:
     optimizer: str = _opt("adam", "optimizer on the manager", choices=("sgd", "adam"))
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.0, "SGD momentum")
+    lr_drops: list = _opt((), "epochs (counted from 0) at whose start the learning rate is "
+                              "multiplied by --lr-gamma, e.g. 12,17 (default: constant)",
+                          type="ints")
+    lr_gamma: float = _opt(0.1, "factor of each --lr-drops step")
     # Schedule
     block_lines: int = _opt(1000, "lines per iteration, split into one fragment per worker")
     epochs: int = _opt(1, "passes over the training lines")
@@ -78,7 +82,7 @@ class RunConfig:
                                   "passed (0: no limit)")
     # Fault injection (demonstration and tests)
     fake_ranks: list = _opt((), "comma-separated ranks that fake their gradients, e.g. 3,7",
-                            type="ranks")
+                            type="ints")
     fake_mode: str = _opt("random", "how fake ranks cheat: one mode for all of them, or "
                                     "RANK=MODE,... per rank (a bare MODE in the list is the "
                                     "others'); modes: " + " ".join(FAKE_MODES))
@@ -121,12 +125,12 @@ def fake_modes(spec: str, fake_ranks) -> dict:
     return {r: named.get(r, default) for r in fake_ranks}
 
 
-def _parse_ranks(text: str) -> list:
+def _parse_ints(text: str) -> list:
     try:
-        ranks = [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--fake-ranks must be comma-separated integers, got {text!r}")
-    return sorted(set(ranks))
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}")
+    return sorted(set(values))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,8 +148,8 @@ def build_parser(prog: str = "python -m podlt_mpi") -> argparse.ArgumentParser:
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
         kw = {"default": f.default, "help": meta["help"], "dest": f.name}
-        if meta.get("type") == "ranks":
-            kw["type"] = _parse_ranks
+        if meta.get("type") == "ints":
+            kw["type"] = _parse_ints
             kw["default"] = []
         elif meta.get("type") == "bool":
             kw["action"] = argparse.BooleanOptionalAction
@@ -185,12 +189,16 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError("--checkpoint-every and --keep-checkpoints must be >= 0")
     if cfg.resume is not None and cfg.out is not None:
         raise ConfigError("--resume continues the run in its own directory; leave out --out")
-    for name in ("lr", "rtol", "atol", "momentum", "rank_timeout", "log_every", "time_limit"):
+    for name in ("lr", "lr_gamma", "rtol", "atol", "momentum", "rank_timeout", "log_every",
+                 "time_limit"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if cfg.lr == 0:
-        raise ConfigError("--lr must be positive")
+    if cfg.lr == 0 or cfg.lr_gamma == 0:
+        raise ConfigError("--lr and --lr-gamma must be positive")
+    if any(e < 1 for e in cfg.lr_drops):
+        raise ConfigError(f"--lr-drops are epochs from 1 on (the first is epoch 0), got "
+                          f"{min(cfg.lr_drops)}")
     if not 0 <= cfg.holdout < 1:
         raise ConfigError(f"--holdout must be in [0, 1), got {cfg.holdout}")
     if not 0 <= cfg.fake_prob <= 1:

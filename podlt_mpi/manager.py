@@ -274,7 +274,9 @@ class Manager:
             counts = [e - s for s, e, _ in applied]
             with cost.part("update"):
                 training.apply_update(self.model, self.opt,
-                                      [grads[(r, s, e)] for s, e, r in applied], counts)
+                                      [grads[(r, s, e)] for s, e, r in applied], counts,
+                                      training.learning_rate(cfg.lr, cfg.lr_drops, cfg.lr_gamma,
+                                                             epoch))
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:

@@ -96,7 +96,9 @@ class Replayer:
         if not honest:
             return out  # the run applied something else: its weights after are unknown here
         if grads:
-            training.apply_update(self.model, self.opt, grads, counts)
+            cfg = self.cfg
+            training.apply_update(self.model, self.opt, grads, counts, training.learning_rate(
+                cfg.lr, cfg.lr_drops, cfg.lr_gamma, rec["epoch"]))
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec["loss"]:
                 out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")

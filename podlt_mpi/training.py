@@ -65,8 +65,17 @@ def weighted_mean(grads, counts) -> torch.Tensor:
     return acc
 
 
-def apply_update(model: nn.Module, opt: torch.optim.Optimizer, grads, counts) -> None:
-    """One optimizer step on the line-weighted mean of the accepted fragments' gradients."""
+def learning_rate(lr: float, drops, gamma: float, epoch: int) -> float:
+    """--lr times --lr-gamma for every --lr-drops epoch reached: a function of the epoch alone,
+    so a resumed run and the audit's replay step with the same rate."""
+    return lr * gamma ** sum(1 for d in drops if epoch >= d)
+
+
+def apply_update(model: nn.Module, opt: torch.optim.Optimizer, grads, counts, lr: float) -> None:
+    """One optimizer step, at rate lr, on the line-weighted mean of the accepted fragments'
+    gradients."""
+    for group in opt.param_groups:
+        group["lr"] = lr
     set_flat_grad(model, weighted_mean(grads, counts))
     opt.step()
 

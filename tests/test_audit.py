@@ -27,10 +27,10 @@ def honest(small_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def with_fakes(small_data, tmp_path_factory):
     # ranks 2 and 5 flip signs from iteration 2; unchecked fragments of theirs are applied
-    # before each is caught
+    # before each is caught. The learning rate drops for the second epoch: the replay must too.
     return make_run(small_data, str(tmp_path_factory.mktemp("fakes") / "run"), "--fake-ranks",
                     "2,5", "--fake-mode", "sign-flip", "--fake-from", "2", "--epochs", "2",
-                    ranks=8)
+                    "--lr-drops", "1", "--lr-gamma", "0.3", ranks=8)
 
 
 def audit(run_dir, sample=None):
