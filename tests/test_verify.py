@@ -110,3 +110,17 @@ def test_a_dispute_is_settled_by_two_votes_equal_to_the_managers():
     assert d.verdict == "fake" and d.fake == [2, 5] and d.majority == [4, 1]
     assert verify.settle([2, 4, 5], [4]).verdict == "dispute"       # one is not a majority
     assert verify.settle([2, 4, 5], [2, 4, 5]).verdict == "dispute"  # nobody to lose
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_identical_bits_shortcut_decides_what_the_full_comparison_decides(k):
+    from itertools import combinations
+    a = np.random.default_rng(5).standard_normal(1000).astype(np.float32)
+    a[7] = np.nan
+    grads = {r: a.copy() for r in range(1, k + 1)}
+    fast = verify.decide(grads)
+    full = [[r, s, verify.compare(grads[r], grads[s]).rel_dist] for r, s in combinations(grads, 2)]
+    assert fast.verdict == "agree" and fast.fake == [] and fast.rel_dist == full
+    grads[2] = grads[2].copy()
+    grads[2][0] = np.nextafter(grads[2][0], np.float32(np.inf))  # one ulp: no shortcut
+    assert verify.decide(grads).fake == [2]
