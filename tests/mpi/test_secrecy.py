@@ -10,7 +10,7 @@ from mpi4py import MPI
 
 from podlt_mpi import comm as mpi
 from podlt_mpi import comm_tags as tags
-from podlt_mpi import models, schedule, training, worker
+from podlt_mpi import models, schedule, timing, training, worker
 from podlt_mpi.config import RunConfig
 from podlt_mpi.faults import Faker
 
@@ -36,6 +36,7 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
         m = Manager.__new__(Manager)  # only the exchange is exercised: no files, no data file
         m.comm, m.model, m.waiter, m.out = comm, model, waiter, "-"
         m.cfg, m.slowest_exchange, m.notice = RunConfig(rank_timeout=60), None, None
+        m.cost = timing.IterationCost()
         rng = np.random.default_rng(3)
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
