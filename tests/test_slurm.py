@@ -190,8 +190,11 @@ def test_preemption_checkpoints_and_the_requeued_job_resumes_to_the_same_model(
     assert len(resumed) == 1 and 15 <= resumed[0]["from_iteration"] < 240, text
     stops = re.findall(r"podlt_mpi: stopped by (SIG\w+) after iteration (\d+)", text)
     if impl.name == "mpich":  # Open MPI's mpirun stops relaying output once it is terminating
-        assert stops == [("SIGUSR1" if "USR1" in how else "SIGTERM",
-                          str(resumed[0]["from_iteration"] - 1))], text
+        # On a requeue Slurm's TERM and the USR1 that the script passes on race to the ranks:
+        # whichever arrives first stops the job, and both take the same path.
+        signals = ("SIGUSR1",) if "USR1" in how else ("SIGTERM", "SIGUSR1")
+        assert len(stops) == 1 and stops[0][0] in signals, text
+        assert stops[0][1] == str(resumed[0]["from_iteration"] - 1), text
     assert re.search(r"job \d+ \(restart 1\), 8 tasks, .*--resume " + re.escape(out), text)
     assert_complete(out, text, 8, "Open MPI" if impl.name == "openmpi" else "MPICH")
     with open(os.path.join(out, "model_final.pt"), "rb") as f, \
