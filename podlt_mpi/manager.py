@@ -149,27 +149,28 @@ class Manager:
         n = training.n_params(self.model)
         reqs, who, grads, losses = [], [], {}, {}
         cost = self.cost
+        t_start = time.monotonic()
+        for rank, msgs in protocol.messages_for_plan(plan, iteration, weights, bx, by).items():
+            for tag, arr in msgs:
+                reqs.append(mpi.isend(self.comm, arr, rank, tag))
+                who.append(rank)
+                cost.bytes_out += arr.nbytes
+            grads[rank] = np.empty(n, np.float32)
+            losses[rank] = np.empty(protocol.ANSWER_LEN, np.float64)
+            reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
+                     mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
+            who += [rank, rank]
+            cost.bytes_in += grads[rank].nbytes + losses[rank].nbytes
         t0 = time.monotonic()
-        with cost.part("exchange"):
-            for rank, msgs in protocol.messages_for_plan(plan, iteration, weights, bx, by).items():
-                for tag, arr in msgs:
-                    reqs.append(mpi.isend(self.comm, arr, rank, tag))
-                    who.append(rank)
-                    cost.bytes_out += arr.nbytes
-                grads[rank] = np.empty(n, np.float32)
-                losses[rank] = np.empty(protocol.ANSWER_LEN, np.float64)
-                reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
-                         mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
-                who += [rank, rank]
-                cost.bytes_in += grads[rank].nbytes + losses[rank].nbytes
-            try:
-                mpi.Waiter(self.waiter.mode, self.exchange_timeout()).wait(reqs, who)
-            except mpi.RankTimeout as e:
-                raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger "
-                                   f"ends at the last complete iteration: continue with "
-                                   f"--resume {self.out}") from None
+        try:
+            mpi.Waiter(self.waiter.mode, self.exchange_timeout()).wait(reqs, who)
+        except mpi.RankTimeout as e:
+            raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
+                               f"at the last complete iteration: continue with --resume "
+                               f"{self.out}") from None
         dt = time.monotonic() - t0
         self.slowest_exchange = max(self.slowest_exchange or 0.0, dt)
+        cost.seconds["exchange"] += time.monotonic() - t_start  # posting the sends, and the wait
         for r, v in losses.items():
             cost.compute.append(float(v[2]))
             if v[1] and self.notice is None:

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from . import atomic, credits, schedule
+from . import atomic, credits, ledger, schedule
 
 OUTCOMES = {"agree": ("tab:green", "o"), "caught": ("tab:red", "X"), "dispute": ("tab:orange", "D")}
 
@@ -27,15 +27,11 @@ class ReportError(Exception):
 # ---- reading and summarising (pure) --------------------------------------------------------
 
 def read_rows(path: str) -> tuple:
-    """(rows, skipped): a line a crash cut off, or any unreadable line, is skipped, not fatal."""
-    rows, skipped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in filter(str.strip, f):
-            try:
-                rows.append(json.loads(line))  # no prefix of a JSON object parses
-            except ValueError:
-                skipped += 1
-    return rows, skipped
+    """(rows, skipped): ledger.read's records of any JSON-lines file of the run; a line a crash
+    cut off, or any unreadable line, is skipped, not fatal."""
+    rows, torn = ledger.read(path)
+    good = [r for r in rows if "unreadable" not in r]
+    return good, len(rows) - len(good) + int(torn)
 
 
 def load(run_dir: str) -> dict:
