@@ -85,16 +85,24 @@ class Audit:
 
     # ---- weights and checkpoints --------------------------------------------------------------
 
-    def build(self):
-        """The run's model (user models must be importable here too) and the replay engine."""
-        from . import models, training
+    def build(self, replays: bool = True):
+        """The run's model (user models must be importable here too) and the replay engine, on
+        the kind of device the run computed on."""
+        import torch
+
+        from . import devices, models, training
         from .data import Reader
-        training.set_determinism(self.cfg.threads)
+        here = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        dev, note = devices.for_replay(self.meta.get("device_kind", "cpu"),
+                                       devices.gpu_models(self.meta.get("devices", [])), here,
+                                       replays)
+        if note:
+            self.notes.append(note)
+        training.set_determinism(self.cfg.threads, exact=self.cfg.compare == "exact")
         model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
-                             self.cfg.seed)
+                             self.cfg.seed).to(dev)
         self.reader = Reader(self.data, self.cfg.x_key, self.cfg.y_key)
         self.replayer = Replayer(model, self.cfg, self.reader)
-        import torch
         try:
             self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
                                          weights_only=True)
@@ -249,7 +257,7 @@ class Audit:
             self.check_head(expect_head)
         self.check_chain()
         self.check_structure()
-        self.build()
+        self.build(replays=sample != 0)
         self.check_weights()
         anchors = self.check_checkpoints()
         n = len(self.records)

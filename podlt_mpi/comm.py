@@ -36,12 +36,17 @@ def library() -> str:
     return " ".join(first.split())
 
 
-def local_ranks(comm) -> int:
-    """How many ranks of this job share this node."""
+def node_position(comm) -> tuple[int, int]:
+    """(this rank's index among the job's ranks on its node, how many there are). Collective."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    n = node.Get_size()
+    where = node.Get_rank(), node.Get_size()
     node.Free()
-    return n
+    return where
+
+
+def local_ranks(comm) -> int:
+    """How many ranks of this job share this node. Collective."""
+    return node_position(comm)[1]
 
 
 def cores() -> int:

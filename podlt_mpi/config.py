@@ -65,6 +65,12 @@ class RunConfig:
     # Reproducibility and speed
     seed: int = _opt(0, "seed for initial weights, the schedule and fault injection")
     threads: int = _opt(1, "torch intra-op threads on every rank (must match for exact mode)")
+    device: str = _opt("auto", "where ranks compute: cuda (GPU local_rank %% visible GPUs, local "
+                               "rank from the launcher), cpu, or auto (cuda where present)",
+                       choices=("auto", "cpu", "cuda"))
+    cuda_aware_mpi: bool = _opt(False, "pass GPU buffers to MPI directly (the MPI must be built "
+                                       "CUDA-aware); default: weights and gradients travel as "
+                                       "host buffers", type="bool")
     wait: str = _opt("auto", "how idle ranks wait: spin (one rank per core), sleep (oversubscribed), "
                              "auto (from ranks per node vs cores)", choices=("auto", "spin", "sleep"))
     rank_timeout: float = _opt(0.0, "seconds the manager waits for a rank's answer before it "
@@ -187,6 +193,8 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0:
         raise ConfigError("--checkpoint-every and --keep-checkpoints must be >= 0")
+    if cfg.cuda_aware_mpi and cfg.device == "cpu":
+        raise ConfigError("--cuda-aware-mpi moves GPU buffers, but --device cpu uses none")
     if cfg.resume is not None and cfg.out is not None:
         raise ConfigError("--resume continues the run in its own directory; leave out --out")
     for name in ("lr", "lr_gamma", "rtol", "atol", "momentum", "rank_timeout", "log_every",
@@ -215,7 +223,7 @@ def min_active(cfg: RunConfig) -> int:
 
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
 # data lies now, and the simulated adversary. Everything else decides the numbers it computes.
-RESUME_MAY_CHANGE = {"data", "test_data", "wait", "rank_timeout", "log_every", "checkpoint_every",
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "cuda_aware_mpi", "rank_timeout", "log_every", "checkpoint_every",
                      "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
                      "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
 
@@ -230,7 +238,7 @@ def explicit_options(argv) -> set:
 
 # Options added since runs were first written, with the value that gives an older run's
 # behaviour: a run's config.json that lacks one continues, and is audited, as it was started.
-BEFORE_OPTION = {"shuffle_blocks": False}
+BEFORE_OPTION = {"shuffle_blocks": False, "device": "cpu", "cuda_aware_mpi": False}
 
 
 def saved_options(saved: dict) -> dict:

@@ -46,7 +46,7 @@ class Faker:
         if self.plugin is not None:
             t = self.plugin(torch.from_numpy(grad.copy()), iteration=iteration, rank=self.rank,
                             x=x, y=y, model=model)
-            out = torch.as_tensor(t).detach().reshape(-1).to(torch.float32).numpy()
+            out = training.host(torch.as_tensor(t).to(torch.float32))
             if out.shape != grad.shape:
                 raise ValueError(f"--fault-plugin returned {out.size} values, the gradient has {grad.size}")
             return np.ascontiguousarray(out)
@@ -95,7 +95,7 @@ class Faker:
         finally:
             reader.close()
         return training.gradient(model, torch.from_numpy(x).view(len(y), *shape),
-                                 torch.from_numpy(y))[0]
+                                 torch.from_numpy(y))[0]  # gradient() moves them to the model
 
 
 def _spread(model, x, y, parts: int = 4) -> np.ndarray:
@@ -113,4 +113,4 @@ def _bf16_gradient(model, x, y) -> np.ndarray:
     cheap.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(cheap(x.to(torch.bfloat16)).float(), y)
     loss.backward()
-    return torch.cat([p.grad.reshape(-1).float() for p in cheap.parameters()]).numpy()
+    return training.host(torch.cat([p.grad.reshape(-1).float() for p in cheap.parameters()]))

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from . import __version__, comm as mpi, data, launcher, preempt, resume, rundir
+from . import __version__, comm as mpi, data, devices, launcher, preempt, resume, rundir
 from .config import ConfigError, build_parser, check_world, min_active, parse_args, resumed
 
 log = logging.getLogger("podlt_mpi")
@@ -75,7 +75,7 @@ def _run(comm, argv, started: float) -> int:
     waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
 
     # Rank 0 prepares and validates the data and the run directory while the others sleep.
-    error, shared, created, changed, history = None, None, False, {}, []
+    error, shared, created, changed, history, saved = None, None, False, {}, [], None
     if rank == 0:
         try:
             if cfg.resume:
@@ -90,25 +90,28 @@ def _run(comm, argv, started: float) -> int:
             if cfg.uses_default_data:
                 data.ensure_default_data()
             ds = data.resolve(cfg)
-            shared = (cfg, ds, out)
+            shared = (cfg, ds, out, saved and saved.get("device_kind", "cpu"))
         except ConfigError as e:
             error = str(e)
     error = mpi.fail_together(comm, error, waiter)
     if error:
         _say(rank, error)
         return 2
-    cfg, ds, out = mpi.bcast(comm, shared)
+    cfg, ds, out, resumed_kind = mpi.bcast(comm, shared)
 
     # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
     # and bad input should be reported in seconds.
     from . import models, training
     from .faults import Faker
-    training.set_determinism(cfg.threads)
+    training.set_determinism(cfg.threads, exact=cfg.compare == "exact")
 
     # Every rank builds the model and its fault behaviour; any of them may fail on user code.
     model = faker = plan = None
+    dev, node_rank = "cpu", mpi.node_position(comm)[0]
     try:
-        model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed)
+        dev = devices.place(cfg.device, rank, node_rank)
+        model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed).to(dev)
+        models.check_gradient(model, cfg.model, ds.line_shape, dev)
         faker = Faker(cfg, rank)
         if rank == 0 and cfg.resume:
             plan = resume.prepare(out, size, min_active(cfg), changed, history)
@@ -120,11 +123,19 @@ def _run(comm, argv, started: float) -> int:
     except OSError as e:
         error = f"--out {out} cannot be created: {e.strerror}"
     error = mpi.fail_together(comm, error, waiter)
+    if not error:
+        # Every rank gets every rank's device, so all reach the same verdict without a word.
+        placed = comm.allgather(devices.describe(dev))
+        error = devices.check_kinds(placed, cfg.compare, resumed_kind, cfg.cuda_aware_mpi)
     if error:
         if rank == 0 and created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
         _say(rank, error)
         return 2
+    if rank == 0 and cfg.compare == "exact" and len(devices.gpu_models(placed)) > 1:
+        log.warning("GPU models differ (%s): under --compare exact their ranks may disagree on "
+                    "honest work, which ends in disputes; --compare tolerance avoids them",
+                    ", ".join(devices.gpu_models(placed)))
 
     if rank == 0:
         from .manager import TOO_FEW, Manager
@@ -133,16 +144,19 @@ def _run(comm, argv, started: float) -> int:
                 "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
                 "out": out, "world_size": size, "wait_mode": waiter.mode,
                 "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
-                "n_params": training.n_params(model),
+                "n_params": training.n_params(model), "devices": placed,
+                "device_kind": devices.kinds(placed),
                 "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
                              "python": platform.python_version(), "mpi": mpi.library()}}
-        log.info("%d ranks (%s waits), %d training lines, model %s with %d parameters, out %s",
-                 size, waiter.mode, len(ds.train), cfg.model, meta["n_params"], out)
+        log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters, "
+                 "out %s", size, waiter.mode, devices.summary(placed), len(ds.train), cfg.model,
+                 meta["n_params"], out)
         summary = Manager(comm, cfg, ds, model, out, waiter, meta, plan, started).run()
         code = 1 if summary["stopped_by"] == TOO_FEW else 0
     else:
         from . import worker
-        worker.run(comm, model, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout)
+        worker.run(comm, model, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout,
+                   cuda_aware=cfg.cuda_aware_mpi)
         code = 0
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)

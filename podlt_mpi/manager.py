@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import checkpoint, credits, preempt, protocol, rundir, schedule, timing, training, verify
+from . import checkpoint, credits, kernels, preempt, protocol, rundir, schedule, timing, training
+from . import verify
 from . import comm as mpi
 from . import comm_tags as tags
 from . import ledger
@@ -57,6 +58,8 @@ class Manager:
         self.model = model
         self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
+        # the votes' fused comparison: the Triton kernel when the manager has a GPU
+        self.three_way = kernels.for_device(training.device_of(model))
         self.line_shape = ds.line_shape
         self.waiter = waiter
         self.rng = np.random.default_rng([cfg.seed, 1])
@@ -194,7 +197,7 @@ class Manager:
         s, e = plan.fragment_of(checked)
         votes = {r: grads[(r, s, e)] for r in (checked, *controls)}
         cfg = self.cfg
-        decision = verify.decide(votes, cfg.compare, cfg.rtol, cfg.atol)
+        decision = verify.decide(votes, cfg.compare, cfg.rtol, cfg.atol, self.three_way)
         done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
             return done

@@ -71,6 +71,8 @@ def build(spec: str, input_shape, n_classes: int, seed: int) -> nn.Module:
     with torch.no_grad():  # a dry run, so a shape mismatch is bad input, not a crash mid-training
         try:
             out = model(torch.zeros((2, *input_shape)))
+        except RuntimeError as e:
+            raise _failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
         except Exception as e:
             raise ConfigError(f"model {spec!r} fails on input of shape {list(input_shape)}: {e}") from None
     if tuple(out.shape) != (2, n_classes):
@@ -78,3 +80,27 @@ def build(spec: str, input_shape, n_classes: int, seed: int) -> nn.Module:
                           f"expected [{n_classes}] class scores")
     torch.manual_seed(seed)  # the dry run must not shift initial weights between specs
     return factory(tuple(input_shape), n_classes)
+
+
+def check_gradient(model: nn.Module, spec: str, input_shape, device) -> None:
+    """One forward and backward pass on `device` before training starts: a model with an op that
+    has no deterministic kernel there (exact mode makes torch raise) or that fails on the device
+    is bad input, reported before the first iteration rather than as a crash in it."""
+    x = torch.zeros((2, *input_shape), device=device)
+    try:
+        out = model(x)
+        nn.functional.cross_entropy(out, torch.zeros(2, dtype=torch.long, device=device)).backward()
+    except RuntimeError as e:
+        raise _failure(spec, device, e, "fails a gradient step") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def _failure(spec: str, device, e: RuntimeError, what: str) -> ConfigError:
+    first = str(e).strip().split("\n", 1)[0]
+    if "deterministic" in first:
+        op = first.split(", but you set", 1)[0]  # torch goes on about its options for a paragraph
+        return ConfigError(f"model {spec!r} uses an operation with no deterministic kernel on "
+                           f"{device} ({op}); --compare exact needs bit-identical results on "
+                           "every rank: replace that layer, or use --compare tolerance")
+    return ConfigError(f"model {spec!r} {what} on {device}: {first}")

@@ -136,8 +136,8 @@ def _equal(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
                 and a.dtype == b.dtype and a.shape == b.shape
-                and np.array_equal(a.detach().reshape(-1).view(torch.uint8).numpy(),
-                                   b.detach().reshape(-1).view(torch.uint8).numpy()))
+                and np.array_equal(a.detach().cpu().reshape(-1).view(torch.uint8).numpy(),
+                                   b.detach().cpu().reshape(-1).view(torch.uint8).numpy()))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

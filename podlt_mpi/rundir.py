@@ -49,7 +49,8 @@ def add_to_json(path: str, **fields) -> None:
 def save_model(path: str, model) -> None:
     import torch  # lazily: the job checks its input before paying for the import
     with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
-        torch.save(model.state_dict(), f)
+        # host copies: the file must load on a machine without the GPU the run used
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
 
 
 def keep_metrics_before(path: str, iteration: int) -> None:

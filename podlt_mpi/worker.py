@@ -19,16 +19,21 @@ IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives 
 
 
 def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=None,
-        idle_timeout: float = 0.0) -> int:
+        idle_timeout: float = 0.0, cuda_aware: bool = False) -> int:
     """Serve the manager; return how many fragments this rank computed.
 
     `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
     `idle_timeout`: seconds to wait for the manager (0: max(IDLE_MIN, 10 x the longest pause so
     far); evaluation and checkpoints make some pauses long).
+    `cuda_aware`: weights arrive in, and the gradient leaves from, GPU memory (a CUDA-aware MPI
+    moves them); otherwise both travel through host buffers. The manager's side stays on the
+    host either way: it hashes every byte it receives into the ledger.
     """
     n_params = training.n_params(model)
     line_size = math.prod(line_shape)
-    weights = np.empty(n_params, np.float32)
+    dev = training.device_of(model)
+    weights = (torch.empty(n_params, dtype=torch.float32, device=dev) if cuda_aware
+               else np.empty(n_params, np.float32))
     head = np.empty(protocol.HEADER_LEN, np.int64)
     pending, done, longest = [], 0, 0.0
     while True:
@@ -56,14 +61,20 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
                      mpi.irecv(comm, y, 0, tags.Y)])
         if on_message:
-            for tag, arr in ((tags.WEIGHTS, weights), (tags.X, x), (tags.Y, y)):
+            on_message(tags.WEIGHTS, training.host(weights).copy())
+            for tag, arr in ((tags.X, x), (tags.Y, y)):
                 on_message(tag, arr.copy())
         training.set_flat(model, weights)
-        xt = torch.from_numpy(x).view(lines, *line_shape)
-        yt = torch.from_numpy(y)
+        xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
+        yt = torch.from_numpy(y).to(dev)
         t_compute = time.perf_counter()
-        grad, loss = training.gradient(model, xt, yt)
-        grad = np.ascontiguousarray(faker.send(grad, iteration, model, xt, yt), dtype=np.float32)
+        grad, loss = training.gradient_tensor(model, xt, yt)
+        if faker.active or not cuda_aware:
+            grad = np.ascontiguousarray(faker.send(training.host(grad), iteration, model, xt, yt),
+                                        dtype=np.float32)
+        if cuda_aware:
+            grad = torch.as_tensor(grad).to(dev)
+            torch.cuda.synchronize(dev)  # MPI reads the buffer outside torch's stream order
         # A stop signal seen here rides along with the loss: the manager may not have had one.
         loss_buf = protocol.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]

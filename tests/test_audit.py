@@ -200,3 +200,27 @@ def test_audit_command_exit_codes_and_json(honest, tmp_path):
     r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", bad, "--sample", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "PROBLEM iteration 2 [chain]" in r.stdout
+
+
+def test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there(honest, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusals below are for machines without it")
+    run = str(tmp_path / "run")
+    shutil.copytree(honest, run)
+    path = os.path.join(run, "config.json")
+    cfg = read_json(path)
+    cfg.update(device_kind="cuda", devices=["cuda:0 NVIDIA H100 80GB HBM3"] * cfg["world_size"])
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", run], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "computed on CUDA (NVIDIA H100 80GB HBM3); its replay needs a CUDA device" in r.stderr
+    assert audit(run, sample=0)["passed"]  # the hashes hold whatever the device
+    r = run_job(6, ["--resume", run, "--epochs", "2"])
+    assert r.returncode == 2, r.stderr
+    assert "this run computed on cuda, this job would on cpu" in r.stderr

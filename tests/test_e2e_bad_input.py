@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_job
+from conftest import read_json, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +106,57 @@ def test_out_that_already_holds_a_run(small_data, tmp_path):
     (out / "ledger.jsonl").write_text("")
     r = run_job(4, ["--data", small_data["train"], "--out", out], timeout=60)
     assert_clean_exit_2(r, "already holds a run")
+
+
+def no_cuda():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is good input here")
+
+
+@pytest.mark.parametrize("args,message,needs_no_cuda", [
+    (["--device", "cpu", "--cuda-aware-mpi"], "--cuda-aware-mpi moves GPU buffers", False),
+    (["--device", "cuda"], "rank 0 sees no CUDA device", True),
+    (["--cuda-aware-mpi"], "rank(s) [0, 1, 2, 3] compute on the CPU", True),
+])
+def test_device_options_that_cannot_work_are_bad_input(args, message, needs_no_cuda, small_data,
+                                                       tmp_path):
+    if needs_no_cuda:
+        no_cuda()
+    out = tmp_path / "run"
+    r = run_job(4, ["--data", small_data["train"], "--out", out, *args], timeout=60)
+    assert_clean_exit_2(r, message, out)
+
+
+UNPOOL = '''
+import math
+
+from torch import nn
+
+class Unpool(nn.Module):
+    def __init__(self, n_in, n_classes):
+        super().__init__()
+        self.lin = nn.Linear(n_in, 2 * n_classes)
+
+    def forward(self, x):
+        y, idx = nn.functional.max_pool1d(self.lin(x.flatten(1)).unsqueeze(1), 2,
+                                          return_indices=True)
+        return nn.functional.max_unpool1d(y, idx, 2).squeeze(1)[:, ::2]
+
+def make(shape, n_classes):
+    return Unpool(math.prod(shape), n_classes)
+'''
+
+
+def test_a_model_without_deterministic_kernels_is_refused_in_exact_mode_only(small_data,
+                                                                            tmp_path):
+    (tmp_path / "unpoolmodel.py").write_text(UNPOOL)
+    base = ["--data", small_data["train"], "--model", "unpoolmodel:make", "--block-lines", "200",
+            "--blocks", "3"]
+    out = tmp_path / "run"
+    r = run_job(4, [*base, "--out", out], timeout=60, path=[tmp_path])
+    assert_clean_exit_2(r, "(max_unpooling2d_forward_out does not have a deterministic implementation)", out)
+    assert "--compare tolerance" in r.stderr
+    r = run_job(4, [*base, "--out", out, "--compare", "tolerance"], timeout=120, path=[tmp_path])
+    assert r.returncode == 0, r.stderr
+    assert read_json(out / "summary.json")["iterations"] == 3
