@@ -46,13 +46,14 @@ def run(cmd, timeout):
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
 
 
-def podlt(n, model, controls, a, tmp):
+def podlt(n, model, controls, a, tmp, extra=()):
+    """One job's per-iteration numbers; `extra`: further options (benchmarks/gpu.py: --device)."""
     out = os.path.join(tmp, f"podlt-{n}-{model}-{controls}")
     shutil.rmtree(out, ignore_errors=True)
     cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "podlt_mpi", "--data", a.data,
            "--model", model, "--block-lines", str(a.block_lines),
            "--epochs", "100", "--blocks", str(a.warmup + a.iterations), "--controls", str(controls),
-           "--checkpoint-every", "0", "--out", out]
+           "--checkpoint-every", "0", *extra, "--out", out]
     run(cmd, a.timeout)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f][a.warmup:]

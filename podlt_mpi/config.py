@@ -223,7 +223,8 @@ def min_active(cfg: RunConfig) -> int:
 
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
 # data lies now, and the simulated adversary. Everything else decides the numbers it computes.
-RESUME_MAY_CHANGE = {"data", "test_data", "wait", "cuda_aware_mpi", "rank_timeout", "log_every", "checkpoint_every",
+# --device may change as long as the kind of device stays (the job checks devices.kinds).
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "device", "cuda_aware_mpi", "rank_timeout", "log_every", "checkpoint_every",
                      "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
                      "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
 

@@ -61,8 +61,8 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
                      mpi.irecv(comm, y, 0, tags.Y)])
         if on_message:
-            on_message(tags.WEIGHTS, training.host(weights).copy())
-            for tag, arr in ((tags.X, x), (tags.Y, y)):
+            seen = training.host(weights) if cuda_aware else weights
+            for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y)):
                 on_message(tag, arr.copy())
         training.set_flat(model, weights)
         xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)

@@ -42,3 +42,18 @@ def test_gpu_script_runs_the_cpu_scripts_body():
         text = read(path)
         return text[text.index("# From the environment"):]
     assert body(GPU) == body(CPU)
+
+
+@pytest.mark.parametrize("path,device", [(CPU, None), (GPU, "cuda")])
+def test_gpu_script_puts_every_rank_on_cuda(path, device, tmp_path):
+    """The launch line the scripts build, with `echo` standing in for the MPI launcher."""
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_NTASKS": "3", "PODLT_LAUNCH": "echo",
+           "PODLT_OUT": str(tmp_path / "run"), "PODLT_ARGS": "--epochs 2"}
+    env.pop("PODLT_DEVICE", None)
+    r = subprocess.run(["bash", path], capture_output=True, text=True, timeout=30, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[-1]
+    want = f"python -m podlt_mpi --out {tmp_path / 'run'}"
+    want += f" --device {device} --epochs 2" if device else " --epochs 2"
+    assert line == want
