@@ -208,3 +208,8 @@ def test_triton_small_blocks_and_numpy_input(tc):
     """Many programs with a partial last block; numpy input goes through torch.from_numpy."""
     xs = next(c for c in SMALL if c[0] == "nonfinite_same_and_moved")[1:]
     assert_same_threeway(tc.three_way_triton(*xs, block=128), fused.three_way(*xs))
+
+
+def test_triton_on_empty_vectors(tc):
+    e = np.zeros(0, np.float32)
+    assert_same_threeway(tc.three_way_triton(e, e, e), fused.three_way(e, e, e))

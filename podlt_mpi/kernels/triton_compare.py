@@ -1,8 +1,10 @@
 """The three-way comparison of `fused.three_way` as one Triton kernel.
 
 Each program reads its block of a, b and c once (as int32 bits; floats are bitcasts of those),
-and writes its partial sums: 6 float64 (3 pair distances, 3 norms) and 9 int64 counts (3 bit
-mismatches, 3 non-finite mismatches, 3 non-finite counts). A torch sum over programs finishes.
+and writes its 15 partial sums as float64: 3 pair distances, 3 norms, then 9 counts (3 bit
+mismatches, 3 non-finite mismatches, 3 non-finite counts), which float64 holds exactly up to
+2^53. One torch sum over programs finishes: at 10M values the kernel itself takes tens of
+microseconds, so every extra launch (zeroing, a second sum) would show in its bandwidth.
 Sums are float64 inside the block too: float32 squares overflow from |x| ~ 1.8e19, which would
 turn a finite gradient's norm into inf.
 
@@ -35,7 +37,7 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
-    def _three_way_kernel(a_ptr, b_ptr, c_ptr, f_ptr, i_ptr, n, BLOCK: tl.constexpr):
+    def _three_way_kernel(a_ptr, b_ptr, c_ptr, f_ptr, n, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
@@ -54,7 +56,7 @@ if triton is not None:
         dab = tl.where(fa & fb, xa - xb, 0.0)
         dac = tl.where(fa & fc, xa - xc, 0.0)
         dbc = tl.where(fb & fc, xb - xc, 0.0)
-        fo = f_ptr + pid * 6
+        fo = f_ptr + pid * 15
         tl.store(fo + 0, tl.sum(dab * dab, axis=0))
         tl.store(fo + 1, tl.sum(dac * dac, axis=0))
         tl.store(fo + 2, tl.sum(dbc * dbc, axis=0))
@@ -64,17 +66,17 @@ if triton is not None:
         ab = ua != ub
         ac = ua != uc
         bc = ub != uc
-        io = i_ptr + pid * 9
-        tl.store(io + 0, tl.sum(ab.to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 1, tl.sum(ac.to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 2, tl.sum(bc.to(tl.int32), axis=0).to(tl.int64))
+        io = fo + 6  # counts: exact as float64 (at most BLOCK per program)
+        tl.store(io + 0, tl.sum(ab.to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 1, tl.sum(ac.to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 2, tl.sum(bc.to(tl.int32), axis=0).to(tl.float64))
         # non-finite mismatch: bits differ where either side is non-finite
-        tl.store(io + 3, tl.sum((ab & ~(fa & fb)).to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 4, tl.sum((ac & ~(fa & fc)).to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 5, tl.sum((bc & ~(fb & fc)).to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 6, tl.sum((~fa).to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 7, tl.sum((~fb).to(tl.int32), axis=0).to(tl.int64))
-        tl.store(io + 8, tl.sum((~fc).to(tl.int32), axis=0).to(tl.int64))
+        tl.store(io + 3, tl.sum((ab & ~(fa & fb)).to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 4, tl.sum((ac & ~(fa & fc)).to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 5, tl.sum((bc & ~(fb & fc)).to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 6, tl.sum((~fa).to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 7, tl.sum((~fb).to(tl.int32), axis=0).to(tl.float64))
+        tl.store(io + 8, tl.sum((~fc).to(tl.int32), axis=0).to(tl.float64))
 
 
 def _bits(x) -> torch.Tensor:
@@ -93,13 +95,12 @@ def three_way_triton(a, b, c, block: int = BLOCK) -> ThreeWay:
     n, dev = xs[0].numel(), xs[0].device
     if any(x.numel() != n or x.device != dev for x in xs):
         raise ValueError("gradients differ in length or device")
-    progs = max(1, triton.cdiv(n, block))
-    fsum = torch.zeros(progs, 6, dtype=torch.float64, device=dev)
-    isum = torch.zeros(progs, 9, dtype=torch.int64, device=dev)
-    if n:
-        # no FMA contraction: the same rounding whatever Triton's default (which is changing)
-        _three_way_kernel[(progs,)](*xs, fsum, isum, n, BLOCK=block, num_warps=8,
-                                    enable_fp_fusion=False)
-    f = fsum.sum(0).tolist()
-    i = [int(v) for v in isum.sum(0).tolist()]
-    return ThreeWay(n, tuple(f[:3]), tuple(i[:3]), tuple(i[3:6]), tuple(f[3:]), tuple(i[6:]))
+    if n == 0:
+        return ThreeWay(0, (0.0,) * 3, (0,) * 3, (0,) * 3, (0.0,) * 3, (0,) * 3)
+    progs = triton.cdiv(n, block)
+    part = torch.empty(progs, 15, dtype=torch.float64, device=dev)  # every program fills its row
+    # no FMA contraction: the same rounding whatever Triton's default (which is changing)
+    _three_way_kernel[(progs,)](*xs, part, n, BLOCK=block, num_warps=8, enable_fp_fusion=False)
+    t = part.sum(0).tolist()
+    i = [int(v) for v in t[6:]]
+    return ThreeWay(n, tuple(t[:3]), tuple(i[:3]), tuple(i[3:6]), tuple(t[3:6]), tuple(i[6:]))
