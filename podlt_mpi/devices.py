@@ -99,8 +99,10 @@ def check_kinds(placed: list, compare: str, resumed_kind: str | None,
                 "for bit under --compare exact: give every node a GPU, use --device cpu, or "
                 "--compare tolerance")
     if resumed_kind is not None and now != resumed_kind:
+        how = (f"add --device {resumed_kind}" if "+" not in resumed_kind else
+               "resume it on the devices it started on")
         return (f"--resume: this run computed on {resumed_kind}, this job would on {now}, which "
-                "changes its numbers mid-run: resume it where it can compute as it did")
+                f"changes its numbers mid-run: {how}")
     return None
 
 

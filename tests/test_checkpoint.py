@@ -82,6 +82,13 @@ def test_resume_may_change_how_the_run_goes_on_but_not_its_numbers():
         resumed(saved, parse_args(argv), argv)
     argv = ["--resume", "r", "--lr", "0.01"]  # the same value is no change
     assert resumed(saved, parse_args(argv), argv)[1] == {}
+    # the device option may change (the job then checks the kind of device stays)
+    argv = ["--resume", "r", "--device", "cuda", "--cuda-aware-mpi"]
+    cfg, changed = resumed(saved, parse_args(argv), argv)
+    assert cfg.device == "cuda" and changed["device"] == ("auto", "cuda")
+    # a run from before --device computed on the CPU, and says so when resumed
+    old = {k: v for k, v in saved.items() if k not in ("device", "cuda_aware_mpi")}
+    assert resumed(old, parse_args(["--resume", "r"]), ["--resume", "r"])[0].device == "cpu"
     with pytest.raises(ConfigError, match="leave out --out"):
         parse_args(["--resume", "r", "--out", "x"])
 
