@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from . import atomic, credits, ledger, schedule
+from . import atomic, credits, devices, ledger, schedule
 
 OUTCOMES = {"agree": ("tab:green", "o"), "caught": ("tab:red", "X"), "dispute": ("tab:orange", "D")}
 
@@ -103,6 +103,7 @@ def summarise(run: dict) -> dict:
         "run_dir": run["dir"], "from_summary": bool(run["summary"]),
         "status": s.get("status", "no summary.json (crashed or still running)"),
         "stopped_by": s.get("stopped_by"), "ranks": ranks,
+        "devices": devices.summary(cfg["devices"]) if cfg.get("devices") else "cpu",
         "iterations": s.get("iterations", max(len(recs), len(rows))), "total_iterations": total,
         "wall_time_s": wall,
         "useful_samples_per_s": s.get("useful_samples_per_s", useful / wall if wall else None),
@@ -128,7 +129,7 @@ def text(sm: dict, figures) -> str:
         status += ": numbers below come from the ledger and metrics"
     c = sm["checks"]
     lines = [f"run dir       {sm['run_dir']}", f"status        {status}",
-             f"ranks         {fmt(sm['ranks'], 'd')}",
+             f"ranks         {fmt(sm['ranks'], 'd')} on {sm['devices']}",
              f"iterations    {sm['iterations']} of {fmt(sm['total_iterations'], 'd', '?')}",
              f"wall time     {fmt(sm['wall_time_s'], '.1f')} s"
              + ("" if sm["from_summary"] else " (sum of the iterations' seconds)"),

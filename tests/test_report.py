@@ -71,7 +71,7 @@ def test_every_number_in_the_summary_is_the_runs(run_dir, reported):
     gone = s["removed"][0]
     c = s["checks"]
     for want in (f"run dir       {run_dir}", f"status        {s['status']}",
-                 f"ranks         {s['ranks']}",
+                 f"ranks         {s['ranks']} on cpu",
                  f"iterations    {s['iterations']} of {s['total_iterations']}",
                  f"wall time     {s['wall_time_s']:.1f} s",
                  f"useful        {s['useful_samples_per_s']:,.1f} samples/s",
