@@ -118,10 +118,18 @@ def test_each_launch_mode_gives_a_correct_run(cluster, small_data, tmp_path, imp
 
 
 def test_the_gpu_script_runs_the_same_job(cluster, small_data, tmp_path):
-    # This node has no GPUs: ask for none. What the ranks do with GPUs is the job's concern.
+    # This node has no GPUs: ask for none. The script puts every rank on CUDA, so the job must
+    # refuse at once (exit 2, one line, nothing written); with PODLT_DEVICE=auto it trains.
     out, log = str(tmp_path / "run"), str(tmp_path / "job.out")
-    r = submit(4, job_env(mpi_impls.get("mpich"), PODLT_OUT=out, PODLT_ARGS=args(small_data, 1)),
-               log, script=GPU_SCRIPT, options=["--gpus-per-task=0", "--cpus-per-task=1"])
+    options = ["--gpus-per-task=0", "--cpus-per-task=1"]
+    env = job_env(mpi_impls.get("mpich"), PODLT_OUT=out, PODLT_ARGS=args(small_data, 1))
+    r = submit(4, env, log, script=GPU_SCRIPT, options=options)
+    text = read(log)
+    assert r.returncode == 2, r.stderr + text
+    assert text.count("podlt_mpi: error: --device cuda, but rank 0 sees no CUDA device") == 1
+    assert "Traceback" not in text and not os.path.exists(out)
+    log = str(tmp_path / "job-auto.out")
+    r = submit(4, {**env, "PODLT_DEVICE": "auto"}, log, script=GPU_SCRIPT, options=options)
     assert r.returncode == 0, r.stderr + read(log)
     assert_complete(out, read(log), 4, "MPICH")
 
