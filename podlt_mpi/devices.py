@@ -8,6 +8,7 @@ modulo gives 0.
 from __future__ import annotations
 
 from .config import ConfigError
+from .launcher import env_int
 
 # (variable with this process's index on its node, launcher), most specific first. Slurm's comes
 # last and counts only where srun started this process itself (SLURM_PROCID is the MPI rank):
@@ -21,20 +22,13 @@ _LOCAL = (
 )
 
 
-def _int(text) -> int | None:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
-
-
 def local_rank(environ, world_rank: int) -> tuple[int, str] | None:
     """(local rank, which launcher said so), or None when no launcher variable applies."""
     for var, who in _LOCAL:
-        value = _int(environ.get(var))
+        value = env_int(environ.get(var))
         if value is None or value < 0:
             continue
-        if var == "SLURM_LOCALID" and _int(environ.get("SLURM_PROCID")) != world_rank:
+        if var == "SLURM_LOCALID" and env_int(environ.get("SLURM_PROCID")) != world_rank:
             continue
         return value, who
     return None

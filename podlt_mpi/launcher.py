@@ -15,7 +15,8 @@ _LAUNCHERS = (
 )
 
 
-def _int(text) -> int | None:
+def env_int(text) -> int | None:
+    """A launcher variable's integer, or None where it is unset or not a number."""
     try:
         return int(text)
     except (TypeError, ValueError):
@@ -27,7 +28,7 @@ def lone_worlds(world_size: int, environ, mpi_library: str = "") -> tuple[str, b
     if world_size != 1:
         return None
     for size_var, rank_var, who in _LAUNCHERS:
-        tasks = _int(environ.get(size_var))
+        tasks = env_int(environ.get(size_var))
         if tasks and tasks > 1:
             lib = f" ({mpi_library})" if mpi_library else ""
             fix = ("give srun an MPI plugin: srun --mpi=pmi2 for MPICH, srun --mpi=pmix for "
@@ -36,5 +37,5 @@ def lone_worlds(world_size: int, environ, mpi_library: str = "") -> tuple[str, b
                    "launch with the mpiexec of the MPI that mpi4py uses")
             error = (f"{who} started {tasks} processes, but each one is alone in its own "
                      f"one-rank MPI world{lib}, so they cannot work together; {fix}")
-            return error, _int(environ.get(rank_var)) in (0, None)
+            return error, env_int(environ.get(rank_var)) in (0, None)
     return None
