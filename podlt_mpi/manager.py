@@ -59,7 +59,7 @@ class Manager:
         self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
-        self.three_way = kernels.for_device(training.device_of(model))
+        self.three_way = kernels.for_device(training.device_of(model), training.n_params(model))
         self.line_shape = ds.line_shape
         self.waiter = waiter
         self.rng = np.random.default_rng([cfg.seed, 1])

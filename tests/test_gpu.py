@@ -69,6 +69,33 @@ def test_triton_kernel_on_the_gpu_matches_the_cpu_pass():
         assert x == pytest.approx(y, rel=1e-6)
 
 
+WARM = r"""
+import sys, time
+import numpy as np
+from podlt_mpi import kernels
+n = 1_000_003  # odd: Triton specialises on n % 16, so a warm-up at another length would miss
+t = time.perf_counter(); fn = kernels.for_device("cuda", n); cold = time.perf_counter() - t
+a = np.ones(n, np.float32); b = a.copy(); b[7] = 2.0
+t = time.perf_counter(); r = fn(a, a, b); first = time.perf_counter() - t
+assert r.bit_mismatches == (0, 1, 1), r.bit_mismatches
+print(cold, first)
+"""
+
+
+def test_the_manager_compiles_the_kernel_before_the_first_dispute(tmp_path):
+    """for_device(..., warm_n) compiles for the run's length, so the first disputed vote pays
+    an upload, not a compile (in a fresh process and an empty Triton cache, so it must compile)."""
+    from podlt_mpi.kernels import triton_compare
+    if not triton_compare.available():
+        pytest.skip("triton is not installed")
+    r = subprocess.run([sys.executable, "-c", WARM], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT,
+                                      "TRITON_CACHE_DIR": str(tmp_path / "triton")})
+    assert r.returncode == 0, r.stderr
+    cold, first = map(float, r.stdout.split())
+    assert first * 5 < cold, (cold, first)
+
+
 def test_a_gpu_run_catches_a_fake_and_its_audit_replays_on_the_gpu(small_data, tmp_path):
     out = tmp_path / "run"
     r = run_job(5, ["--data", small_data["train"], "--test-data", small_data["test"],

@@ -7,9 +7,13 @@ Both return a `fused.ThreeWay`, whose `compare(i, j, mode, rtol, atol)` gives th
 """
 
 
-def for_device(device: str):
+def for_device(device: str, warm_n: int = 0):
     """The three-way pass for gradients held on the host, run where `device` says: the Triton
-    kernel on a CUDA device (the votes are uploaded first), else the numpy pass."""
+    kernel on a CUDA device (the votes are uploaded first), else the numpy pass.
+
+    `warm_n`: the gradients' length. When given, the kernel is compiled now, for that length:
+    Triton compiles on first call (seconds), specialised on n % 16, and the first call would
+    otherwise land inside the first disputed iteration's verify time."""
     from . import fused
     if not str(device).startswith("cuda"):
         return fused.three_way
@@ -20,4 +24,8 @@ def for_device(device: str):
     def on_gpu(*votes):
         import torch
         return triton_compare.three_way_triton(*(torch.as_tensor(v).to(device) for v in votes))
+    if warm_n:
+        import numpy as np
+        zeros = np.zeros(warm_n, np.float32)
+        on_gpu(zeros, zeros, zeros)
     return on_gpu
