@@ -10,8 +10,8 @@ compare     the fused three-way comparison (Triton) against the GPU's copy bandw
 agree       how often honest ranks agree bit for bit: --fragments fragments computed by three
             separate processes on the GPU (as three ranks would), and the same on the CPU; the
             relative L2 distances GPU-vs-GPU, GPU-vs-CPU and, for scale, a bf16 cheat's.
-throughput  PoDLT (2 controls) against plain data parallel (--controls 0), every rank on the one
-            GPU, Fashion-MNIST when prepared (else the synthetic default data).
+throughput  PoDLT (2 controls) against plain data parallel (--controls 0), ranks sharing the
+            machine's GPUs (one on the lent machine), Fashion-MNIST when prepared (else the synthetic default data).
 
 `--device cpu` runs the same machinery without a GPU (the numbers then say nothing about GPUs):
 it is how the script itself is tested.

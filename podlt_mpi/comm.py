@@ -36,6 +36,23 @@ def library() -> str:
     return " ".join(first.split())
 
 
+def cuda_support() -> bool | None:
+    """What the loaded MPI library says of CUDA buffers: MPIX_Query_cuda_support() (Open MPI,
+    MPICH), or None where it has no such call. Only a hint: Open MPI over UCX answers 0 even
+    where UCX moves device memory, so a 0 is worth a warning, not a refusal."""
+    import ctypes
+    try:  # the libmpi that mpi4py loaded, not any other on the path
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libmpi." in line or "/libmpi_" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(p for p in paths if os.path.basename(p).startswith("libmpi")):
+        query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        if query is not None:
+            return bool(query())
+    return None
+
+
 def node_position(comm) -> tuple[int, int]:
     """(this rank's index among the job's ranks on its node, how many there are). Collective."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)

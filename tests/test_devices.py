@@ -1,8 +1,13 @@
 """Which device a rank computes on, and what the job refuses about devices. Pure logic, no MPI:
-the launchers' environments are given as dictionaries."""
+the launchers' environments are given as dictionaries (only the last test asks each MPI library,
+in a child process)."""
+import subprocess
+
 import pytest
 import torch
 from torch import nn
+
+import mpi_impls
 
 from podlt_mpi import devices, models, training
 from podlt_mpi.config import ConfigError, parse_args
@@ -137,3 +142,15 @@ def test_a_model_failing_on_its_device_is_bad_input(determinism):
     determinism(1, exact=True)
     with pytest.raises(ConfigError, match="fails a gradient step on cpu"):
         models.check_gradient(Broken(), "m:broken", (4,), "cpu")
+
+
+@pytest.mark.parametrize("name", mpi_impls.NAMES)
+def test_the_mpi_library_is_asked_about_cuda_buffers(name):
+    """Both MPIs here are built without CUDA and say so; --cuda-aware-mpi warns on that answer
+    (None would mean the library has no MPIX_Query_cuda_support to ask)."""
+    impl = mpi_impls.get(name)
+    r = subprocess.run([impl.python, "-c", "from podlt_mpi import comm; print(comm.cuda_support())"],
+                       capture_output=True, text=True, timeout=120, cwd=mpi_impls.ROOT,
+                       env=impl.environ({"PYTHONPATH": mpi_impls.ROOT}))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -213,3 +213,26 @@ def test_triton_small_blocks_and_numpy_input(tc):
 def test_triton_on_empty_vectors(tc):
     e = np.zeros(0, np.float32)
     assert_same_threeway(tc.three_way_triton(e, e, e), fused.three_way(e, e, e))
+
+
+def test_cpu_devices_get_the_numpy_pass():
+    from podlt_mpi import kernels
+    assert kernels.for_device("cpu") is fused.three_way
+    assert kernels.for_device(torch.device("cpu"), 1000) is fused.three_way
+
+
+def test_a_kernel_that_cannot_compile_falls_back_to_the_numpy_pass(monkeypatch, caplog):
+    """A GPU manager whose Triton cannot build the kernel (no C compiler, a ptxas too old for
+    the GPU) still compares votes, on the CPU, and says so instead of ending the job."""
+    from podlt_mpi import kernels
+    from podlt_mpi.kernels import triton_compare
+
+    def broken(*a, **k):
+        raise RuntimeError("ptxas fatal: Value 'sm_90a' is not defined for option 'gpu-name'")
+    monkeypatch.setattr(triton_compare, "available", lambda: True)
+    monkeypatch.setattr(triton_compare, "three_way_triton", broken)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no CUDA here to upload to
+    assert kernels.for_device("cuda", 0) is not fused.three_way  # not warmed: kernel kept
+    with caplog.at_level("WARNING", logger="podlt_mpi"):
+        assert kernels.for_device("cuda:0", 1000) is fused.three_way
+    assert "does not run on cuda:0 (RuntimeError: ptxas fatal" in caplog.text
