@@ -11,7 +11,8 @@ agree       how often honest ranks agree bit for bit: --fragments fragments comp
             separate processes on the GPU (as three ranks would), and the same on the CPU; the
             relative L2 distances GPU-vs-GPU, GPU-vs-CPU and, for scale, a bf16 cheat's.
 throughput  PoDLT (2 controls) against plain data parallel (--controls 0), ranks sharing the
-            machine's GPUs (one on the lent machine), Fashion-MNIST when prepared (else the synthetic default data).
+            machine's GPUs (one on the lent machine), Fashion-MNIST when prepared (else the
+            synthetic default data).
 
 `--device cpu` runs the same machinery without a GPU (the numbers then say nothing about GPUs):
 it is how the script itself is tested.
