@@ -43,10 +43,10 @@ def cuda_support() -> bool | None:
     import ctypes
     try:  # the libmpi that mpi4py loaded, not any other on the path
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "/libmpi." in line or "/libmpi_" in line}
+            paths = {line.split()[-1] for line in f if "/libmpi." in line}
     except OSError:  # not Linux
         return None
-    for path in sorted(p for p in paths if os.path.basename(p).startswith("libmpi")):
+    for path in sorted(paths):
         query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
         if query is not None:
             return bool(query())

@@ -44,8 +44,8 @@ class Faker:
 
     def _fake(self, grad, iteration, model, x, y) -> np.ndarray:
         if self.plugin is not None:
-            t = self.plugin(torch.from_numpy(grad.copy()).to(x.device), iteration=iteration, rank=self.rank,
-                            x=x, y=y, model=model)
+            t = self.plugin(torch.from_numpy(grad.copy()).to(x.device), iteration=iteration,
+                            rank=self.rank, x=x, y=y, model=model)
             out = training.host(torch.as_tensor(t).to(torch.float32))
             if out.shape != grad.shape:
                 raise ValueError(f"--fault-plugin returned {out.size} values, the gradient has {grad.size}")
