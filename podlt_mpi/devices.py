@@ -83,12 +83,11 @@ def check_kinds(placed: list, compare: str, resumed_kind: str | None,
                 cuda_aware: bool = False) -> str | None:
     """Bad input in the ranks' devices (one per rank, as `describe` gives), or None."""
     now = kinds(placed)
-    if cuda_aware and "cpu" in now:
-        cpu = [r for r, d in enumerate(placed) if kind(d) == "cpu"]
+    cpu = [r for r, d in enumerate(placed) if kind(d) == "cpu"]
+    if cuda_aware and cpu:
         return (f"--cuda-aware-mpi passes GPU buffers, but rank(s) {cpu} compute on the CPU "
                 "(no CUDA device found with --device auto)")
     if "+" in now and compare == "exact":
-        cpu = [r for r, d in enumerate(placed) if kind(d) == "cpu"]
         return (f"ranks {cpu} compute on the CPU and the others on CUDA, which cannot agree bit "
                 "for bit under --compare exact: give every node a GPU, use --device cpu, or "
                 "--compare tolerance")

@@ -132,10 +132,11 @@ def _run(comm, argv, started: float) -> int:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
         _say(rank, error)
         return 2
-    if rank == 0 and cfg.compare == "exact" and len(devices.gpu_models(placed)) > 1:
+    gpus = devices.gpu_models(placed)
+    if rank == 0 and cfg.compare == "exact" and len(gpus) > 1:
         log.warning("GPU models differ (%s): under --compare exact their ranks may disagree on "
                     "honest work, which ends in disputes; --compare tolerance avoids them",
-                    ", ".join(devices.gpu_models(placed)))
+                    ", ".join(gpus))
     if rank == 0 and cfg.cuda_aware_mpi and mpi.cuda_support() is False:
         log.warning("%s says it has no CUDA support (MPIX_Query_cuda_support() is 0): if a "
                     "rank then crashes in a send or receive, drop --cuda-aware-mpi",
