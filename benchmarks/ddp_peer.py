@@ -91,7 +91,7 @@ def main():
     rows = comm.gather({"mean": mean, "compute": compute, "peak_mb": peak, "wall": wall})
     dist.destroy_process_group()
     if rank == 0:
-        n = training.n_params(model)
+        n = sum(p.numel() for p in model.parameters())
         slowest = {k: max(r["mean"][k] for r in rows) for k in mean}
         seconds = max(r["wall"] for r in rows) / a.iterations
         result = {

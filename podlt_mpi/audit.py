@@ -102,7 +102,10 @@ class Audit:
         model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
                              self.cfg.seed).to(dev)
         self.reader = Reader(self.data, self.cfg.x_key, self.cfg.y_key)
-        self.replayer = Replayer(model, self.cfg, self.reader)
+        first, last = self.meta["train_lines"]
+        total = schedule.total_iterations(last - first, self.cfg.block_lines, self.cfg.epochs,
+                                          self.cfg.blocks)
+        self.replayer = Replayer(model, self.cfg, self.reader, total)
         try:
             self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
                                          weights_only=True)

@@ -15,7 +15,8 @@ from typing import Optional
 DEFAULT_DATA = "data/synthetic-100k.h5"
 DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
 FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise",
-              "alie", "ipm", "mimic", "collude", "label-flip")
+              "alie", "ipm", "mimic", "collude", "label-flip", "buffers")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 class ConfigError(Exception):
@@ -41,11 +42,22 @@ class RunConfig:
     # Model and optimizer
     model: str = _opt("mlp", "mlp, cnn, or module:function returning an nn.Module "
                              "from (input_shape, n_classes)")
-    optimizer: str = _opt("adam", "optimizer on the manager", choices=("sgd", "adam"))
-    lr: float = _opt(1e-3, "learning rate")
+    optimizer: str = _opt("adam", "optimizer on the manager", choices=("sgd", "adam", "adamw"))
+    lr: float = _opt(1e-3, "learning rate (the peak, with a schedule or a warm-up)")
     momentum: float = _opt(0.0, "SGD momentum")
+    nesterov: bool = _opt(False, "SGD with Nesterov momentum (needs --momentum > 0)", type="bool")
+    weight_decay: float = _opt(0.0, "weight decay: L2 in the gradient for sgd and adam, "
+                                    "decoupled for adamw")
+    clip_grad_norm: float = _opt(0.0, "clip the applied mean gradient to this L2 norm over all "
+                                      "trainable parameters (0: no clipping)")
+    lr_schedule: Optional[str] = _opt(None, "constant, step (--lr-drops, --lr-gamma) or cosine "
+                                            "(from --lr to 0 over the run); default: step when "
+                                            "--lr-drops are given, else constant",
+                                      choices=LR_SCHEDULES)
+    warmup: int = _opt(0, "iterations over which the rate climbs linearly to the schedule's "
+                          "(i + 1) / W")
     lr_drops: list = _opt((), "epochs (counted from 0) at whose start the learning rate is "
-                              "multiplied by --lr-gamma, e.g. 12,17 (default: constant)",
+                              "multiplied by --lr-gamma, e.g. 12,17 (--lr-schedule step)",
                           type="ints")
     lr_gamma: float = _opt(0.1, "factor of each --lr-drops step")
     # Schedule
@@ -172,6 +184,8 @@ def build_parser(prog: str = "python -m podlt_mpi") -> argparse.ArgumentParser:
 def parse_args(argv) -> RunConfig:
     ns = build_parser().parse_args(argv)
     cfg = RunConfig(**vars(ns))
+    if cfg.lr_schedule is None:  # the only option whose default follows another's
+        cfg.lr_schedule = "step" if cfg.lr_drops else "constant"
     check_options(cfg)
     return cfg
 
@@ -198,12 +212,18 @@ def check_options(cfg: RunConfig) -> None:
     if cfg.resume is not None and cfg.out is not None:
         raise ConfigError("--resume continues the run in its own directory; leave out --out")
     for name in ("lr", "lr_gamma", "rtol", "atol", "momentum", "rank_timeout", "log_every",
-                 "time_limit"):
+                 "time_limit", "weight_decay", "clip_grad_norm"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
     if cfg.lr == 0 or cfg.lr_gamma == 0:
         raise ConfigError("--lr and --lr-gamma must be positive")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
+        raise ConfigError("--nesterov needs --optimizer sgd and a --momentum above 0")
+    if cfg.lr_drops and cfg.lr_schedule != "step":
+        raise ConfigError(f"--lr-drops belong to --lr-schedule step, not {cfg.lr_schedule}")
+    if cfg.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0 iterations, got {cfg.warmup}")
     if any(e < 1 for e in cfg.lr_drops):
         raise ConfigError(f"--lr-drops are epochs from 1 on (the first is epoch 0), got "
                           f"{min(cfg.lr_drops)}")
@@ -239,7 +259,10 @@ def explicit_options(argv) -> set:
 
 # Options added since runs were first written, with the value that gives an older run's
 # behaviour: a run's config.json that lacks one continues, and is audited, as it was started.
-BEFORE_OPTION = {"shuffle_blocks": False, "device": "cpu", "cuda_aware_mpi": False}
+BEFORE_OPTION = {"shuffle_blocks": False, "device": "cpu", "cuda_aware_mpi": False,
+                 "lr_schedule": "step"}
+# A cosine rate depends on the run's length: these may not change on resume under it.
+LENGTH = {"epochs", "blocks"}
 
 
 def saved_options(saved: dict) -> dict:
@@ -258,6 +281,9 @@ def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
             now, before = list(now or []), list(before or [])
         if now == before:
             continue
+        if name in LENGTH and base.get("lr_schedule") == "cosine":
+            raise ConfigError(f"--{name} cannot change on --resume of a run with --lr-schedule "
+                              "cosine: the rate of every iteration follows from the run's length")
         if name not in RESUME_MAY_CHANGE:
             raise ConfigError(f"--{name.replace('_', '-')} cannot change on --resume (the run "
                               f"was started with {before!r}, this command gives {now!r})")
@@ -267,6 +293,13 @@ def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
     out = RunConfig(**base)
     check_options(out)
     return out, changed
+
+
+def n_workers(cfg: RunConfig, world_size: int) -> int:
+    """Workers of an iteration on `world_size` ranks before any removal: all but the manager
+    and the controls."""
+    m = cfg.checks_per_iteration if cfg.controls else 1
+    return world_size - 1 - m * cfg.controls
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:
@@ -282,7 +315,7 @@ def check_world(cfg: RunConfig, world_size: int) -> None:
     if bad:
         raise ConfigError(f"--fake-ranks names rank {bad[0]}, but fake ranks must be between 1 "
                           f"and {world_size - 1} (rank 0 is the manager)")
-    workers = world_size - 1 - m * cfg.controls
+    workers = n_workers(cfg, world_size)
     if cfg.block_lines < workers:
         raise ConfigError(f"--block-lines {cfg.block_lines} is smaller than the {workers} workers "
                           "of this job: every worker needs at least one line")

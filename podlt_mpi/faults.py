@@ -1,6 +1,8 @@
-"""Fake behaviours, for demonstration and tests: what a cheating rank sends instead of its gradient.
+"""Fake behaviours, for demonstration and tests: what a cheating rank sends instead of its answer.
 
-A fake rank follows the protocol in every other way; only the vector it returns changes.
+A fake rank follows the protocol in every other way; only the vector it returns changes (the
+gradient and the buffers, layout.py). Modes that compute something else (lazy, label-flip,
+mimic, alie, lowprec) compute it under the fragment's own seed, as an honest rank would.
 """
 from __future__ import annotations
 
@@ -8,16 +10,21 @@ import numpy as np
 import torch
 
 from . import training
-from .config import RunConfig, fake_modes
+from .config import ConfigError, RunConfig, fake_modes
+from .layout import Layout, host
 from .models import load_function
 
 
 class Faker:
     """Decides, per iteration, whether this rank cheats and what it sends."""
 
-    def __init__(self, cfg: RunConfig, rank: int):
+    def __init__(self, cfg: RunConfig, rank: int, layout: Layout | None = None):
         self.rank = rank
         self.mode = fake_modes(cfg.fake_mode, cfg.fake_ranks).get(rank)
+        self.layout = layout
+        if self.mode == "buffers" and layout is not None and not layout.n_float:
+            raise ConfigError(f"--fake-mode buffers poisons float buffers, but model "
+                              f"{cfg.model!r} has none (rank {rank})")
         self.active = self.mode is not None
         self.start, self.prob, self.seed = cfg.fake_from, cfg.fake_prob, cfg.seed
         self.plugin = load_function(cfg.fault_plugin, "--fault-plugin") if cfg.fault_plugin else None
@@ -34,19 +41,25 @@ class Faker:
     def _rng(self, iteration: int, purpose: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.rank, iteration, purpose])
 
-    def send(self, grad: np.ndarray, iteration: int, model, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        """The vector to send: the honest gradient, or a fake one in this iteration."""
+    def send(self, grad: np.ndarray, iteration: int, model, x: torch.Tensor, y: torch.Tensor,
+             seed: int = 0) -> np.ndarray:
+        """The vector to send: the honest answer `grad`, or a fake one in this iteration.
+        `seed`: the fragment's (protocol.fragment_seed), for modes that compute again."""
         out = grad
         if self.cheats(iteration):
-            out = self._fake(grad, iteration, model, x, y)
+            layout = self.layout or Layout(model)
+
+            def compute(m, xs, ys):  # an honest pass of `m` over other lines or labels
+                return training.gradient(m, xs, ys, seed, layout if m is model else None)[0]
+            out = self._fake(grad, iteration, model, x, y, compute, layout)
         self._last = out
         return out
 
-    def _fake(self, grad, iteration, model, x, y) -> np.ndarray:
+    def _fake(self, grad, iteration, model, x, y, compute, layout) -> np.ndarray:
         if self.plugin is not None:
             t = self.plugin(torch.from_numpy(grad.copy()).to(x.device), iteration=iteration,
                             rank=self.rank, x=x, y=y, model=model)
-            out = training.host(torch.as_tensor(t).to(torch.float32))
+            out = host(torch.as_tensor(t).to(torch.float32))
             if out.shape != grad.shape:
                 raise ValueError(f"--fault-plugin returned {out.size} values, the gradient has {grad.size}")
             return np.ascontiguousarray(out)
@@ -67,24 +80,28 @@ class Faker:
             return self._last if self._last is not None else grad
         if m == "lazy":
             half = max(1, len(y) // 2)
-            return training.gradient(model, x[:half], y[:half])[0]
+            return compute(model, x[:half], y[:half])
         if m == "lowprec":
-            return _bf16_gradient(model, x, y)
+            return _bf16_answer(model, x, y, compute)
         if m == "alie":  # "a little is enough": a shift of one spread, coordinate by coordinate
-            return grad - _spread(model, x, y)
+            return grad - _spread(model, x, y, compute)
         if m == "ipm":  # inner product manipulation: a small step against the true gradient
             return grad * np.float32(-0.1)
         if m == "collude":  # every colluder sends the same vector, whatever lines it holds
             same = np.random.default_rng([self.seed, iteration, 77]).standard_normal(grad.size)
             return (same * 1e-2).astype(np.float32)
         if m == "label-flip":  # honest computation on poisoned labels
-            classes = model(x[:1]).shape[1]
-            return training.gradient(model, x, classes - 1 - y)[0]
+            return compute(model, x, _classes(model, x) - 1 - y)
         if m == "mimic":  # an honest-looking gradient copied from other lines of the data
-            return self._mimic(iteration, model, len(y), x.shape[1:])
+            return self._mimic(iteration, model, len(y), x.shape[1:], compute)
+        if m == "buffers":  # an honest gradient, with statistics that would wreck inference
+            out = grad.copy()
+            g, f = layout.n_grad, layout.n_grad + layout.n_float
+            out[g:f] = out[g:f] * np.float32(2) + np.float32(1)
+            return out
         raise ValueError(f"unknown fake mode {m!r}")
 
-    def _mimic(self, iteration, model, lines, shape) -> np.ndarray:
+    def _mimic(self, iteration, model, lines, shape, compute) -> np.ndarray:
         from .data import Reader
         path, xk, yk = self._data
         reader = Reader(path, xk, yk)
@@ -94,23 +111,30 @@ class Faker:
             x, y = reader.read(start, start + lines)
         finally:
             reader.close()
-        return training.gradient(model, torch.from_numpy(x).view(len(y), *shape),
-                                 torch.from_numpy(y))[0]  # gradient() moves them to the model
+        return compute(model, torch.from_numpy(x).view(len(y), *shape),
+                       torch.from_numpy(y))  # fragment() moves them to the model's device
 
 
-def _spread(model, x, y, parts: int = 4) -> np.ndarray:
-    """Per-coordinate standard deviation of the gradient over parts of the fragment."""
+def _classes(model, x) -> int:
+    """The number of class scores, from a forward pass that changes nothing (eval mode)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x[:1]).shape[1]
+    finally:
+        model.train()
+
+
+def _spread(model, x, y, compute, parts: int = 4) -> np.ndarray:
+    """Per-coordinate standard deviation of the answer over parts of the fragment."""
     k = max(1, min(parts, len(y)))
-    grads = [training.gradient(model, xs, ys)[0]
+    grads = [compute(model, xs, ys)
              for xs, ys in zip(torch.tensor_split(x, k), torch.tensor_split(y, k), strict=True)]
     return np.std(np.stack(grads), axis=0).astype(np.float32) if k > 1 else np.abs(grads[0])
 
 
-def _bf16_gradient(model, x, y) -> np.ndarray:
-    """The gradient computed in bfloat16: cheaper, and wrong by about 1e-3."""
+def _bf16_answer(model, x, y, compute) -> np.ndarray:
+    """The answer computed in bfloat16: cheaper, and wrong by about 1e-3."""
     import copy
     cheap = copy.deepcopy(model).to(torch.bfloat16)
-    cheap.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(cheap(x.to(torch.bfloat16)).float(), y)
-    loss.backward()
-    return training.host(torch.cat([p.grad.reshape(-1).float() for p in cheap.parameters()]))
+    return compute(cheap, x.to(torch.bfloat16), y)

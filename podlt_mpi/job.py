@@ -17,7 +17,8 @@ import time
 import traceback
 
 from . import __version__, comm as mpi, data, devices, launcher, preempt, resume, rundir
-from .config import ConfigError, build_parser, check_world, min_active, parse_args, resumed
+from .config import (ConfigError, build_parser, check_world, min_active, n_workers, parse_args,
+                     resumed)
 
 log = logging.getLogger("podlt_mpi")
 
@@ -101,8 +102,9 @@ def _run(comm, argv, started: float) -> int:
 
     # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
     # and bad input should be reported in seconds.
-    from . import models, training
+    from . import models, schedule, training
     from .faults import Faker
+    from .layout import Layout
     training.set_determinism(cfg.threads, exact=cfg.compare == "exact")
 
     # Every rank builds the model and its fault behaviour; any of them may fail on user code.
@@ -111,8 +113,11 @@ def _run(comm, argv, started: float) -> int:
     try:
         dev = devices.place(cfg.device, rank, node_rank)
         model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed).to(dev)
-        models.check_gradient(model, cfg.model, ds.line_shape, dev)
-        faker = Faker(cfg, rank)
+        smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
+        models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev, min(smallest, 8),
+                     exact=cfg.compare == "exact")
+        layout = Layout(model)
+        faker = Faker(cfg, rank, layout)
         if rank == 0 and cfg.resume:
             plan = resume.prepare(out, size, min_active(cfg), changed, history)
         elif rank == 0:
@@ -149,18 +154,22 @@ def _run(comm, argv, started: float) -> int:
                 "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
                 "out": out, "world_size": size, "wait_mode": waiter.mode,
                 "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
-                "n_params": training.n_params(model), "devices": placed,
+                "n_params": sum(p.numel() for p in model.parameters()),
+                "n_trainable": layout.n_grad, "state_size": layout.state_size,
+                "answer_size": layout.answer_size,
+                "buffers": layout.floats + layout.counters, "devices": placed,
                 "device_kind": devices.kinds(placed),
                 "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
                              "python": platform.python_version(), "mpi": mpi.library()}}
-        log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters, "
-                 "out %s", size, waiter.mode, devices.summary(placed), len(ds.train), cfg.model,
-                 meta["n_params"], out)
+        log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters "
+                 "(%d trainable, %d buffer values), out %s", size, waiter.mode,
+                 devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],
+                 layout.n_grad, layout.n_float + layout.n_count, out)
         summary = Manager(comm, cfg, ds, model, out, waiter, meta, plan, started).run()
         code = 1 if summary["stopped_by"] == TOO_FEW else 0
     else:
         from . import worker
-        worker.run(comm, model, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout,
+        worker.run(comm, model, layout, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout,
                    cuda_aware=cfg.cuda_aware_mpi)
         code = 0
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.

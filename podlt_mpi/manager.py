@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import checkpoint, credits, kernels, preempt, protocol, rundir, schedule, timing, training
-from . import verify
+from . import checkpoint, credits, kernels, preempt, protocol, rates, rundir, schedule, timing
+from . import training, verify
 from . import comm as mpi
 from . import comm_tags as tags
 from . import ledger
 from .config import RunConfig, min_active
 from .data import Dataset, Reader
+from .layout import Layout, host
 from .progress import Progress, final_table
 
 log = logging.getLogger("podlt_mpi")
@@ -56,10 +57,13 @@ class Manager:
                  meta: dict, resume=None, started: float | None = None):
         self.comm, self.cfg, self.ds, self.out, self.meta = comm, cfg, ds, out, meta
         self.model = model
-        self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
+        self.layout = Layout(model)
+        self.opt = training.make_optimizer(cfg, self.layout)
+        self.frozen = self.layout.frozen_hash()  # frozen parameters never change: hashed once
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
+        self.referee_layout = Layout(self.referee_model)
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
-        self.three_way = kernels.for_device(training.device_of(model), training.n_params(model))
+        self.three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.line_shape = ds.line_shape
         self.waiter = waiter
         self.rng = np.random.default_rng([cfg.seed, 1])
@@ -93,6 +97,9 @@ class Manager:
         return schedule.total_iterations(len(self.ds.train), self.cfg.block_lines,
                                          self.cfg.epochs, self.cfg.blocks)
 
+    def rate(self, iteration: int, epoch: int) -> float:
+        return rates.learning_rate(self.cfg, iteration, epoch, self.total_iterations())
+
     # ---- state: checkpoints and resume ------------------------------------------------------
 
     def proof(self) -> dict:
@@ -107,6 +114,7 @@ class Manager:
         proof = ckpt["proof"]
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
+        self.frozen = self.layout.frozen_hash()
         self.rng.bit_generator.state = proof["rng"]
         self.active = active
         self.removed = proof["removed"]
@@ -149,11 +157,12 @@ class Manager:
 
     def exchange(self, plan, iteration: int, weights, bx, by) -> tuple:
         """Send every assigned rank its messages; return (grads, losses) by rank."""
-        n = training.n_params(self.model)
+        n = self.layout.answer_size
         reqs, who, grads, losses = [], [], {}, {}
-        cost = self.cost
+        cost, cfg = self.cost, self.cfg
         t_start = time.monotonic()
-        for rank, msgs in protocol.messages_for_plan(plan, iteration, weights, bx, by).items():
+        for rank, msgs in protocol.messages_for_plan(plan, iteration, cfg.seed, weights, bx,
+                                                                  by).items():
             for tag, arr in msgs:
                 reqs.append(mpi.isend(self.comm, arr, rank, tag))
                 who.append(rank)
@@ -201,10 +210,11 @@ class Manager:
         done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
             return done
-        training.set_flat(self.referee_model, weights)
+        self.referee_layout.load_state(self.referee_model, weights)
         x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
         y = torch.from_numpy(by[s - plan.start:e - plan.start])
-        reference, _ = training.gradient(self.referee_model, x, y)
+        seed = protocol.fragment_seed(cfg.seed, iteration, s, e)
+        reference, _ = training.gradient(self.referee_model, x, y, seed, self.referee_layout)
         if decision.verdict == "fake":
             done.decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol,
                                            cfg.atol)
@@ -258,9 +268,9 @@ class Manager:
         plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng,
                                        cfg.checks_per_iteration)
         cost = self.cost
-        weights = training.get_flat(self.model)
+        weights = host(self.layout.state(self.model))
         with cost.part("ledger"):
-            model_before = ledger.sha256_array(weights)
+            model_before = self.layout.digest(self.model, weights, self.frozen)
         with cost.part("read"):
             bx, by = self.train.read(start, stop)
             bx = bx.reshape(len(by), -1)
@@ -277,10 +287,9 @@ class Manager:
         if applied:
             counts = [e - s for s, e, _ in applied]
             with cost.part("update"):
-                training.apply_update(self.model, self.opt,
+                training.apply_update(self.model, self.opt, self.layout,
                                       [grads[(r, s, e)] for s, e, r in applied], counts,
-                                      training.learning_rate(cfg.lr, cfg.lr_drops, cfg.lr_gamma,
-                                                             epoch))
+                                      self.rate(iteration, epoch), cfg.clip_grad_norm)
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
@@ -302,7 +311,7 @@ class Manager:
                 "applied_from": [r for _, _, r in applied],
                 "removed": fake,
                 "loss": ledger.finite_or_none(loss),
-                "model_after": ledger.sha256_array(training.get_flat(self.model)),
+                "model_after": self.layout.digest(self.model, frozen=self.frozen),
             }
         if len(records) > 1:
             record["extra_checks"] = records[1:]  # --checks-per-iteration: the others in turn
@@ -383,7 +392,7 @@ class Manager:
                 self.useful += lines
                 self.last_loss = record["loss"] if record["loss"] is not None else self.last_loss
                 row = {"iteration": it, "epoch": epoch, "loss": record["loss"],
-                       "applied_lines": lines,
+                       "lr": self.rate(it, epoch), "applied_lines": lines,
                        "verdict": record["check"]["verdict"] if record["check"] else None}
                 due = (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or \
                     it == last_epoch_iteration[epoch]

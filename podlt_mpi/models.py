@@ -57,7 +57,24 @@ def load_function(spec: str, what: str):
 
 
 def build(spec: str, input_shape, n_classes: int, seed: int) -> nn.Module:
+    """The model `spec` names, with weights drawn from `seed`. Every way a user's factory or
+    model can fail here is bad input (ConfigError), named with the model and the cause."""
     factory = BUILTIN.get(spec) or load_function(spec, "model")
+    model = _construct(factory, spec, input_shape, n_classes, seed)
+    with torch.no_grad():  # a dry run, so a shape mismatch is bad input, not a crash mid-training
+        try:
+            out = model(torch.zeros((2, *input_shape)))
+        except Exception as e:  # the user's forward may fail in any way
+            raise _failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
+        got = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {spec!r} outputs {got} per line, expected [{n_classes}] class "
+                          "scores")
+    # built again: the dry run moved BatchNorm statistics, and must not shift initial weights
+    return _construct(factory, spec, input_shape, n_classes, seed)
+
+
+def _construct(factory, spec, input_shape, n_classes, seed) -> nn.Module:
     torch.manual_seed(seed)
     try:
         model = factory(tuple(input_shape), n_classes)
@@ -65,39 +82,66 @@ def build(spec: str, input_shape, n_classes: int, seed: int) -> nn.Module:
         raise
     except Exception as e:
         raise ConfigError(f"model {spec!r} could not be built for input {list(input_shape)} "
-                          f"and {n_classes} classes: {e}") from None
+                          f"and {n_classes} classes: {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r} returned {type(model).__name__}, not a torch nn.Module")
-    with torch.no_grad():  # a dry run, so a shape mismatch is bad input, not a crash mid-training
+    params = list(model.named_parameters())
+    if not any(p.requires_grad for _, p in params):
+        raise ConfigError(f"model {spec!r} has no trainable parameters (requires_grad=True)")
+    odd = next((n for n, p in params if p.dtype not in FLOAT_TYPES), None)
+    if odd:
+        raise ConfigError(f"model {spec!r} has parameter {odd!r} of type "
+                          f"{dict(params)[odd].dtype}; parameters travel as float32, so they "
+                          "must be float32, float16 or bfloat16")
+    model.train()
+    return model
+
+
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, lines: int,
+          exact: bool) -> None:
+    """Two training passes over the same `lines` random lines on `device`, under the same seed,
+    before training starts: a model that fails there, keeps a tensor on another device, uses an
+    op with no deterministic kernel (exact mode makes torch raise) or gives two different
+    answers (exact mode) is bad input, reported before the first iteration rather than as a
+    crash or a stream of disputes in it. `lines`: the smallest fragment the run will send (a
+    BatchNorm layer cannot train on one line). The model is left as it was."""
+    from . import training
+    from .layout import Layout
+    device = torch.device(device)
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.device != device:
+            raise ConfigError(f"model {spec!r} keeps {name!r} on {t.device}, but this rank "
+                              f"computes on {device}: register it as a parameter or buffer, so "
+                              "that .to(device) moves it")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((lines, *input_shape), generator=g)
+    y = torch.arange(lines) % n_classes
+    layout = Layout(model)
+    answers = []
+    for _ in range(2 if exact else 1):
         try:
-            out = model(torch.zeros((2, *input_shape)))
-        except RuntimeError as e:
-            raise _failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
-        except Exception as e:
-            raise ConfigError(f"model {spec!r} fails on input of shape {list(input_shape)}: {e}") from None
-    if tuple(out.shape) != (2, n_classes):
-        raise ConfigError(f"model {spec!r} outputs shape {list(out.shape[1:])} per line, "
-                          f"expected [{n_classes}] class scores")
-    torch.manual_seed(seed)  # the dry run must not shift initial weights between specs
-    return factory(tuple(input_shape), n_classes)
+            answer, _ = training.gradient(model, x, y, 12345, layout)
+        except Exception as e:  # the user's forward or backward may fail in any way
+            raise _failure(spec, device, e, f"fails a training pass on {lines} line(s)") from None
+        answers.append(answer.tobytes())
+    if len(set(answers)) > 1:
+        raise ConfigError(f"model {spec!r} is not deterministic on {device}: two passes over the "
+                          "same lines under the same seed gave different gradients (random draws "
+                          "outside torch, numpy and random, or the clock?); --compare exact needs "
+                          "bit-identical results on every rank: fix the model, or use --compare "
+                          "tolerance")
 
 
-def check_gradient(model: nn.Module, spec: str, input_shape, device) -> None:
-    """One forward and backward pass on `device` before training starts: a model with an op that
-    has no deterministic kernel there (exact mode makes torch raise) or that fails on the device
-    is bad input, reported before the first iteration rather than as a crash in it."""
-    x = torch.zeros((2, *input_shape), device=device)
-    try:
-        out = model(x)
-        nn.functional.cross_entropy(out, torch.zeros(2, dtype=torch.long, device=device)).backward()
-    except RuntimeError as e:
-        raise _failure(spec, device, e, "fails a gradient step") from None
-    finally:
-        model.zero_grad(set_to_none=True)
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().split("\n", 1)[0]
+    return text or type(e).__name__
 
 
-def _failure(spec: str, device, e: RuntimeError, what: str) -> ConfigError:
-    first = str(e).strip().split("\n", 1)[0]
+def _failure(spec: str, device, e: Exception, what: str) -> ConfigError:
+    first = _first_line(e)
     if "deterministic" in first:
         op = first.split(", but you set", 1)[0]  # torch goes on about its options for a paragraph
         return ConfigError(f"model {spec!r} uses an operation with no deterministic kernel on "

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import credits, ledger, training, verify
+from . import credits, ledger, protocol, rates, training, verify
 from .data import Reader
+from .layout import Layout
 
 
 @dataclass
@@ -29,31 +30,33 @@ class Outcome:
 
 
 class Replayer:
-    def __init__(self, model, cfg, reader: Reader):
-        self.model, self.cfg, self.reader = model, cfg, reader
-        self.opt = training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr,
-                                           cfg.momentum)
+    def __init__(self, model, cfg, reader: Reader, total: int):
+        """`total`: the run's iterations (a cosine rate depends on them)."""
+        self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
+        self.layout = Layout(model)
+        self.opt = training.make_optimizer(cfg, self.layout)
 
     def load(self, model_state: dict, optimizer_state: dict | None) -> None:
-        """Start from these weights (and optimizer state; None: a fresh optimizer)."""
+        """Start from these weights and buffers (and optimizer state; None: a fresh one)."""
         self.model.load_state_dict(model_state)
-        self.opt = training.make_optimizer(self.cfg.optimizer, self.model.parameters(),
-                                           self.cfg.lr, self.cfg.momentum)
+        self.opt = training.make_optimizer(self.cfg, self.layout)
         if optimizer_state is not None:
             self.opt.load_state_dict(optimizer_state)
 
     def weights_sha(self) -> str:
-        return ledger.sha256_array(training.get_flat(self.model))
+        """The model's digest as the ledger writes it (weights and buffers)."""
+        return self.layout.digest(self.model)
 
     def same_state(self, model_state: dict, optimizer_state: dict) -> bool:
         """Bitwise equality of the replayed model and optimizer with a checkpoint's."""
         return _equal(self.model.state_dict(), model_state) and \
             _equal(self.opt.state_dict(), optimizer_state)
 
-    def _fragment(self, x, y, start: int, s: int, e: int) -> tuple:
+    def _fragment(self, x, y, start: int, s: int, e: int, iteration: int) -> tuple:
         xt = torch.from_numpy(x[s - start:e - start])
         yt = torch.from_numpy(y[s - start:e - start])
-        return training.gradient(self.model, xt, yt)
+        seed = protocol.fragment_seed(self.cfg.seed, iteration, s, e)
+        return training.gradient(self.model, xt, yt, seed, self.layout)
 
     def step(self, rec: dict) -> Outcome:
         """Replay `rec` from the current state, which must be the weights before it."""
@@ -73,7 +76,7 @@ class Replayer:
 
         def fragment(s, e):
             if (s, e) not in cache:
-                cache[(s, e)] = self._fragment(x, y, start, s, e)
+                cache[(s, e)] = self._fragment(x, y, start, s, e, it)
             return cache[(s, e)]
 
         confirmed = []
@@ -97,8 +100,9 @@ class Replayer:
             return out  # the run applied something else: its weights after are unknown here
         if grads:
             cfg = self.cfg
-            training.apply_update(self.model, self.opt, grads, counts, training.learning_rate(
-                cfg.lr, cfg.lr_drops, cfg.lr_gamma, rec["epoch"]))
+            training.apply_update(self.model, self.opt, self.layout, grads, counts,
+                                  rates.learning_rate(cfg, it, rec["epoch"], self.total),
+                                  cfg.clip_grad_norm)
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec["loss"]:
                 out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")

@@ -92,6 +92,13 @@ def total_iterations(n_lines: int, block_lines: int, epochs: int, limit: int | N
     return min(total, limit) if limit is not None else total
 
 
+def smallest_fragment(n_lines: int, block_lines: int, workers: int) -> int:
+    """The fewest lines any fragment of the run can have with `workers` workers (fewer workers,
+    after a removal, only make fragments larger). The model probe trains on this many."""
+    smallest = min(e - s for s, e in blocks(n_lines, block_lines))
+    return smallest // min(workers, smallest)
+
+
 def roles(order, n_controls: int, n_lines: int, rng: np.random.Generator, checks: int = 1) -> tuple:
     """(busy workers, controls, checked workers) from an already-ordered list of active ranks.
 

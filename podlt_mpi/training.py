@@ -1,14 +1,17 @@
-"""The computation every rank does: the gradient of the mean loss on a fragment. No MPI.
-
-Weights and gradients travel as one flat float32 vector in `model.parameters()` order.
+"""The computation every rank does (a fragment's gradient and buffers) and the manager's step.
+No MPI. What travels, and in which order, is layout.py's.
 """
 from __future__ import annotations
 
 import os
+import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
+
+from .layout import Layout, host
 
 
 def set_determinism(threads: int, exact: bool = True) -> None:
@@ -32,84 +35,109 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def host(t: torch.Tensor) -> np.ndarray:
-    """A flat float32 numpy array of t (a copy from a GPU; no copy on the CPU)."""
-    return t.detach().reshape(-1).cpu().numpy().astype(np.float32, copy=False)
+@contextmanager
+def fragment_rng(seed: int, device):
+    """Every generator a model may draw from, seeded for one fragment, then put back as it was.
+
+    The seed comes from the run's seed, the iteration and the fragment's lines (protocol.
+    fragment_seed), never the rank: the checked worker, its controls, a recheck, the manager's
+    referee and the audit's replay all draw the same dropout masks.
+    """
+    device = torch.device(device)
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the CPU generator and every CUDA device's
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
+             seed: int) -> tuple:
+    """(answer vector on the model's device, mean loss) for the lines x, y: the gradient of the
+    mean cross-entropy, the float buffers the forward pass left and the counters' change.
 
-
-def get_flat(model: nn.Module) -> np.ndarray:
-    with torch.no_grad():
-        return host(flat_weights(model))
-
-
-def flat_weights(model: nn.Module) -> torch.Tensor:
-    """The weights as one flat tensor on the model's device."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def set_flat(model: nn.Module, flat) -> None:
-    """Load a flat vector (numpy, or a tensor on any device) into the model's parameters."""
-    t = torch.as_tensor(flat).to(device_of(model))
-    i = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(t[i:i + p.numel()].view_as(p))
-            i += p.numel()
-
-
-def set_flat_grad(model: nn.Module, flat: torch.Tensor) -> None:
-    i = 0
-    for p in model.parameters():
-        p.grad = flat[i:i + p.numel()].view_as(p).clone()
-        i += p.numel()
-
-
-def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """(flat float32 gradient of the mean cross-entropy as numpy, the loss) on x, y."""
-    flat, loss = gradient_tensor(model, x, y)
-    return host(flat), loss
-
-
-def gradient_tensor(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """(flat gradient on the model's device, the loss); x and y go to that device first."""
+    Runs in training mode under `fragment_rng(seed)` and puts the buffers back afterwards, so
+    the model is as it was: a fake rank may compute again from the same state.
+    """
     dev = device_of(model)
+    saved = layout.snapshot(model)
     model.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
-    loss.backward()
-    flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    return flat.detach(), float(loss.detach())
+    try:
+        with fragment_rng(seed, dev):
+            loss = nn.functional.cross_entropy(model(x.to(dev)).float(), y.to(dev))
+            loss.backward()
+        answer = layout.answer(model, saved[len(layout.floats):])
+    finally:
+        layout.restore(model, saved)
+    model.zero_grad(set_to_none=True)
+    return answer, float(loss.detach())
 
 
-def weighted_mean(grads, counts, device="cpu") -> torch.Tensor:
-    """sum(n_i g_i) / sum(n_i): the full-batch gradient over the union of the fragments, on
-    `device` (gradients may be numpy or tensors anywhere).
+def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+             layout: Layout | None = None) -> tuple:
+    """`fragment` with the answer as a host float32 array."""
+    answer, loss = fragment(model, layout or Layout(model), x, y, seed)
+    return host(answer), loss
+
+
+def weighted_mean(vectors, counts, device="cpu") -> torch.Tensor:
+    """sum(n_i v_i) / sum(n_i): the full-batch gradient over the union of the fragments, on
+    `device` (vectors may be numpy or tensors anywhere).
 
     Summed in the order given (callers pass fragment order) so the result is reproducible.
     """
     total = float(sum(counts))
-    acc = torch.zeros(len(grads[0]), dtype=torch.float32, device=device)
-    for g, n in zip(grads, counts):
-        acc.add_(torch.as_tensor(g).to(device), alpha=n / total)
+    acc = torch.zeros(len(vectors[0]), dtype=torch.float32, device=device)
+    for v, n in zip(vectors, counts):
+        acc.add_(torch.as_tensor(v).to(device), alpha=n / total)
     return acc
 
 
-def learning_rate(lr: float, drops, gamma: float, epoch: int) -> float:
-    """--lr times --lr-gamma for every --lr-drops epoch reached: a function of the epoch alone,
-    so a resumed run and the audit's replay step with the same rate."""
-    return lr * gamma ** sum(1 for d in drops if epoch >= d)
+def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, answers, counts,
+                 lr: float, clip: float = 0.0) -> None:
+    """The manager's step from the accepted fragments' answers, weighted by their lines:
 
-
-def apply_update(model: nn.Module, opt: torch.optim.Optimizer, grads, counts, lr: float) -> None:
-    """One optimizer step, at rate lr, on the line-weighted mean of the accepted fragments'
-    gradients."""
+    - the optimizer steps at rate `lr` on the mean gradient, clipped first to L2 norm `clip`
+      (0: no clipping);
+    - float buffers become the mean of the fragments' buffers, computed as before + the mean
+      change, so a buffer that no pass changes keeps its bits;
+    - counters advance by the (lower) median of the fragments' changes: every honest pass makes
+      the same change (one forward pass each, as single-process training makes one per step),
+      and a minority of unchecked liars cannot move it.
+    """
+    dev = device_of(model)
+    parts = [layout.split(torch.as_tensor(a).to(dev)) for a in answers]
+    mean = weighted_mean([g for g, _, _ in parts], counts, dev)
+    i = 0
+    for p in layout.params:
+        p.grad = mean[i:i + p.numel()].view_as(p).clone()
+        i += p.numel()
+    if clip:
+        nn.utils.clip_grad_norm_(layout.params, clip)
     for group in opt.param_groups:
         group["lr"] = lr
-    set_flat_grad(model, weighted_mean(grads, counts, device_of(model)))
     opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        if layout.n_float:
+            buffers = layout.float_buffers(model)
+            before = torch.cat([b.reshape(-1).float() for b in buffers])
+            after = before + weighted_mean([f - before for _, f, _ in parts], counts, dev)
+            i = 0
+            for b in buffers:
+                b.copy_(after[i:i + b.numel()].view_as(b))
+                i += b.numel()
+        if layout.n_count:
+            step = torch.stack([c for _, _, c in parts]).median(dim=0).values.round().long()
+            i = 0
+            for b in layout.counter_buffers(model):
+                b.add_(step[i:i + b.numel()].view_as(b).to(b.dtype))
+                i += b.numel()
 
 
 def combined_loss(losses, counts) -> float:
@@ -130,7 +158,13 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 2000) 
     return loss_sum / len(y), correct / len(y)
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    return torch.optim.Adam(params, lr=lr)
+def make_optimizer(cfg, layout: Layout) -> torch.optim.Optimizer:
+    """The manager's optimizer over the trainable parameters (--optimizer, --lr, --momentum,
+    --nesterov, --weight-decay). The rate is set again before every step (rates.py)."""
+    params, lr, wd = layout.params, cfg.lr, cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd)

@@ -1,4 +1,5 @@
-"""Every rank but 0: receive weights and a slice, return the gradient, until told to stop.
+"""Every rank but 0: receive the model's state and a slice, return the answer (gradient and
+buffers, layout.py), until told to stop.
 
 A rank does not know its role; it computes whatever it is sent. A removed rank is sent STOP.
 """
@@ -14,12 +15,13 @@ from . import comm as mpi
 from . import comm_tags as tags
 from . import preempt, protocol, training
 from .faults import Faker
+from .layout import Layout, host
 
 IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 
 
-def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=None,
-        idle_timeout: float = 0.0, cuda_aware: bool = False) -> int:
+def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waiter,
+        on_message=None, idle_timeout: float = 0.0, cuda_aware: bool = False) -> int:
     """Serve the manager; return how many fragments this rank computed.
 
     `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
@@ -29,11 +31,10 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
     moves them); otherwise both travel through host buffers. The manager's side stays on the
     host either way: it hashes every byte it receives into the ledger.
     """
-    n_params = training.n_params(model)
     line_size = math.prod(line_shape)
     dev = training.device_of(model)
-    weights = (torch.empty(n_params, dtype=torch.float32, device=dev) if cuda_aware
-               else np.empty(n_params, np.float32))
+    weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware
+               else np.empty(layout.state_size, np.float32))
     head = np.empty(protocol.HEADER_LEN, np.int64)
     pending, done, longest = [], 0, 0.0
     while True:
@@ -53,7 +54,7 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         longest = max(longest, time.monotonic() - t0)
         if on_message:
             on_message(tags.HEADER, head.copy())
-        command, iteration, lines = (int(v) for v in head)
+        command, iteration, lines, seed = (int(v) for v in head)
         if command == protocol.STOP:
             return done
         x = np.empty((lines, line_size), np.float32)
@@ -61,16 +62,16 @@ def run(comm, model, line_shape, faker: Faker, waiter: mpi.Waiter, on_message=No
         waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
                      mpi.irecv(comm, y, 0, tags.Y)])
         if on_message:
-            seen = training.host(weights) if cuda_aware else weights
+            seen = host(weights) if cuda_aware else weights
             for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y)):
                 on_message(tag, arr.copy())
-        training.set_flat(model, weights)
+        layout.load_state(model, weights)
         xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
         yt = torch.from_numpy(y).to(dev)
         t_compute = time.perf_counter()
-        grad, loss = training.gradient_tensor(model, xt, yt)
+        grad, loss = training.fragment(model, layout, xt, yt, seed)
         if faker.active or not cuda_aware:
-            grad = np.ascontiguousarray(faker.send(training.host(grad), iteration, model, xt, yt),
+            grad = np.ascontiguousarray(faker.send(host(grad), iteration, model, xt, yt, seed),
                                         dtype=np.float32)
         if cuda_aware:
             grad = torch.as_tensor(grad).to(dev)

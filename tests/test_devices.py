@@ -124,10 +124,10 @@ def determinism():
 def test_an_op_without_a_deterministic_kernel_is_bad_input_in_exact_mode(determinism):
     determinism(1, exact=True)
     with pytest.raises(ConfigError, match="no deterministic kernel on cpu.*--compare tolerance"):
-        models.check_gradient(Unpool(), "m:unpool", (4,), "cpu")
+        models.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=True)
     determinism(1, exact=False)  # tolerance: it warns and runs
     with pytest.warns(UserWarning, match="deterministic"):
-        models.check_gradient(Unpool(), "m:unpool", (4,), "cpu")
+        models.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=False)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
@@ -140,8 +140,8 @@ def test_a_model_failing_on_its_device_is_bad_input(determinism):
         def forward(self, x):
             return self.lin(x.double())  # float64 input against float32 weights
     determinism(1, exact=True)
-    with pytest.raises(ConfigError, match="fails a gradient step on cpu"):
-        models.check_gradient(Broken(), "m:broken", (4,), "cpu")
+    with pytest.raises(ConfigError, match="fails a training pass on 2 line.* on cpu"):
+        models.probe(Broken(), "m:broken", (4,), 3, "cpu", 2, exact=True)
 
 
 @pytest.mark.parametrize("name", mpi_impls.NAMES)

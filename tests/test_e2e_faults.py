@@ -85,9 +85,10 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     # the costs behind the overhead benchmarks: bytes from the ledger's own assignments
     config = read_json(os.path.join(out, "config.json"))
     n, line = config["n_params"], math.prod(config["line_shape"])
+    assert config["state_size"] == config["answer_size"] == n  # the mlp has no buffers
     for rec, row in zip(ledger, read_jsonl(os.path.join(out, "metrics.jsonl")), strict=True):
         lines = [e - s for s, e in (a["lines"] for a in rec["assignments"])]
-        assert row["bytes_out"] == sum(3 * 8 + 4 * n + k * (4 * line + 8) for k in lines)
+        assert row["bytes_out"] == sum(4 * 8 + 4 * n + k * (4 * line + 8) for k in lines)
         assert row["bytes_in"] == len(lines) * (4 * n + 3 * 8)
         assert {"exchange", "verify", "update", "ledger", "read"} <= set(row["time"])
         assert 0 < row["compute_max"] <= row["time"]["exchange"] <= row["seconds"]

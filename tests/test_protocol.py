@@ -9,7 +9,7 @@ def test_messages_have_the_same_form_for_every_role():
     bx = np.random.default_rng(0).random((100, 4), dtype=np.float32)
     by = np.arange(100, dtype=np.int64) % 3
     w = np.ones(10, np.float32)
-    msgs = protocol.messages_for_plan(plan, 4, w, bx, by)
+    msgs = protocol.messages_for_plan(plan, 4, 9, w, bx, by)
     assert set(msgs) == set(range(1, 8))
 
     def form(m):
@@ -19,8 +19,19 @@ def test_messages_have_the_same_form_for_every_role():
     assert len({str(f) for f in forms.values()}) == 1
     for r, m in msgs.items():
         header = m[0][1]
-        lines = [a for a in plan.assignments if a.rank == r][0].lines
-        assert header.tolist() == [protocol.WORK, 4, lines]  # nothing about role or position
+        a = [a for a in plan.assignments if a.rank == r][0]
+        # nothing about role or position: the seed is a hash of the lines, not the lines
+        seed = protocol.fragment_seed(9, 4, a.start, a.stop)
+        assert header.tolist() == [protocol.WORK, 4, a.lines, seed]
     c = plan.checked
     for k in plan.controls:
         assert msgs[k][2][1].tobytes() == msgs[c][2][1].tobytes()
+        assert msgs[k][0][1].tobytes() == msgs[c][0][1].tobytes()  # same lines, same draws
+
+
+def test_fragment_seed_depends_on_run_iteration_and_lines_only():
+    seeds = {protocol.fragment_seed(s, it, a, b)
+             for s, it, a, b in [(0, 0, 0, 10), (1, 0, 0, 10), (0, 1, 0, 10), (0, 0, 1, 10),
+                                 (0, 0, 0, 11)]}
+    assert len(seeds) == 5 and all(0 <= v < 2**63 for v in seeds)
+    assert protocol.fragment_seed(3, 4, 5, 6) == protocol.fragment_seed(3, 4, 5, 6)

@@ -10,9 +10,10 @@ from mpi4py import MPI
 
 from podlt_mpi import comm as mpi
 from podlt_mpi import comm_tags as tags
-from podlt_mpi import models, schedule, timing, training, worker
+from podlt_mpi import models, schedule, timing, worker
 from podlt_mpi.config import RunConfig
 from podlt_mpi.faults import Faker
+from podlt_mpi.layout import Layout, host
 
 pytestmark = pytest.mark.mpi(min_size=4)
 
@@ -35,29 +36,33 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
         from podlt_mpi.manager import Manager
         m = Manager.__new__(Manager)  # only the exchange is exercised: no files, no data file
         m.comm, m.model, m.waiter, m.out = comm, model, waiter, "-"
+        m.layout = Layout(model)
         m.cfg, m.slowest_exchange, m.notice = RunConfig(rank_timeout=60), None, None
         m.cost = timing.IterationCost()
         rng = np.random.default_rng(3)
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
         by = (np.arange(30) % 3).astype(np.int64)
-        grads, _ = m.exchange(plan, 0, training.get_flat(model), bx, by)
+        grads, _ = m.exchange(plan, 0, host(m.layout.state(model)), bx, by)
         m.stop_ranks(range(1, size))
         info = (plan.checked, list(plan.controls), [r for r in plan.workers if r != plan.checked])
     else:
-        worker.run(comm, model, LINE_SHAPE, Faker(RunConfig(), rank), waiter,
+        worker.run(comm, model, Layout(model), LINE_SHAPE, Faker(RunConfig(), rank), waiter,
                    on_message=lambda tag, a: seen.append((tag, a)))
         info = None
     checked, controls, others = comm.bcast(info)
     forms = comm.gather(form(seen) if rank else None)
     contents = comm.gather([a.tobytes() for t, a in seen if t == tags.X] if rank else None)
+    heads = comm.gather([a.tobytes() for t, a in seen if t == tags.HEADER] if rank else None)
     if rank == 0:
         reference = forms[checked]
         for r in controls + others:
             assert forms[r] == reference, (r, forms[r], reference)
-        # a header holds only (command, iteration, lines): no role, no line numbers
+        # a header holds only (command, iteration, lines, the fragment's seed): no role, no line
+        # numbers; the controls' headers are the checked worker's
         assert [t for t, _, _ in reference] == [tags.HEADER, tags.WEIGHTS, tags.X, tags.Y, tags.HEADER]
         # the controls really did receive the checked worker's lines
         assert all(contents[r] == contents[checked] for r in controls)
+        assert all(heads[r] == heads[checked] for r in controls)
         assert all(grads[r].tobytes() == grads[checked].tobytes() for r in controls)
     comm.Barrier()

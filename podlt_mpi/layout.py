@@ -1,0 +1,136 @@
+"""What of a model travels between the ranks, packed as one flat float32 vector each way. No MPI.
+
+state (manager -> ranks, the WEIGHTS message):
+    trainable parameters | float buffers (as float32) | counters (integer buffers such as
+    BatchNorm's num_batches_tracked, as int64 bit patterns: two float32 words each, exact at any
+    value, never used in arithmetic)
+answer (rank -> manager, the GRAD message):
+    gradient of the trainable parameters (zeros where a parameter got none, as DDP's
+    find_unused_parameters) | float buffers after the forward pass | each counter's change in
+    the pass (small integers, exact in float32)
+
+Frozen parameters (requires_grad=False) never travel: every rank builds them from the same seed
+and nobody updates them. The digest in the ledger (model_before/model_after) covers everything:
+the frozen parameters' bytes, then the state. For a model with neither buffers nor frozen
+parameters the state is the flat parameters, so runs written before buffers travelled keep
+their hashes.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def host(t: torch.Tensor) -> np.ndarray:
+    """A flat float32 numpy array of t (a copy from a GPU; no copy on the CPU)."""
+    return t.detach().reshape(-1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _is_counter(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+class Layout:
+    """Which tensors travel, in a fixed order (the model's own), and their sizes.
+
+    Parameters are held by reference (load_state_dict and optimizers update them in place);
+    buffers are looked up by name each time, since a module may rebind one in its forward.
+    Boolean buffers (masks) are constants and do not travel.
+    """
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_parameters())
+        self.params = [p for _, p in named if p.requires_grad]
+        self.frozen = [p for _, p in named if not p.requires_grad]
+        buffers = list(model.named_buffers())
+        self.floats = [n for n, b in buffers if b.is_floating_point()]
+        self.counters = [n for n, b in buffers if _is_counter(b)]
+        self.n_grad = sum(p.numel() for p in self.params)
+        self.n_float = sum(b.numel() for n, b in buffers if n in set(self.floats))
+        self.n_count = sum(b.numel() for n, b in buffers if n in set(self.counters))
+        self.state_size = self.n_grad + self.n_float + 2 * self.n_count
+        self.answer_size = self.n_grad + self.n_float + self.n_count
+
+    # ---- the tensors ---------------------------------------------------------------------------
+
+    def float_buffers(self, model) -> list:
+        return [model.get_buffer(n) for n in self.floats]
+
+    def counter_buffers(self, model) -> list:
+        return [model.get_buffer(n) for n in self.counters]
+
+    def snapshot(self, model) -> list:
+        """Copies of every buffer that travels, to put back with `restore`."""
+        return [b.detach().clone() for b in (*self.float_buffers(model), *self.counter_buffers(model))]
+
+    def restore(self, model, saved: list) -> None:
+        with torch.no_grad():
+            for b, v in zip((*self.float_buffers(model), *self.counter_buffers(model)), saved,
+                            strict=True):
+                b.copy_(v)
+
+    # ---- the vectors ---------------------------------------------------------------------------
+
+    def state(self, model) -> torch.Tensor:
+        """The state vector, on the model's device."""
+        parts = [p.detach().reshape(-1).float() for p in self.params]
+        parts += [b.detach().reshape(-1).float() for b in self.float_buffers(model)]
+        parts += [b.detach().reshape(-1).to(torch.int64).view(torch.float32)
+                  for b in self.counter_buffers(model)]
+        return torch.cat(parts)
+
+    def load_state(self, model, flat) -> None:
+        """Load a state vector (numpy, or a tensor on any device) into the model."""
+        t = torch.as_tensor(flat).to(self.params[0].device)
+        i = 0
+        with torch.no_grad():
+            for p in self.params:
+                p.copy_(t[i:i + p.numel()].view_as(p))
+                i += p.numel()
+            for b in self.float_buffers(model):
+                b.copy_(t[i:i + b.numel()].view_as(b))
+                i += b.numel()
+            for b in self.counter_buffers(model):  # clone: a view as int64 needs 8-byte alignment
+                b.copy_(t[i:i + 2 * b.numel()].clone().view(torch.int64).view_as(b))
+                i += 2 * b.numel()
+        assert i == self.state_size == t.numel(), (i, self.state_size, t.numel())
+
+    def answer(self, model, counters_before: list) -> torch.Tensor:
+        """After a backward pass: gradients, float buffers, counters' change since `counters_before`."""
+        parts = [p.grad.reshape(-1).float() if p.grad is not None
+                 else torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+                 for p in self.params]
+        parts += [b.detach().reshape(-1).float() for b in self.float_buffers(model)]
+        parts += [(b.detach().reshape(-1).to(torch.int64) - v.reshape(-1).to(torch.int64)).float()
+                  for b, v in zip(self.counter_buffers(model), counters_before, strict=True)]
+        return torch.cat(parts).detach()
+
+    def split(self, answer) -> tuple:
+        """(gradient, float buffers, counter changes) of an answer."""
+        g, f = self.n_grad, self.n_grad + self.n_float
+        return answer[:g], answer[g:f], answer[f:]
+
+    # ---- the digest ----------------------------------------------------------------------------
+
+    def frozen_hash(self):
+        """sha256 over the frozen parameters, to continue with a state (`digest`)."""
+        h = hashlib.sha256()
+        for p in self.frozen:
+            h.update(_bytes(p))
+        return h
+
+    def digest(self, model, state: np.ndarray | None = None, frozen=None) -> str:
+        """The model's sha256 for the ledger: frozen parameters, then the state vector.
+        `state`: the host state vector if the caller has it; `frozen`: a `frozen_hash()` kept
+        from before (frozen parameters never change)."""
+        h = (frozen or self.frozen_hash()).copy()
+        h.update(np.ascontiguousarray(state if state is not None
+                                      else host(self.state(model))).tobytes())
+        return h.hexdigest()

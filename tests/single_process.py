@@ -1,0 +1,85 @@
+"""Single-process training written out for the tests, to hold the job's final model against.
+
+It computes every fragment a run applied the way the README says a rank does (training mode,
+the torch, numpy and random generators seeded with the fragment's seed, the buffers as the
+manager sent them, cross-entropy mean, zeros for parameters without a gradient) and takes the
+step the README says the manager takes, summing the fragments in the ledger's order with the
+same float32 operations on vectors of the same length, so the result can be compared bit for
+bit. It shares no code with the job but the seed's formula and the learning-rate formula.
+"""
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from podlt_mpi import protocol, rates
+
+
+def flat(tensors):
+    return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+
+def train(model, opt, x, y, records, cfg, total):
+    """Replay `records` (the run's ledger) on `model` with `opt`; x, y: the whole training file."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for rec in records:
+        it, applied = rec["iteration"], rec["applied"]
+        if not applied:
+            continue
+        buffers = dict(model.named_buffers())
+        floats = [n for n, b in buffers.items() if b.is_floating_point()]
+        counters = [n for n, b in buffers.items()
+                    if not b.is_floating_point() and b.dtype != torch.bool]
+        before = {n: b.detach().clone() for n, b in buffers.items()}
+        n_lines = sum(e - s for s, e in applied)
+        grad_sum = buf_sum = None
+        steps = []
+        for s, e in applied:
+            for n in before:
+                buffers[n].data.copy_(before[n])
+            seed = protocol.fragment_seed(cfg["seed"], it, s, e)
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            model.zero_grad(set_to_none=True)
+            out = model(torch.from_numpy(x[s:e]))
+            nn.functional.cross_entropy(out, torch.from_numpy(y[s:e])).backward()
+            g = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+            grad_sum = torch.zeros_like(g) if grad_sum is None else grad_sum
+            grad_sum.add_(g, alpha=(e - s) / n_lines)
+            if floats:
+                change = flat([buffers[n] for n in floats]) - flat([before[n] for n in floats])
+                buf_sum = torch.zeros_like(change) if buf_sum is None else buf_sum
+                buf_sum.add_(change, alpha=(e - s) / n_lines)
+            steps.append([int(buffers[n]) - int(before[n]) for n in counters])
+        for n in before:
+            buffers[n].data.copy_(before[n])
+        i = 0
+        for p in params:
+            p.grad = grad_sum[i:i + p.numel()].view_as(p).clone()
+            i += p.numel()
+        if cfg.get("clip_grad_norm"):
+            nn.utils.clip_grad_norm_(params, cfg["clip_grad_norm"])
+        for group in opt.param_groups:
+            group["lr"] = rates.learning_rate(Cfg(cfg), it, rec["epoch"], total)
+        opt.step()
+        if floats:
+            new = flat([before[n] for n in floats]) + buf_sum
+            i = 0
+            for n in floats:
+                b = buffers[n]
+                b.data.copy_(new[i:i + b.numel()].view_as(b))
+                i += b.numel()
+        for k, n in enumerate(counters):  # every fragment's pass counts once: all agree
+            assert len({st[k] for st in steps}) == 1
+            buffers[n].data.add_(steps[0][k])
+    return model
+
+
+class Cfg:
+    """A run's config.json as attributes, for rates.learning_rate."""
+
+    def __init__(self, d):
+        self.__dict__.update(d)
