@@ -9,11 +9,12 @@ bit. It shares no code with the job but the seed's formula and the learning-rate
 """
 import random
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from podlt_mpi import protocol, rates
+from podlt_mpi import models, protocol, rates
 
 
 def flat(tensors):
@@ -76,6 +77,27 @@ def train(model, opt, x, y, records, cfg, total):
             assert len({st[k] for st in steps}) == 1
             buffers[n].data.add_(steps[0][k])
     return model
+
+
+def assert_matches(out, data_path, cfg, ledger, total=None):
+    """model_final.pt (weights and buffers) equals single_process.train's, bit for bit."""
+    with h5py.File(data_path) as f:
+        x, y = f["x"][:], f["y"][:]
+    torch.set_num_threads(cfg["threads"])
+    model = models.build(cfg["model"], cfg["line_shape"], cfg["n_classes"], cfg["seed"])
+    model.load_state_dict(torch.load(out / "model_init.pt", weights_only=True))
+    params = [p for p in model.parameters() if p.requires_grad]
+    name, lr, wd = cfg["optimizer"], cfg["lr"], cfg.get("weight_decay", 0.0)
+    opt = (torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd,
+                           nesterov=cfg.get("nesterov", False)) if name == "sgd" else
+           torch.optim.AdamW(params, lr=lr, weight_decay=wd) if name == "adamw" else
+           torch.optim.Adam(params, lr=lr, weight_decay=wd))
+    train(model, opt, x, y, ledger, cfg, total or len(ledger))
+    final = torch.load(out / "model_final.pt", weights_only=True)
+    mine = model.state_dict()
+    assert final.keys() == mine.keys()
+    for k, v in mine.items():
+        assert final[k].dtype == v.dtype and torch.equal(final[k], v), k
 
 
 class Cfg:

@@ -1,14 +1,11 @@
 """Determinism and correctness of the applied update."""
 import os
 
-import h5py
-import numpy as np
 import pytest
 import torch
 
 import single_process
 from conftest import read_json, read_jsonl, run_job
-from podlt_mpi import models
 
 pytestmark = pytest.mark.slow
 
@@ -74,28 +71,7 @@ def test_matches_single_process_training(model_name, optimizer, job_args, small_
     assert ledger[0]["check"]["worker"] == 2 and ledger[0]["removed"] == [2]
     s = ledger[0]["lines"][0]  # the first block the shuffled order visits
     assert ledger[0]["applied"] == [[s, s + 67], [s + 67, s + 134], [s + 134, s + 200]]
-    assert_matches_single_process(out, small_data["train"], cfg, ledger)
-
-
-def assert_matches_single_process(out, data_path, cfg, ledger, total=None):
-    """model_final.pt (weights and buffers) equals single_process.train's, bit for bit."""
-    with h5py.File(data_path) as f:
-        x, y = f["x"][:], f["y"][:]
-    torch.set_num_threads(cfg["threads"])
-    model = models.build(cfg["model"], cfg["line_shape"], cfg["n_classes"], cfg["seed"])
-    model.load_state_dict(torch.load(out / "model_init.pt", weights_only=True))
-    params = [p for p in model.parameters() if p.requires_grad]
-    name, lr, wd = cfg["optimizer"], cfg["lr"], cfg.get("weight_decay", 0.0)
-    opt = (torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd,
-                           nesterov=cfg.get("nesterov", False)) if name == "sgd" else
-           torch.optim.AdamW(params, lr=lr, weight_decay=wd) if name == "adamw" else
-           torch.optim.Adam(params, lr=lr, weight_decay=wd))
-    single_process.train(model, opt, x, y, ledger, cfg, total or len(ledger))
-    final = torch.load(out / "model_final.pt", weights_only=True)
-    mine = model.state_dict()
-    assert final.keys() == mine.keys()
-    for k, v in mine.items():
-        assert final[k].dtype == v.dtype and torch.equal(final[k], v), k
+    single_process.assert_matches(out, small_data["train"], cfg, ledger)
 
 
 def test_user_model_and_held_out_split(small_data, tmp_path):
