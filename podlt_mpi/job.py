@@ -112,7 +112,8 @@ def _run(comm, argv, started: float) -> int:
     dev, node_rank = "cpu", mpi.node_position(comm)[0]
     try:
         dev = devices.place(cfg.device, rank, node_rank)
-        model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed).to(dev)
+        model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed),
+                             cfg.model, dev)
         smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
         models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev, min(smallest, 8),
                      exact=cfg.compare == "exact")

@@ -100,6 +100,14 @@ def _construct(factory, spec, input_shape, n_classes, seed) -> nn.Module:
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def place(model: nn.Module, spec: str, device) -> nn.Module:
+    """The model moved to `device`; a model that cannot move is bad input."""
+    try:
+        return model.to(device)
+    except Exception as e:  # a tensor on the meta device, a user's _apply...
+        raise ConfigError(f"model {spec!r} cannot move to {device}: {_first_line(e)}") from None
+
+
 def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, lines: int,
           exact: bool) -> None:
     """Two training passes over the same `lines` random lines on `device`, under the same seed,
