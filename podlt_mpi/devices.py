@@ -80,13 +80,19 @@ def describe(dev: str) -> str:
 
 
 def check_kinds(placed: list, compare: str, resumed_kind: str | None,
-                cuda_aware: bool = False) -> str | None:
-    """Bad input in the ranks' devices (one per rank, as `describe` gives), or None."""
+                cuda_aware: bool = False, stochastic: bool = False) -> str | None:
+    """Bad input in the ranks' devices (one per rank, as `describe` gives), or None.
+    `stochastic`: the model draws random numbers (models.probe)."""
     now = kinds(placed)
     cpu = [r for r, d in enumerate(placed) if kind(d) == "cpu"]
     if cuda_aware and cpu:
         return (f"--cuda-aware-mpi passes GPU buffers, but rank(s) {cpu} compute on the CPU "
                 "(no CUDA device found with --device auto)")
+    if "+" in now and stochastic:
+        return (f"ranks {cpu} compute on the CPU and the others on CUDA, and the model draws "
+                "random numbers (dropout?), which the CPU's and CUDA's generators draw "
+                "differently: every check would end in a dispute. Give every node a GPU, or use "
+                "--device cpu")
     if "+" in now and compare == "exact":
         return (f"ranks {cpu} compute on the CPU and the others on CUDA, which cannot agree bit "
                 "for bit under --compare exact: give every node a GPU, use --device cpu, or "

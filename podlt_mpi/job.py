@@ -109,14 +109,15 @@ def _run(comm, argv, started: float) -> int:
 
     # Every rank builds the model and its fault behaviour; any of them may fail on user code.
     model = faker = plan = None
+    stochastic = False
     dev, node_rank = "cpu", mpi.node_position(comm)[0]
     try:
         dev = devices.place(cfg.device, rank, node_rank)
         model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed),
                              cfg.model, dev)
         smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
-        models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev, min(smallest, 8),
-                     exact=cfg.compare == "exact")
+        stochastic = models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
+                              min(smallest, 8), exact=cfg.compare == "exact")
         layout = Layout(model)
         faker = Faker(cfg, rank, layout)
         if rank == 0 and cfg.resume:
@@ -132,7 +133,9 @@ def _run(comm, argv, started: float) -> int:
     if not error:
         # Every rank gets every rank's device, so all reach the same verdict without a word.
         placed = comm.allgather(devices.describe(dev))
-        error = devices.check_kinds(placed, cfg.compare, resumed_kind, cfg.cuda_aware_mpi)
+        stochastic = any(comm.allgather(stochastic))
+        error = devices.check_kinds(placed, cfg.compare, resumed_kind, cfg.cuda_aware_mpi,
+                                    stochastic)
     if error:
         if rank == 0 and created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written

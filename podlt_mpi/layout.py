@@ -38,7 +38,7 @@ def _is_counter(t: torch.Tensor) -> bool:
 
 
 class Layout:
-    """Which tensors travel, in a fixed order (the model's own), and their sizes.
+    """Which tensors of one model travel, in a fixed order (the model's own), and their sizes.
 
     Parameters are held by reference (load_state_dict and optimizers update them in place);
     buffers are looked up by name each time, since a module may rebind one in its forward.
@@ -46,47 +46,51 @@ class Layout:
     """
 
     def __init__(self, model: nn.Module):
+        self.model = model
         named = list(model.named_parameters())
         self.params = [p for _, p in named if p.requires_grad]
         self.frozen = [p for _, p in named if not p.requires_grad]
         buffers = list(model.named_buffers())
-        self.floats = [n for n, b in buffers if b.is_floating_point()]
-        self.counters = [n for n, b in buffers if _is_counter(b)]
+        floats = [(n, b) for n, b in buffers if b.is_floating_point()]
+        counters = [(n, b) for n, b in buffers if _is_counter(b)]
+        self.floats = [n for n, _ in floats]
+        self.counters = [n for n, _ in counters]
         self.n_grad = sum(p.numel() for p in self.params)
-        self.n_float = sum(b.numel() for n, b in buffers if n in set(self.floats))
-        self.n_count = sum(b.numel() for n, b in buffers if n in set(self.counters))
+        self.n_float = sum(b.numel() for _, b in floats)
+        self.n_count = sum(b.numel() for _, b in counters)
         self.state_size = self.n_grad + self.n_float + 2 * self.n_count
         self.answer_size = self.n_grad + self.n_float + self.n_count
 
     # ---- the tensors ---------------------------------------------------------------------------
 
-    def float_buffers(self, model) -> list:
-        return [model.get_buffer(n) for n in self.floats]
+    def float_buffers(self) -> list:
+        return [self.model.get_buffer(n) for n in self.floats]
 
-    def counter_buffers(self, model) -> list:
-        return [model.get_buffer(n) for n in self.counters]
+    def counter_buffers(self) -> list:
+        return [self.model.get_buffer(n) for n in self.counters]
 
-    def snapshot(self, model) -> list:
+    def snapshot(self) -> list:
         """Copies of every buffer that travels, to put back with `restore`."""
-        return [b.detach().clone() for b in (*self.float_buffers(model), *self.counter_buffers(model))]
+        return [b.detach().clone()
+                for b in (*self.float_buffers(), *self.counter_buffers())]
 
-    def restore(self, model, saved: list) -> None:
+    def restore(self, saved: list) -> None:
         with torch.no_grad():
-            for b, v in zip((*self.float_buffers(model), *self.counter_buffers(model)), saved,
+            for b, v in zip((*self.float_buffers(), *self.counter_buffers()), saved,
                             strict=True):
                 b.copy_(v)
 
     # ---- the vectors ---------------------------------------------------------------------------
 
-    def state(self, model) -> torch.Tensor:
+    def state(self) -> torch.Tensor:
         """The state vector, on the model's device."""
         parts = [p.detach().reshape(-1).float() for p in self.params]
-        parts += [b.detach().reshape(-1).float() for b in self.float_buffers(model)]
+        parts += [b.detach().reshape(-1).float() for b in self.float_buffers()]
         parts += [b.detach().reshape(-1).to(torch.int64).view(torch.float32)
-                  for b in self.counter_buffers(model)]
+                  for b in self.counter_buffers()]
         return torch.cat(parts)
 
-    def load_state(self, model, flat) -> None:
+    def load_state(self, flat) -> None:
         """Load a state vector (numpy, or a tensor on any device) into the model."""
         t = torch.as_tensor(flat).to(self.params[0].device)
         i = 0
@@ -94,22 +98,23 @@ class Layout:
             for p in self.params:
                 p.copy_(t[i:i + p.numel()].view_as(p))
                 i += p.numel()
-            for b in self.float_buffers(model):
+            for b in self.float_buffers():
                 b.copy_(t[i:i + b.numel()].view_as(b))
                 i += b.numel()
-            for b in self.counter_buffers(model):  # clone: a view as int64 needs 8-byte alignment
+            for b in self.counter_buffers():  # clone: a view as int64 needs 8-byte alignment
                 b.copy_(t[i:i + 2 * b.numel()].clone().view(torch.int64).view_as(b))
                 i += 2 * b.numel()
         assert i == self.state_size == t.numel(), (i, self.state_size, t.numel())
 
-    def answer(self, model, counters_before: list) -> torch.Tensor:
-        """After a backward pass: gradients, float buffers, counters' change since `counters_before`."""
+    def answer(self, counters_before: list) -> torch.Tensor:
+        """After a backward pass: the gradients, the float buffers, and the counters' change
+        since `counters_before`."""
         parts = [p.grad.reshape(-1).float() if p.grad is not None
                  else torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
                  for p in self.params]
-        parts += [b.detach().reshape(-1).float() for b in self.float_buffers(model)]
+        parts += [b.detach().reshape(-1).float() for b in self.float_buffers()]
         parts += [(b.detach().reshape(-1).to(torch.int64) - v.reshape(-1).to(torch.int64)).float()
-                  for b, v in zip(self.counter_buffers(model), counters_before, strict=True)]
+                  for b, v in zip(self.counter_buffers(), counters_before, strict=True)]
         return torch.cat(parts).detach()
 
     def split(self, answer) -> tuple:
@@ -126,11 +131,11 @@ class Layout:
             h.update(_bytes(p))
         return h
 
-    def digest(self, model, state: np.ndarray | None = None, frozen=None) -> str:
+    def digest(self, state: np.ndarray | None = None, frozen=None) -> str:
         """The model's sha256 for the ledger: frozen parameters, then the state vector.
         `state`: the host state vector if the caller has it; `frozen`: a `frozen_hash()` kept
         from before (frozen parameters never change)."""
         h = (frozen or self.frozen_hash()).copy()
         h.update(np.ascontiguousarray(state if state is not None
-                                      else host(self.state(model))).tobytes())
+                                      else host(self.state())).tobytes())
         return h.hexdigest()

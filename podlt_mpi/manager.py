@@ -159,10 +159,10 @@ class Manager:
         """Send every assigned rank its messages; return (grads, losses) by rank."""
         n = self.layout.answer_size
         reqs, who, grads, losses = [], [], {}, {}
-        cost, cfg = self.cost, self.cfg
+        cost = self.cost
         t_start = time.monotonic()
-        for rank, msgs in protocol.messages_for_plan(plan, iteration, cfg.seed, weights, bx,
-                                                                  by).items():
+        messages = protocol.messages_for_plan(plan, iteration, self.cfg.seed, weights, bx, by)
+        for rank, msgs in messages.items():
             for tag, arr in msgs:
                 reqs.append(mpi.isend(self.comm, arr, rank, tag))
                 who.append(rank)
@@ -210,7 +210,7 @@ class Manager:
         done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
             return done
-        self.referee_layout.load_state(self.referee_model, weights)
+        self.referee_layout.load_state(weights)
         x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
         y = torch.from_numpy(by[s - plan.start:e - plan.start])
         seed = protocol.fragment_seed(cfg.seed, iteration, s, e)
@@ -268,9 +268,9 @@ class Manager:
         plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng,
                                        cfg.checks_per_iteration)
         cost = self.cost
-        weights = host(self.layout.state(self.model))
+        weights = host(self.layout.state())
         with cost.part("ledger"):
-            model_before = self.layout.digest(self.model, weights, self.frozen)
+            model_before = self.layout.digest(weights, self.frozen)
         with cost.part("read"):
             bx, by = self.train.read(start, stop)
             bx = bx.reshape(len(by), -1)
@@ -311,7 +311,7 @@ class Manager:
                 "applied_from": [r for _, _, r in applied],
                 "removed": fake,
                 "loss": ledger.finite_or_none(loss),
-                "model_after": self.layout.digest(self.model, frozen=self.frozen),
+                "model_after": self.layout.digest(frozen=self.frozen),
             }
         if len(records) > 1:
             record["extra_checks"] = records[1:]  # --checks-per-iteration: the others in turn

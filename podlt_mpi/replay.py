@@ -45,7 +45,7 @@ class Replayer:
 
     def weights_sha(self) -> str:
         """The model's digest as the ledger writes it (weights and buffers)."""
-        return self.layout.digest(self.model)
+        return self.layout.digest()
 
     def same_state(self, model_state: dict, optimizer_state: dict) -> bool:
         """Bitwise equality of the replayed model and optimizer with a checkpoint's."""

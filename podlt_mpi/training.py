@@ -65,15 +65,15 @@ def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
     the model is as it was: a fake rank may compute again from the same state.
     """
     dev = device_of(model)
-    saved = layout.snapshot(model)
+    saved = layout.snapshot()
     model.zero_grad(set_to_none=True)
     try:
         with fragment_rng(seed, dev):
             loss = nn.functional.cross_entropy(model(x.to(dev)).float(), y.to(dev))
             loss.backward()
-        answer = layout.answer(model, saved[len(layout.floats):])
+        answer = layout.answer(saved[len(layout.floats):])
     finally:
-        layout.restore(model, saved)
+        layout.restore(saved)
     model.zero_grad(set_to_none=True)
     return answer, float(loss.detach())
 
@@ -125,7 +125,7 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
     opt.zero_grad(set_to_none=True)
     with torch.no_grad():
         if layout.n_float:
-            buffers = layout.float_buffers(model)
+            buffers = layout.float_buffers()
             before = torch.cat([b.reshape(-1).float() for b in buffers])
             after = before + weighted_mean([f - before for _, f, _ in parts], counts, dev)
             i = 0
@@ -135,7 +135,7 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
         if layout.n_count:
             step = torch.stack([c for _, _, c in parts]).median(dim=0).values.round().long()
             i = 0
-            for b in layout.counter_buffers(model):
+            for b in layout.counter_buffers():
                 b.add_(step[i:i + b.numel()].view_as(b).to(b.dtype))
                 i += b.numel()
 

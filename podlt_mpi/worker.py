@@ -65,7 +65,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
             seen = host(weights) if cuda_aware else weights
             for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y)):
                 on_message(tag, arr.copy())
-        layout.load_state(model, weights)
+        layout.load_state(weights)
         xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
         yt = torch.from_numpy(y).to(dev)
         t_compute = time.perf_counter()

@@ -74,6 +74,10 @@ def test_kinds_and_what_is_refused():
     mixed = devices.check_kinds([H100, "cpu", H100, "cpu"], "exact", None)
     assert "ranks [1, 3] compute on the CPU" in mixed
     assert devices.check_kinds([H100, "cpu"], "tolerance", None) is None
+    # ... unless the model draws random numbers: CPU and CUDA generators draw differently
+    assert "draws random numbers" in devices.check_kinds([H100, "cpu"], "tolerance", None,
+                                                         stochastic=True)
+    assert devices.check_kinds([H100, H100], "exact", None, stochastic=True) is None
     assert "this run computed on cuda" in devices.check_kinds(["cpu", "cpu"], "exact", "cuda")
     assert devices.check_kinds([H100, H100], "exact", "cuda") is None
     assert "rank(s) [2]" in devices.check_kinds([H100, H100, "cpu"], "tolerance", None, True)

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import read_json, run_job
+from conftest import ROOT, read_json, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -162,50 +162,6 @@ def test_a_model_without_deterministic_kernels_is_refused_in_exact_mode_only(sma
     assert read_json(out / "summary.json")["iterations"] == 3
 
 
-BAD_MODELS = '''
-import math
-import time
-
-import torch
-from torch import nn
-
-
-class NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise ValueError("this layer has no backward")
-
-
-class Net(nn.Module):
-    def __init__(self, n_in, n_classes, clock=False):
-        super().__init__()
-        self.lin, self.clock = nn.Linear(n_in, n_classes), clock
-
-    def forward(self, x):
-        out = self.lin(x.flatten(1))
-        if self.clock:  # a generator seeded by the clock: no two ranks agree
-            return out * torch.rand(1, generator=torch.Generator().manual_seed(time.time_ns()))
-        return NoBackward.apply(out)
-
-
-def no_backward(shape, n_classes):
-    return Net(math.prod(shape), n_classes)
-
-
-def clock(shape, n_classes):
-    return Net(math.prod(shape), n_classes, clock=True)
-
-
-def batchnorm(shape, n_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 8), nn.BatchNorm1d(8),
-                         nn.Linear(8, n_classes))
-'''
-
-
 @pytest.mark.parametrize("n,spec,extra,message", [
     (4, "no_backward", [], "model 'badmodels:no_backward' fails a training pass on 8 line(s) on "
                            "cpu: this layer has no backward"),
@@ -216,8 +172,7 @@ def batchnorm(shape, n_classes):
 ])
 def test_a_user_model_that_cannot_train_is_bad_input(n, spec, extra, message, small_data,
                                                      tmp_path):
-    (tmp_path / "badmodels.py").write_text(BAD_MODELS)
     out = tmp_path / "run"
     r = run_job(n, ["--data", small_data["train"], "--out", out, "--model", f"badmodels:{spec}",
-                    *extra], timeout=120, path=[tmp_path])
+                    *extra], timeout=120, path=[os.path.join(ROOT, "tests", "helpers")])
     assert_clean_exit_2(r, message, out)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 # conftest sets TRITON_INTERPRET=1 for the CPU tests of the kernel, and Triton fixes its choice
 # at import: everything here that may reach the kernel runs in a child without it, compiled.
 COMPILED = {"TRITON_INTERPRET": "0"}
-ENV = {**os.environ, "PYTHONPATH": ROOT, **COMPILED}
+HELPERS = os.path.join(ROOT, "tests", "helpers")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT]), **COMPILED}
 
 
 def python(code, *args, env=ENV):
@@ -46,13 +47,15 @@ def gradient_in_fresh_process(model, device, path):
     return np.load(path)
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "usermodels:combined"])
 def test_honest_gpu_ranks_agree_bit_for_bit_and_stay_near_the_cpu(model, tmp_path):
     """Two processes on the same GPU, as two ranks would be; the CPU result sets the scale of
     the difference that --compare tolerance must allow across kinds of device."""
     a = gradient_in_fresh_process(model, "cuda", tmp_path / "a.npy")
     b = gradient_in_fresh_process(model, "cuda", tmp_path / "b.npy")
     assert a.tobytes() == b.tobytes()
+    if model.startswith("usermodels:"):
+        return  # dropout: CUDA's generator is not the CPU's, so their masks differ
     c = gradient_in_fresh_process(model, "cpu", tmp_path / "c.npy")
     rel = np.linalg.norm(a.astype(np.float64) - c) / np.linalg.norm(c.astype(np.float64))
     assert rel < 1e-5, rel  # inside the default --rtol
@@ -145,3 +148,23 @@ def test_cuda_aware_transport_gives_the_same_run(small_data, tmp_path):
         assert r.returncode == 0, r.stderr
         heads.append(read_json(tmp_path / name / "summary.json")["ledger_head"])
     assert heads[0] == heads[1]
+
+
+@pytest.mark.parametrize("fake", [None, "buffers"])
+def test_dropout_and_batchnorm_on_the_gpu_agree_and_audit(fake, small_data, tmp_path):
+    """The fragment's seed reaches CUDA's generator (dropout masks), BatchNorm statistics travel
+    from GPU memory: honest ranks agree on every check, a rank poisoning its statistics is
+    removed, and the audit replays every iteration on the GPU."""
+    out = tmp_path / "run"
+    cheat = ["--fake-ranks", "4", "--fake-mode", fake] if fake else []
+    r = run_job(5, ["--data", small_data["train"], "--test-data", small_data["test"],
+                    "--out", out, "--block-lines", "201", "--blocks", "8", "--device", "cuda",
+                    "--model", "usermodels:combined", *cheat], timeout=600, env=COMPILED,
+                path=[HELPERS])
+    assert r.returncode == 0, r.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["checks"]["dispute"] == 0
+    assert [x["rank"] for x in summary["removed"]] == ([4] if fake else [])
+    a = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+    assert a.returncode == 0 and "8 reproduced bit for bit" in a.stdout, a.stdout + a.stderr

@@ -1,6 +1,7 @@
 """A user's model that fails in any way is bad input: one sentence naming the model and the
 cause (ConfigError), found by models.build, models.place or models.probe before iteration 0."""
-import time
+import os
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ from podlt_mpi import models, schedule, training
 from podlt_mpi.config import ConfigError
 from podlt_mpi.layout import Layout, host
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+import badmodels  # noqa: E402
+
 
 class Lin(nn.Module):
     def __init__(self, n_in=4, n_out=3):
@@ -18,29 +22,6 @@ class Lin(nn.Module):
 
     def forward(self, x):
         return self.lin(x.flatten(1))
-
-
-class BadBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise ValueError("this layer has no backward")
-
-
-class NoBackward(Lin):
-    def forward(self, x):
-        return BadBackward.apply(super().forward(x))
-
-
-class Clock(Lin):
-    """Draws from a generator seeded by the clock: no two passes agree."""
-
-    def forward(self, x):
-        g = torch.Generator().manual_seed(time.perf_counter_ns())
-        return super().forward(x) * torch.rand(1, generator=g)
 
 
 class Picky(Lin):
@@ -84,9 +65,9 @@ def test_building_a_bad_model_is_bad_input(make, message, monkeypatch):
 
 
 @pytest.mark.parametrize("model,lines,message", [
-    (NoBackward(), 2, "model 'm:f' fails a training pass on 2 line(s) on cpu: this layer has no "
+    (badmodels.no_backward((4,), 3), 2, "model 'm:f' fails a training pass on 2 line(s) on cpu: this layer has no "
                       "backward"),
-    (Clock(), 2, "model 'm:f' is not deterministic on cpu"),
+    (badmodels.clock((4,), 3), 2, "model 'm:f' is not deterministic on cpu"),
     (nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), 1,
      "fails a training pass on 1 line(s) on cpu: Expected more than 1 value per channel"),
 ])
@@ -97,7 +78,14 @@ def test_a_model_that_cannot_train_is_bad_input(model, lines, message):
 
 
 def test_the_clock_model_passes_in_tolerance_mode():
-    models.probe(Clock(), "m:f", (4,), 3, "cpu", 2, exact=False)
+    assert models.probe(badmodels.clock((4,), 3), "m:f", (4,), 3, "cpu", 2, exact=False)
+
+
+def test_the_probe_tells_whether_a_model_draws_random_numbers():
+    torch.manual_seed(0)
+    drops = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    assert models.probe(drops, "m:f", (4,), 3, "cpu", 4, exact=True)
+    assert not models.probe(Lin(), "m:f", (4,), 3, "cpu", 4, exact=True)
 
 
 def test_a_tensor_on_another_device_is_bad_input():
@@ -113,10 +101,10 @@ def test_the_probe_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
     layout = Layout(model)
-    before = host(layout.state(model)).copy()
+    before = host(layout.state()).copy()
     rng = torch.get_rng_state()
     models.probe(model, "m:f", (4,), 3, "cpu", 8, exact=True)
-    assert host(layout.state(model)).tobytes() == before.tobytes()
+    assert host(layout.state()).tobytes() == before.tobytes()
     assert torch.equal(torch.get_rng_state(), rng)  # the fragment's generators are put back
     assert all(p.grad is None for p in model.parameters())
 

@@ -74,22 +74,22 @@ def test_apply_update_steps_at_the_rate_it_is_given():
     for lr in (1e-2, 1e-3):
         model = build("mlp", (4,), 3, seed=0)
         layout = Layout(model)
-        before = host(layout.state(model)).copy()
+        before = host(layout.state()).copy()
         opt = training.make_optimizer(parse_args(["--optimizer", "sgd"]), layout)
         grad = np.ones(layout.answer_size, np.float32)
         training.apply_update(model, opt, layout, [grad], [1], lr)
-        steps[lr] = before - host(layout.state(model))
+        steps[lr] = before - host(layout.state())
     assert np.allclose(steps[1e-2], 1e-2) and np.allclose(steps[1e-3], 1e-3)
 
 
 def test_clipping_scales_the_mean_gradient_to_the_norm():
     model = build("mlp", (4,), 3, seed=0)
     layout = Layout(model)
-    before = host(layout.state(model)).copy()
+    before = host(layout.state()).copy()
     opt = training.make_optimizer(parse_args(["--optimizer", "sgd"]), layout)
     grad = np.full(layout.answer_size, 3.0, np.float32)
     training.apply_update(model, opt, layout, [grad], [1], 1.0, clip=2.0)
-    step = before - host(layout.state(model))
+    step = before - host(layout.state())
     assert np.linalg.norm(step.astype(np.float64)) == pytest.approx(2.0, rel=1e-5)
 
 
@@ -119,7 +119,7 @@ def test_layout_of_trainable_frozen_unused_and_buffers():
     assert layout.counters == ["bn.num_batches_tracked"]
     assert layout.state_size == layout.n_grad + 17 + 2 and layout.answer_size == layout.n_grad + 18
     x, y = torch.randn(7, 4, generator=torch.Generator().manual_seed(1)), torch.arange(7) % 3
-    before = host(layout.state(model)).copy()
+    before = host(layout.state()).copy()
     answer, _ = training.fragment(model, layout, x, y, seed=3)
     answer = host(answer)
     grad, floats, counters = layout.split(answer)
@@ -129,7 +129,7 @@ def test_layout_of_trainable_frozen_unused_and_buffers():
     stats = slice(5, 17)  # after the constant
     assert np.array_equal(floats[:5], np.full(5, 0.1, np.float32))
     assert not np.array_equal(floats[stats], before[layout.n_grad:][stats])
-    assert np.array_equal(host(layout.state(model)), before)  # the model is left as it was
+    assert np.array_equal(host(layout.state()), before)  # the model is left as it was
 
 
 def test_update_means_buffers_keeps_constants_and_advances_counters():
@@ -147,7 +147,10 @@ def test_update_means_buffers_keeps_constants_and_advances_counters():
     training.apply_update(model, opt, layout, answers, [4, 3, 2], 0.1)
     means = [layout.split(a)[1][5:11] for a in answers]  # running_mean, after the constant
     expect = before + sum(n / 9 * (torch.from_numpy(m) - before) for n, m in zip([4, 3, 2], means))
-    torch.testing.assert_close(model.bn.running_mean, expect, rtol=0, atol=1e-6)
+    # the same mean in another order of float32 operations: |values| < 1 here, 4 roundings of
+    # at most 2^-24 each apart, so within 2.4e-7
+    assert float(model.bn.running_mean.abs().max()) < 1
+    torch.testing.assert_close(model.bn.running_mean, expect, rtol=0, atol=2.4e-7)
     assert torch.equal(model.constant, torch.full((5,), 0.1))  # bit for bit: 0.1 * (4+3+2)/9 is not
     assert int(model.bn.num_batches_tracked) == 1
     assert torch.equal(model.frozen.weight, frozen)
