@@ -54,8 +54,8 @@ class RunConfig:
                                             "(from --lr to 0 over the run); default: step when "
                                             "--lr-drops are given, else constant",
                                       choices=LR_SCHEDULES)
-    warmup: int = _opt(0, "iterations over which the rate climbs linearly to the schedule's "
-                          "(i + 1) / W")
+    warmup: int = _opt(0, "warm-up iterations W: iteration i < W runs at (i + 1) / W of the "
+                          "schedule's rate")
     lr_drops: list = _opt((), "epochs (counted from 0) at whose start the learning rate is "
                               "multiplied by --lr-gamma, e.g. 12,17 (--lr-schedule step)",
                           type="ints")
