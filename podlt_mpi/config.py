@@ -106,8 +106,9 @@ class RunConfig:
                                     "others'); modes: " + " ".join(FAKE_MODES))
     fake_from: int = _opt(0, "iteration from which fake ranks cheat")
     fake_prob: float = _opt(1.0, "probability a fake rank cheats in a given iteration")
-    fault_plugin: Optional[str] = _opt(None, "module:function(grad, *, iteration, rank, x, y, model)"
-                                             " -> Tensor sent instead of the honest gradient")
+    fault_plugin: Optional[str] = _opt(None, "module:function(grad, *, iteration, rank, x, y, "
+                                             "model) -> Tensor sent instead of the honest answer "
+                                             "grad (the gradient, then the model's buffers)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -37,6 +37,18 @@ def _is_counter(t: torch.Tensor) -> bool:
     return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
 
 
+def pieces(flat: torch.Tensor, tensors, words: int = 1):
+    """(tensor, its piece of `flat`) for consecutive pieces, `words` values per element; the
+    pieces take each tensor's shape where words is 1."""
+    i = 0
+    for t in tensors:
+        n = words * t.numel()
+        piece = flat[i:i + n]
+        yield t, piece.view_as(t) if words == 1 else piece
+        i += n
+    assert i == flat.numel(), (i, flat.numel())
+
+
 class Layout:
     """Which tensors of one model travel, in a fixed order (the model's own), and their sizes.
 
@@ -93,18 +105,15 @@ class Layout:
     def load_state(self, flat) -> None:
         """Load a state vector (numpy, or a tensor on any device) into the model."""
         t = torch.as_tensor(flat).to(self.params[0].device)
-        i = 0
+        assert t.numel() == self.state_size, (t.numel(), self.state_size)
+        g, f = self.n_grad, self.n_grad + self.n_float
         with torch.no_grad():
-            for p in self.params:
-                p.copy_(t[i:i + p.numel()].view_as(p))
-                i += p.numel()
-            for b in self.float_buffers():
-                b.copy_(t[i:i + b.numel()].view_as(b))
-                i += b.numel()
-            for b in self.counter_buffers():  # clone: a view as int64 needs 8-byte alignment
-                b.copy_(t[i:i + 2 * b.numel()].clone().view(torch.int64).view_as(b))
-                i += 2 * b.numel()
-        assert i == self.state_size == t.numel(), (i, self.state_size, t.numel())
+            for p, v in pieces(t[:g], self.params):
+                p.copy_(v)
+            for b, v in pieces(t[g:f], self.float_buffers()):
+                b.copy_(v)
+            for b, v in pieces(t[f:], self.counter_buffers(), words=2):
+                b.copy_(v.clone().view(torch.int64).view_as(b))  # clone: int64 needs alignment
 
     def answer(self, counters_before: list) -> torch.Tensor:
         """After a backward pass: the gradients, the float buffers, and the counters' change

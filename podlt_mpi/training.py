@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layout import Layout, host
+from .layout import Layout, host, pieces
 
 
 def set_determinism(threads: int, exact: bool = True) -> None:
@@ -113,10 +113,8 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
     dev = device_of(model)
     parts = [layout.split(torch.as_tensor(a).to(dev)) for a in answers]
     mean = weighted_mean([g for g, _, _ in parts], counts, dev)
-    i = 0
-    for p in layout.params:
-        p.grad = mean[i:i + p.numel()].view_as(p).clone()
-        i += p.numel()
+    for p, g in pieces(mean, layout.params):
+        p.grad = g.clone()
     if clip:
         nn.utils.clip_grad_norm_(layout.params, clip)
     for group in opt.param_groups:
@@ -128,16 +126,12 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
             buffers = layout.float_buffers()
             before = torch.cat([b.reshape(-1).float() for b in buffers])
             after = before + weighted_mean([f - before for _, f, _ in parts], counts, dev)
-            i = 0
-            for b in buffers:
-                b.copy_(after[i:i + b.numel()].view_as(b))
-                i += b.numel()
+            for b, v in pieces(after, buffers):
+                b.copy_(v)
         if layout.n_count:
             step = torch.stack([c for _, _, c in parts]).median(dim=0).values.round().long()
-            i = 0
-            for b in layout.counter_buffers():
-                b.add_(step[i:i + b.numel()].view_as(b).to(b.dtype))
-                i += b.numel()
+            for b, v in pieces(step, layout.counter_buffers()):
+                b.add_(v.to(b.dtype))
 
 
 def combined_loss(losses, counts) -> float:

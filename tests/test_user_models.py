@@ -28,7 +28,7 @@ MODELS = {
     "bn2d": (5, 2, "lazy"),
     "frozen": (5, 4, "mimic"),
     "unused": (5, 2, "alie"),
-    "combined": (7, 2, "buffers"),
+    "combined": (7, 2, "mimic"),
 }
 
 
