@@ -64,6 +64,8 @@ class Manager:
         self.referee_layout = Layout(self.referee_model)
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         self.three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
+        self.total = schedule.total_iterations(len(ds.train), cfg.block_lines, cfg.epochs,
+                                               cfg.blocks)  # the run's length: fixed per job
         self.line_shape = ds.line_shape
         self.waiter = waiter
         self.rng = np.random.default_rng([cfg.seed, 1])
@@ -93,12 +95,8 @@ class Manager:
                 it, epoch, b, s, e = item
                 yield it, epoch, b, self.ds.train.start + s, self.ds.train.start + e
 
-    def total_iterations(self) -> int:
-        return schedule.total_iterations(len(self.ds.train), self.cfg.block_lines,
-                                         self.cfg.epochs, self.cfg.blocks)
-
     def rate(self, iteration: int, epoch: int) -> float:
-        return rates.learning_rate(self.cfg, iteration, epoch, self.total_iterations())
+        return rates.learning_rate(self.cfg, iteration, epoch, self.total)
 
     # ---- state: checkpoints and resume ------------------------------------------------------
 
@@ -374,7 +372,7 @@ class Manager:
         cfg, out = self.cfg, self.out
         writer, metrics = self.open_files()
         records = self.next_iteration
-        total = self.total_iterations()
+        total = self.total
         progress = Progress(total, cfg.log_every, done=self.next_iteration)
         t_start = time.monotonic()
         last_epoch_iteration = {}
