@@ -49,7 +49,7 @@ def one_process(a) -> dict:
     import h5py
     import torch
 
-    from podlt_mpi import models, rates, schedule, training
+    from podlt_mpi import losses, models, rates, schedule, training
     from podlt_mpi.config import parse_args
     sys.path.insert(0, HERE)
     cfg = parse_args(recipe(a))
@@ -72,7 +72,8 @@ def one_process(a) -> dict:
         torch.nn.functional.cross_entropy(out, torch.from_numpy(y[s:e])).backward()
         opt.step()
     model.eval()
-    loss, acc = training.evaluate(model, tx, ty)
+    figures = losses.evaluate(model, models.classification(x.shape[1:], 10), tx, ty)
+    loss, acc = figures["test_loss"], figures["test_accuracy"]
     return {"variant": "one process", "test_accuracy": acc, "test_loss": loss,
             "wall_s": time.monotonic() - t0}
 

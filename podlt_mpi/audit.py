@@ -23,7 +23,8 @@ import numpy as np
 
 from . import checkpoint, credits, ledger, schedule
 from .replay import Outcome, Replayer
-from .config import ConfigError, RunConfig, saved_options
+from .config import ConfigError, RunConfig, model_kwargs, saved_options
+from .tasks import Task
 
 
 class Audit:
@@ -99,13 +100,14 @@ class Audit:
         if note:
             self.notes.append(note)
         training.set_determinism(self.cfg.threads, exact=self.cfg.compare == "exact")
+        task = Task.from_meta(self.meta)
         model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
-                             self.cfg.seed).to(dev)
+                             self.cfg.seed, task, model_kwargs(self.cfg.model_args)).to(dev)
         self.reader = Reader(self.data, self.cfg.x_key, self.cfg.y_key)
         first, last = self.meta["train_lines"]
         total = schedule.total_iterations(last - first, self.cfg.block_lines, self.cfg.epochs,
                                           self.cfg.blocks)
-        self.replayer = Replayer(model, self.cfg, self.reader, total)
+        self.replayer = Replayer(model, self.cfg, self.reader, total, task)
         try:
             self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
                                          weights_only=True)

@@ -17,6 +17,7 @@ DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
 FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise",
               "alie", "ipm", "mimic", "collude", "label-flip", "buffers")
 LR_SCHEDULES = ("constant", "step", "cosine")
+LOSSES = ("auto", "cross-entropy", "mse")
 
 
 class ConfigError(Exception):
@@ -30,8 +31,10 @@ def _opt(default, help, **kw):
 @dataclass
 class RunConfig:
     # Data
-    data: Optional[str] = _opt(None, "HDF5 training file with datasets x (float32) and y (int64); "
-                                     f"default {DEFAULT_DATA}, generated on first use")
+    data: Optional[str] = _opt(None, "HDF5 training file with datasets x (float features or "
+                                     "integer token ids) and y (integer classes or float values, "
+                                     "per line or per position); default "
+                                     f"{DEFAULT_DATA}, generated on first use")
     test_data: Optional[str] = _opt(None, "HDF5 file for evaluation (same layout); default: the "
                                           "synthetic test file with the default data, else a held-out split")
     x_key: str = _opt("x", "name of the feature dataset in the HDF5 files")
@@ -40,8 +43,16 @@ class RunConfig:
                                "there is no test file")
     out: Optional[str] = _opt(None, "run directory to write; default runs/<timestamp>")
     # Model and optimizer
-    model: str = _opt("mlp", "mlp, cnn, or module:function returning an nn.Module "
-                             "from (input_shape, n_classes)")
+    model: str = _opt("mlp", "mlp, cnn, gpt (a causal transformer on token ids), or "
+                             "module:function returning an nn.Module from (input_shape, "
+                             "n_classes, **model_args)")
+    model_args: str = _opt("", "keyword arguments of the model's factory, e.g. "
+                               "n_layer=4,n_head=4,n_embd=128,dropout=0.1 for gpt")
+    loss: str = _opt("auto", "cross-entropy, mse, module:function(output, y) returning the "
+                             "fragment's mean loss, or auto (cross-entropy for integer targets, "
+                             "mse for float ones)")
+    ignore_index: int = _opt(-100, "class target that does not count (padding): cross-entropy "
+                                   "averages over the other targets")
     optimizer: str = _opt("adam", "optimizer on the manager", choices=("sgd", "adam", "adamw"))
     lr: float = _opt(1e-3, "learning rate (the peak, with a schedule or a warm-up)")
     momentum: float = _opt(0.0, "SGD momentum")
@@ -235,6 +246,32 @@ def check_options(cfg: RunConfig) -> None:
     if cfg.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
     fake_modes(cfg.fake_mode, cfg.fake_ranks)
+    model_kwargs(cfg.model_args)
+    if cfg.loss not in LOSSES and ":" not in cfg.loss:
+        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)} or module:function, "
+                          f"got {cfg.loss!r}")
+
+
+def model_kwargs(text: str) -> dict:
+    """--model-args "k=v,..." as keyword arguments: ints, floats, true/false, else strings."""
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ConfigError(f"--model-args item {item!r} must be NAME=VALUE")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def _literal(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def min_active(cfg: RunConfig) -> int:

@@ -1,6 +1,8 @@
 """HDF5 input: validation, block reads, and `prepare synthetic`. No MPI.
 
-Layout (DESIGN.md): datasets `x` (float32, [n, ...]) and `y` (int64, [n]) at the root.
+Layout: datasets `x` ([n, ...] float features or integer token ids) and `y` ([n] or [n, ...]:
+integer classes or float values) at the root; optional root attributes `classes` (or
+`vocab_size`) and `bytes_per_token` (tasks.py).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from . import atomic
 from .config import ConfigError, DEFAULT_DATA, DEFAULT_TEST_DATA, RunConfig
+from .tasks import Task, choose_loss
 
 SCAN_LINES = 8192  # validation reads the file in slices of this many lines
 
@@ -42,14 +45,41 @@ def first_nonfinite_line(x: np.ndarray) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def first_bad_label(y: np.ndarray) -> int | None:
-    """Index of the first label that is not an integer >= 0."""
-    bad = (y < 0) | (np.mod(y, 1) != 0)
+def first_bad_label(y: np.ndarray, classes: int | None = None, ignore: int | None = None) -> int | None:
+    """Index of the first line holding a class target that is not an integer in [0, classes)
+    (any integer >= 0 when classes is None) or the ignored value."""
+    y = y.reshape(len(y), -1)
+    bad = (y < 0) | (np.mod(y, 1) != 0) if classes is None else (y < 0) | (y >= classes)
+    if ignore is not None:
+        bad &= y != ignore
+    bad = bad.any(1)
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def inspect(path: str, x_key: str, y_key: str, role: str = "data") -> tuple:
-    """Validate a whole file; return (n_lines, line shape, n_classes). Raises ConfigError."""
+@dataclass
+class Inspection:
+    """What validating one file found."""
+    lines: int
+    line_shape: tuple
+    inputs: str          # "float" or "tokens"
+    targets: str         # "classes" or "values"
+    target_shape: tuple
+    classes: int | None  # from the file's `classes` or `vocab_size` attribute
+    top_label: int       # the largest class target (-1: none, or float targets)
+    top_token: int       # the largest token id (-1: float inputs)
+    bytes_per_token: float | None
+
+
+def _attribute(f, *names):
+    for n in names:
+        if n in f.attrs:
+            return f.attrs[n]
+    return None
+
+
+def inspect(path: str, x_key: str, y_key: str, role: str = "data",
+            ignore: int = -100) -> Inspection:
+    """Validate a whole file (shapes, types, every value). Raises ConfigError."""
     with _open(path, role) as f:
         for key, opt in ((x_key, "--x-key"), (y_key, "--y-key")):
             if key not in f or not isinstance(f[key], h5py.Dataset):
@@ -58,47 +88,88 @@ def inspect(path: str, x_key: str, y_key: str, role: str = "data") -> tuple:
         if len(x.shape) < 2:
             raise ConfigError(f"{role} file {path}: {x_key!r} must have shape [lines, features...], "
                               f"it has {list(x.shape)}")
-        if len(y.shape) != 1:
-            raise ConfigError(f"{role} file {path}: {y_key!r} must have shape [lines], it has {list(y.shape)}")
+        if len(y.shape) < 1:
+            raise ConfigError(f"{role} file {path}: {y_key!r} must have shape [lines, ...], "
+                              "it is a scalar")
         if x.shape[0] == 0:
             raise ConfigError(f"{role} file {path} is empty: {x_key!r} has no lines")
         if x.shape[0] != y.shape[0]:
             raise ConfigError(f"{role} file {path}: {x_key!r} has {x.shape[0]} lines but {y_key!r} "
                               f"has {y.shape[0]}")
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ConfigError(f"{role} file {path}: {x_key!r} must be numeric, it is {x.dtype}")
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-            raise ConfigError(f"{role} file {path}: {y_key!r} must hold integer labels, it is {y.dtype}")
-        n, top = x.shape[0], -1
+        kinds = []
+        for key, d in ((x_key, x), (y_key, y)):
+            if np.issubdtype(d.dtype, np.floating):
+                kinds.append("float")
+            elif np.issubdtype(d.dtype, np.integer):
+                kinds.append("int")
+            else:
+                raise ConfigError(f"{role} file {path}: {key!r} must hold integers or floats, it "
+                                  f"is {d.dtype}")
+        inputs = "tokens" if kinds[0] == "int" else "float"
+        targets = "classes" if kinds[1] == "int" else "values"
+        classes = _attribute(f, "classes", "vocab_size")
+        if classes is not None:
+            if not np.issubdtype(np.asarray(classes).dtype, np.integer) or int(classes) < 1:
+                raise ConfigError(f"{role} file {path}: its 'classes' (or 'vocab_size') attribute "
+                                  f"must be a positive integer, it is {classes!r}")
+            classes = int(classes)
+        bpt = _attribute(f, "bytes_per_token")
+        n, top_label, top_token = x.shape[0], -1, -1
         for s in range(0, n, SCAN_LINES):
-            xs = x[s:s + SCAN_LINES]
-            bad = first_nonfinite_line(xs)
+            xs, ys = x[s:s + SCAN_LINES], y[s:s + SCAN_LINES]
+            if inputs == "float":
+                bad = first_nonfinite_line(xs)
+                if bad is not None:
+                    raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at "
+                                      f"line {s + bad}")
+            else:
+                low = xs.reshape(len(xs), -1).min(1)
+                if (low < 0).any():
+                    bad = int(np.argmax(low < 0))
+                    raise ConfigError(f"{role} file {path}: token ids must be >= 0, line "
+                                      f"{s + bad} of {x_key!r} has {int(low[bad])}")
+                top_token = max(top_token, int(xs.max()))
+            if targets == "values":
+                bad = first_nonfinite_line(ys)
+                if bad is not None:
+                    raise ConfigError(f"{role} file {path}: {y_key!r} has a non-finite target at "
+                                      f"line {s + bad}")
+                continue
+            bad = first_bad_label(ys, classes, ignore)
             if bad is not None:
-                raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at line "
-                                  f"{s + bad}")
-            ys = y[s:s + SCAN_LINES]
-            bad = first_bad_label(ys)
-            if bad is not None:
-                raise ConfigError(f"{role} file {path}: labels must be integers >= 0, line "
-                                  f"{s + bad} has {ys[bad]}")
-            top = max(top, int(ys.max()))
-        return n, tuple(x.shape[1:]), top + 1
+                shown = ys[bad].tolist()
+                rule = (f"integers in [0, {classes}) (the file's classes)" if classes
+                        else "integers >= 0")
+                raise ConfigError(f"{role} file {path}: class targets must be {rule} or "
+                                  f"--ignore-index {ignore}, line {s + bad} has {shown}")
+            counted = ys[ys != ignore]
+            if counted.size:
+                top_label = max(top_label, int(counted.max()))
+        if classes is not None and inputs == "tokens" and top_token >= classes \
+                and "vocab_size" in f.attrs:
+            raise ConfigError(f"{role} file {path}: token id {top_token} is outside the file's "
+                              f"vocab_size {classes}")
+        return Inspection(n, tuple(x.shape[1:]), inputs, targets, tuple(y.shape[1:]), classes,
+                          top_label, top_token, None if bpt is None else float(bpt))
 
 
 class Reader:
-    """Reads line ranges of one file as (float32 x, int64 y)."""
+    """Reads line ranges of one file as the wire's types: x float32 (features) or int64 (token
+    ids), y int64 (classes) or float32 (values)."""
 
     def __init__(self, path: str, x_key: str, y_key: str):
         self._f = h5py.File(path, "r")
         self._x, self._y = self._f[x_key], self._f[y_key]
+        self.x_dtype = np.int64 if np.issubdtype(self._x.dtype, np.integer) else np.float32
+        self.y_dtype = np.int64 if np.issubdtype(self._y.dtype, np.integer) else np.float32
 
     @property
     def lines(self) -> int:
         return self._y.shape[0]
 
     def read(self, start: int, stop: int) -> tuple:
-        x = np.ascontiguousarray(self._x[start:stop], dtype=np.float32)
-        y = np.ascontiguousarray(self._y[start:stop]).astype(np.int64)
+        x = np.ascontiguousarray(self._x[start:stop], dtype=self.x_dtype)
+        y = np.ascontiguousarray(self._y[start:stop], dtype=self.y_dtype)
         return x, y
 
     def close(self):
@@ -111,25 +182,55 @@ class Dataset:
     test: Split | None
     line_shape: tuple
     n_classes: int
+    task: Task
 
 
 def resolve(cfg: RunConfig) -> Dataset:
-    """Validate the training (and test) files named by the configuration. Raises ConfigError."""
-    n, shape, classes = inspect(cfg.data_path, cfg.x_key, cfg.y_key, "data")
-    train, test = Split(cfg.data_path, 0, n), None
+    """Validate the training (and test) files named by the configuration, and find the task
+    they pose. Raises ConfigError."""
+    found = inspect(cfg.data_path, cfg.x_key, cfg.y_key, "data", cfg.ignore_index)
+    train, test, seen = Split(cfg.data_path, 0, found.lines), None, [found]
     test_path = cfg.test_data or (DEFAULT_TEST_DATA if cfg.uses_default_data else None)
     if test_path:
-        tn, tshape, tclasses = inspect(test_path, cfg.x_key, cfg.y_key, "test data")
-        if tshape != shape:
-            raise ConfigError(f"test data {test_path} has lines of shape {list(tshape)}, the training "
-                              f"data {list(shape)}")
-        classes = max(classes, tclasses)
-        test = Split(test_path, 0, tn)
+        t = inspect(test_path, cfg.x_key, cfg.y_key, "test data", cfg.ignore_index)
+        for what, a, b in (("lines of shape", t.line_shape, found.line_shape),
+                           ("inputs of kind", t.inputs, found.inputs),
+                           ("targets of kind", t.targets, found.targets),
+                           ("targets per line of shape", t.target_shape, found.target_shape)):
+            if a != b:
+                show = (lambda v: list(v)) if isinstance(a, tuple) else str
+                raise ConfigError(f"test data {test_path} has {what} {show(a)}, the training "
+                                  f"data {show(b)}")
+        test = Split(test_path, 0, t.lines)
+        seen.append(t)
     elif cfg.holdout > 0:
-        held = int(n * cfg.holdout)
-        if held >= 1 and n - held >= 1:
-            train, test = Split(cfg.data_path, 0, n - held), Split(cfg.data_path, n - held, n)
-    return Dataset(train, test, shape, max(classes, 2))
+        held = int(found.lines * cfg.holdout)
+        if held >= 1 and found.lines - held >= 1:
+            train = Split(cfg.data_path, 0, found.lines - held)
+            test = Split(cfg.data_path, found.lines - held, found.lines)
+    return Dataset(train, test, found.line_shape, *_task(cfg, seen))
+
+
+def _task(cfg: RunConfig, seen: list) -> tuple:
+    """(n_classes, Task) from the inspected files."""
+    first = seen[0]
+    loss = choose_loss(cfg.loss, first.targets)
+    declared = [s.classes for s in seen if s.classes is not None]
+    top_token = max(s.top_token for s in seen)
+    if first.targets == "classes":
+        n = declared[0] if declared else max(s.top_label for s in seen) + 1
+        if first.inputs == "tokens" and first.target_shape:
+            n = max(n, top_token + 1)  # a language model: one vocabulary in and out
+        if declared and max(s.top_label for s in seen) >= declared[0]:
+            raise ConfigError(f"a class target reaches {max(s.top_label for s in seen)}, outside "
+                              f"the {declared[0]} classes the data file declares")
+        n = max(n, 2)
+    else:
+        n = 0
+    vocab = max(top_token + 1, declared[0] if declared and first.inputs == "tokens" else 0)
+    task = Task(first.inputs, first.targets, first.target_shape, n, loss, cfg.ignore_index,
+                vocab, first.bytes_per_token)
+    return n, task
 
 
 # ---- prepare synthetic ---------------------------------------------------------------------
@@ -161,10 +262,16 @@ def synthetic(lines: int, stream: int) -> tuple:
     return x, y
 
 
-def write_h5(path: str, x: np.ndarray, y: np.ndarray) -> None:
-    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
+def write_h5(path: str, x: np.ndarray, y: np.ndarray, attrs: dict | None = None) -> None:
+    """x and y, and root attributes `attrs` (stored densely: a list of thousands of source files
+    may exceed HDF5's 64 KB for an attribute in the old format)."""
+    with atomic.replacing(path) as tmp, \
+            h5py.File(tmp, "w", **({"libver": "latest"} if attrs else {})) as f:
         f.create_dataset("x", data=x)
         f.create_dataset("y", data=y)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = (np.array(v, dtype=h5py.string_dtype())
+                          if isinstance(v, list) and v and isinstance(v[0], str) else v)
 
 
 def test_path_for(path: str) -> str:

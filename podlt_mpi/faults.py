@@ -12,14 +12,19 @@ import torch
 from . import training
 from .config import ConfigError, RunConfig, fake_modes
 from .layout import Layout, host
+from .losses import loss_function
+from .tasks import Task
 from .models import load_function
 
 
 class Faker:
     """Decides, per iteration, whether this rank cheats and what it sends."""
 
-    def __init__(self, cfg: RunConfig, rank: int, layout: Layout | None = None):
+    def __init__(self, cfg: RunConfig, rank: int, layout: Layout | None = None,
+                 task: Task | None = None):
         self.rank = rank
+        self.task = task  # None: features in, one class per line, cross-entropy
+        self.loss_fn = loss_function(task) if task is not None else None
         self.mode = fake_modes(cfg.fake_mode, cfg.fake_ranks).get(rank)
         self.layout = layout
         if self.mode == "buffers" and layout is not None and not layout.n_float:
@@ -50,7 +55,8 @@ class Faker:
             layout = self.layout or Layout(model)
 
             def compute(m, xs, ys):  # an honest pass of `m` over other lines or labels
-                return training.gradient(m, xs, ys, seed, layout if m is model else None)[0]
+                return training.gradient(m, xs, ys, seed, layout if m is model else None,
+                                         self.loss_fn)[0]
             out = self._fake(grad, iteration, model, x, y, compute, layout)
         self._last = out
         return out
@@ -90,8 +96,8 @@ class Faker:
         if m == "collude":  # every colluder sends the same vector, whatever lines it holds
             same = np.random.default_rng([self.seed, iteration, 77]).standard_normal(grad.size)
             return (same * 1e-2).astype(np.float32)
-        if m == "label-flip":  # honest computation on poisoned labels
-            return compute(model, x, _classes(model, x) - 1 - y)
+        if m == "label-flip":  # honest computation on poisoned targets
+            return compute(model, x, self._flipped(model, x, y))
         if m == "mimic":  # an honest-looking gradient copied from other lines of the data
             return self._mimic(iteration, model, len(y), x.shape[1:], compute)
         if m == "buffers":  # an honest gradient, with statistics that would wreck inference
@@ -100,6 +106,16 @@ class Faker:
             out[g:f] = out[g:f] * np.float32(2) + np.float32(1)
             return out
         raise ValueError(f"unknown fake mode {m!r}")
+
+    def _flipped(self, model, x, y) -> torch.Tensor:
+        """label-flip's targets: class k becomes C-1-k (ignored positions stay ignored); float
+        targets change sign."""
+        t = self.task
+        if t is None:
+            return _classes(model, x) - 1 - y
+        if t.targets == "values":
+            return -y
+        return torch.where(y == t.ignore_index, y, t.n_classes - 1 - y)
 
     def _mimic(self, iteration, model, lines, shape, compute) -> np.ndarray:
         from .data import Reader
@@ -137,4 +153,4 @@ def _bf16_answer(model, x, y, compute) -> np.ndarray:
     """The answer computed in bfloat16: cheaper, and wrong by about 1e-3."""
     import copy
     cheap = copy.deepcopy(model).to(torch.bfloat16)
-    return compute(cheap, x.to(torch.bfloat16), y)
+    return compute(cheap, x.to(torch.bfloat16) if x.is_floating_point() else x, y)

@@ -17,8 +17,8 @@ import time
 import traceback
 
 from . import __version__, comm as mpi, data, devices, launcher, preempt, resume, rundir
-from .config import (ConfigError, build_parser, check_world, min_active, n_workers, parse_args,
-                     resumed)
+from .config import (ConfigError, build_parser, check_world, min_active, model_kwargs, n_workers,
+                     parse_args, resumed)
 
 log = logging.getLogger("podlt_mpi")
 
@@ -113,13 +113,13 @@ def _run(comm, argv, started: float) -> int:
     dev, node_rank = "cpu", mpi.node_position(comm)[0]
     try:
         dev = devices.place(cfg.device, rank, node_rank)
-        model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed),
-                             cfg.model, dev)
+        model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed,
+                                          ds.task, model_kwargs(cfg.model_args)), cfg.model, dev)
         smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
         stochastic = models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
-                              min(smallest, 8), exact=cfg.compare == "exact")
+                                  min(smallest, 8), exact=cfg.compare == "exact", task=ds.task)
         layout = Layout(model)
-        faker = Faker(cfg, rank, layout)
+        faker = Faker(cfg, rank, layout, ds.task)
         if rank == 0 and cfg.resume:
             plan = resume.prepare(out, size, min_active(cfg), changed, history)
         elif rank == 0:
@@ -158,6 +158,7 @@ def _run(comm, argv, started: float) -> int:
                 "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
                 "out": out, "world_size": size, "wait_mode": waiter.mode,
                 "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
+                "task": ds.task.to_meta(),
                 "n_params": sum(p.numel() for p in model.parameters()),
                 "n_trainable": layout.n_grad, "state_size": layout.state_size,
                 "answer_size": layout.answer_size,
@@ -174,7 +175,7 @@ def _run(comm, argv, started: float) -> int:
     else:
         from . import worker
         worker.run(comm, model, layout, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout,
-                   cuda_aware=cfg.cuda_aware_mpi)
+                   cuda_aware=cfg.cuda_aware_mpi, task=ds.task)
         code = 0
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)

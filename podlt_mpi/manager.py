@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, credits, kernels, preempt, protocol, rates, rundir, schedule, timing
+from . import losses as task_losses
 from . import training, verify
 from . import comm as mpi
 from . import comm_tags as tags
@@ -57,6 +59,8 @@ class Manager:
                  meta: dict, resume=None, started: float | None = None):
         self.comm, self.cfg, self.ds, self.out, self.meta = comm, cfg, ds, out, meta
         self.model = model
+        self.task = ds.task
+        self.loss_fn = task_losses.loss_function(ds.task)
         self.layout = Layout(model)
         self.opt = training.make_optimizer(cfg, self.layout)
         self.frozen = self.layout.frozen_hash()  # frozen parameters never change: hashed once
@@ -79,7 +83,7 @@ class Manager:
         self.cost = timing.IterationCost()  # this iteration's, for metrics.jsonl
         self.notice = None  # a stop signal that a worker reported with its loss
         # What the run has done so far: zero, or restored from a checkpoint.
-        self.next_iteration, self.useful, self.last_loss, self.test = 0, 0, None, (None, None)
+        self.next_iteration, self.useful, self.last_loss, self.test = 0, 0, None, {}
         self.elapsed_before, self.protected = 0.0, []
         self.resume = resume
         if resume is not None and resume.checkpoint is not None:
@@ -105,7 +109,8 @@ class Manager:
         return {"next_iteration": self.next_iteration, "active": self.active,
                 "removed": self.removed, "counts": self.counts, "credits": self.credits,
                 "rng": self.rng.bit_generator.state, "useful": self.useful,
-                "last_loss": self.last_loss, "test": list(self.test),
+                "last_loss": self.last_loss,
+                "test": [self.test.get(k) for k in self.task.figures()],
                 "world_size": self.comm.Get_size()}
 
     def restore(self, ckpt: dict, active: list) -> None:
@@ -121,7 +126,8 @@ class Manager:
         for r in active:
             self.credits.setdefault(str(r), credits.entry())
         self.next_iteration, self.useful = proof["next_iteration"], proof["useful"]
-        self.last_loss, self.test = proof["last_loss"], tuple(proof["test"])
+        self.last_loss = proof["last_loss"]
+        self.test = {k: v for k, v in zip(self.task.figures(), proof["test"]) if v is not None}
         self.elapsed_before = ckpt["position"]["elapsed_s"]
         self.protected = ckpt["position"]["protected"]
 
@@ -212,7 +218,8 @@ class Manager:
         x = torch.from_numpy(bx[s - plan.start:e - plan.start]).view(e - s, *self.line_shape)
         y = torch.from_numpy(by[s - plan.start:e - plan.start])
         seed = protocol.fragment_seed(cfg.seed, iteration, s, e)
-        reference, _ = training.gradient(self.referee_model, x, y, seed, self.referee_layout)
+        reference, _ = training.gradient(self.referee_model, x, y, seed, self.referee_layout,
+                                         self.loss_fn)
         if decision.verdict == "fake":
             done.decision = verify.referee(decision, votes, reference, cfg.compare, cfg.rtol,
                                            cfg.atol)
@@ -283,11 +290,12 @@ class Manager:
 
         loss = None
         if applied:
-            counts = [e - s for s, e, _ in applied]
+            lines = [e - s for s, e, _ in applied]
+            counts = [self.task.weight(by[s - start:e - start]) for s, e, _ in applied]
             with cost.part("update"):
                 training.apply_update(self.model, self.opt, self.layout,
                                       [grads[(r, s, e)] for s, e, r in applied], counts,
-                                      self.rate(iteration, epoch), cfg.clip_grad_norm)
+                                      self.rate(iteration, epoch), cfg.clip_grad_norm, lines)
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
@@ -332,17 +340,18 @@ class Manager:
 
     # ---- the run ---------------------------------------------------------------------------
 
-    def evaluate(self) -> tuple:
+    def evaluate(self) -> dict:
+        """The task's test figures (losses.evaluate); {} without test data."""
         t = self.ds.test
         if t is None:
-            return None, None
+            return {}
         reader = Reader(t.path, self.cfg.x_key, self.cfg.y_key)
         try:
             x, y = reader.read(t.start, t.stop)
         finally:
             reader.close()
         self.model.eval()
-        result = training.evaluate(self.model, x, y)
+        result = task_losses.evaluate(self.model, self.task, x, y)
         self.model.train()
         return result
 
@@ -397,7 +406,7 @@ class Manager:
                 if due:
                     with self.cost.part("eval"):
                         self.test = self.evaluate()
-                    row.update(test_loss=self.test[0], test_accuracy=self.test[1])
+                    row.update(self.test)
                 # Decided before the record is sealed, so the record can vouch for the checkpoint.
                 stop = self.stop_reason() if it + 1 < total else None
                 save = self.checkpoint_due(record, it + 1 == total, stop is not None)
@@ -434,9 +443,11 @@ class Manager:
             "stopped_by": stop, "ranks": self.comm.Get_size(), "iterations": self.next_iteration,
             "total_iterations": total, "removed": self.removed, "disputes": self.counts["dispute"],
             "checks": self.counts, "credits": self.credits, "final_loss": self.last_loss,
-            "test_loss": self.test[0], "test_accuracy": self.test[1], "wall_time_s": wall,
+            **{k: self.test.get(k) for k in self.task.figures()}, "wall_time_s": wall,
             "useful_samples": self.useful,
             "useful_samples_per_s": self.useful / wall if wall > 0 else None,
+            **({"useful_tokens_per_s": self.useful * math.prod(self.task.target_shape) / wall
+                if wall > 0 else None} if self.task.language_model else {}),
             "ledger_head": writer.prev,
         }
         if stop:

@@ -1,4 +1,4 @@
-"""Model registry: built-in `mlp` and `cnn`, or a user's `module:function` factory."""
+"""Model registry: built-in `mlp`, `cnn` and `gpt`, or a user's `module:function` factory."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from .config import ConfigError
+from .gpt import gpt
+from .tasks import Task
 
 
 def mlp(input_shape, n_classes: int) -> nn.Module:
@@ -35,7 +37,26 @@ def cnn(input_shape, n_classes: int) -> nn.Module:
         nn.Linear(128, n_classes))
 
 
-BUILTIN = {"mlp": mlp, "cnn": cnn}
+BUILTIN = {"mlp": mlp, "cnn": cnn, "gpt": gpt}
+
+
+def classification(input_shape, n_classes: int) -> Task:
+    """The task of runs written before tasks existed: features in, one class out."""
+    return Task("float", "classes", (), n_classes, "cross-entropy")
+
+
+def dummy_input(task: Task, input_shape, lines: int, generator=None) -> torch.Tensor:
+    """`lines` lines of the task's kind of input: random features, or token ids in range."""
+    if task.inputs == "tokens":
+        return torch.randint(0, max(task.vocab, 1), (lines, *input_shape), generator=generator)
+    return torch.randn((lines, *input_shape), generator=generator)
+
+
+def dummy_targets(task: Task, lines: int, generator=None) -> torch.Tensor:
+    shape = (lines, *task.target_shape)
+    if task.targets == "classes":
+        return torch.randint(0, max(task.n_classes, 1), shape, generator=generator)
+    return torch.randn(shape, generator=generator)
 
 
 def load_function(spec: str, what: str):
@@ -55,28 +76,32 @@ def load_function(spec: str, what: str):
     return fn
 
 
-def build(spec: str, input_shape, n_classes: int, seed: int) -> nn.Module:
-    """The model `spec` names, with weights drawn from `seed`. Every way a user's factory or
-    model can fail here is bad input (ConfigError), named with the model and the cause."""
+def build(spec: str, input_shape, n_classes: int, seed: int, task: Task | None = None,
+          args: dict | None = None) -> nn.Module:
+    """The model `spec` names, with weights drawn from `seed` and the factory's keyword
+    arguments `args` (--model-args). Every way a user's factory or model can fail here is bad
+    input (ConfigError), named with the model and the cause."""
+    from .losses import check_output
+    task = task or classification(input_shape, n_classes)
+    if spec == "gpt" and not (task.inputs == "tokens" and task.targets == "classes"):
+        raise ConfigError("--model gpt reads token ids and predicts classes: the data's x and y "
+                          "must both be integers")
     factory = BUILTIN.get(spec) or load_function(spec, "model")
-    model = _construct(factory, spec, input_shape, n_classes, seed)
+    model = _construct(factory, spec, input_shape, n_classes, seed, args)
     with torch.no_grad():  # a dry run, so a shape mismatch is bad input, not a crash mid-training
         try:
-            out = model(torch.zeros((2, *input_shape)))
+            out = model(dummy_input(task, input_shape, 2, torch.Generator().manual_seed(0)))
         except Exception as e:  # the user's forward may fail in any way
             raise _failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
-        got = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {spec!r} outputs {got} per line, expected [{n_classes}] class "
-                          "scores")
+    check_output(task, out, 2, spec)
     # built again: the dry run moved BatchNorm statistics, and must not shift initial weights
-    return _construct(factory, spec, input_shape, n_classes, seed)
+    return _construct(factory, spec, input_shape, n_classes, seed, args)
 
 
-def _construct(factory, spec, input_shape, n_classes, seed) -> nn.Module:
+def _construct(factory, spec, input_shape, n_classes, seed, args=None) -> nn.Module:
     torch.manual_seed(seed)
     try:
-        model = factory(tuple(input_shape), n_classes)
+        model = factory(tuple(input_shape), n_classes, **(args or {}))
     except ConfigError:
         raise
     except Exception as e:
@@ -108,7 +133,7 @@ def place(model: nn.Module, spec: str, device) -> nn.Module:
 
 
 def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, lines: int,
-          exact: bool) -> bool:
+          exact: bool, task: Task | None = None) -> bool:
     """Training passes over the same `lines` random lines on `device` before training starts:
     a model that fails there, keeps a tensor on another device, uses an op with no deterministic
     kernel (exact mode makes torch raise) or gives two different answers under one seed (exact
@@ -117,24 +142,30 @@ def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, line
     cannot train on one line). The model is left as it was.
 
     Returns whether the model draws random numbers (another seed gives another answer)."""
-    from . import training
+    from . import losses, training
     from .layout import Layout
     device = torch.device(device)
+    task = task or classification(input_shape, n_classes)
+    loss_fn = losses.loss_function(task)
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.device != device:
             raise ConfigError(f"model {spec!r} keeps {name!r} on {t.device}, but this rank "
                               f"computes on {device}: register it as a parameter or buffer, so "
                               "that .to(device) moves it")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn((lines, *input_shape), generator=g)
-    y = torch.arange(lines) % n_classes
+    x = dummy_input(task, input_shape, lines, g)
+    y = (torch.arange(lines) % n_classes if task.target_shape == () and task.targets == "classes"
+         else dummy_targets(task, lines, g))
     layout = Layout(model)
     answers = []
     for seed in (12345, 12345, 54321) if exact else (12345, 54321):
         try:
-            answer, _ = training.gradient(model, x, y, seed, layout)
-        except Exception as e:  # the user's forward or backward may fail in any way
+            answer, loss = training.gradient(model, x, y, seed, layout, loss_fn)
+        except Exception as e:  # the user's forward, loss or backward may fail in any way
             raise _failure(spec, device, e, f"fails a training pass on {lines} line(s)") from None
+        if not math.isfinite(loss):
+            raise ConfigError(f"model {spec!r} with --loss {task.loss} gives a non-finite loss "
+                              f"({loss}) on {lines} random line(s)")
         answers.append(answer.tobytes())
     if exact and answers[0] != answers[1]:
         raise ConfigError(f"model {spec!r} is not deterministic on {device}: two passes over the "

@@ -4,6 +4,7 @@
   prepare fashion-mnist --out DIR         Debian's dataset-fashion-mnist (IDX) -> DIR/train.h5, test.h5
   prepare csv           --source F --out FILE.h5    one line per row, the label in one column
   prepare npz           --source F --out FILE.h5    NumPy arrays x and y
+  prepare text          --source PATH... --seq-len T --out DIR   byte-level language model (text.py)
 
 Every output is written whole or not at all (data.write_h5), and bad input is one ConfigError.
 """
@@ -194,7 +195,8 @@ def _shape(text: str) -> tuple:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m podlt_mpi prepare",
                                 description="Write a dataset in the HDF5 layout the job reads: "
-                                            "x float32 [lines, ...], y int64 [lines].")
+                                            "x [lines, ...] (float features or token ids), y "
+                                            "[lines] or [lines, ...] (classes or values).")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     s = kinds.add_parser("synthetic", help="the embedded default task")
     s.add_argument("--out", required=True, help="HDF5 file to write")
@@ -219,6 +221,18 @@ def _parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--x-key", default="x", help="array of features (default: x)")
             c.add_argument("--y-key", default="y", help="array of labels (default: y)")
+    t = kinds.add_parser("text", help="byte-level language-model data from text files")
+    t.add_argument("--source", required=True, nargs="+", metavar="PATH",
+                   help="text files, or folders read recursively")
+    t.add_argument("--seq-len", type=int, required=True, metavar="T",
+                   help="tokens (bytes) per line; each line holds T+1 bytes of the text")
+    t.add_argument("--out", required=True, help="folder for train.h5 and test.h5")
+    t.add_argument("--glob", default="*", help="in folders, read the files whose names match "
+                   "this pattern, e.g. '*.py' (default: every file)")
+    t.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                   help="skip folders of this name, e.g. test (repeatable)")
+    t.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of the lines, the last ones, that form test.h5 (default: 0.1)")
     return p
 
 
@@ -231,6 +245,9 @@ def main(argv) -> int:
             paths = data.prepare_synthetic(a.out, a.lines, a.test_lines)
         elif a.kind == "fashion-mnist":
             paths = fashion_mnist(a.source, a.out)
+        elif a.kind == "text":
+            from .text import prepare_text
+            paths = prepare_text(a.source, a.seq_len, a.out, a.glob, a.holdout, a.exclude)
         else:
             if not a.scale > 0:
                 raise ConfigError("--scale must be a positive number")

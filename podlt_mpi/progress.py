@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from .tasks import figures_text
+
 log = logging.getLogger("podlt_mpi")
 
 
@@ -38,11 +40,13 @@ class Progress:
 def final_table(summary: dict) -> str:
     lines = [f"run {summary['out']}: {summary['iterations']} iterations on {summary['ranks']} ranks "
              f"in {summary['wall_time_s']:.1f} s"]
-    acc = summary.get("test_accuracy")
+    test = figures_text(summary)
     lines.append(f"final loss {summary['final_loss']:.4f}" if summary.get("final_loss") is not None
                  else "final loss n/a")
-    lines[-1] += f", test accuracy {acc:.4f}" if acc is not None else ", no test data"
-    lines.append(f"useful throughput {summary['useful_samples_per_s']:,.0f} samples/s; checks: "
+    lines[-1] += f"; test {test}" if test else "; no test data"
+    tokens = summary.get("useful_tokens_per_s")
+    lines.append(f"useful throughput {summary['useful_samples_per_s']:,.0f} samples/s"
+                 + (f" ({tokens:,.0f} tokens/s)" if tokens else "") + "; checks: "
                  f"{summary['checks']['agree']} verified, {summary['checks']['fake']} fake, "
                  f"{summary['disputes']} disputes")
     if summary["removed"]:

@@ -38,10 +38,10 @@ def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
 
 def work_messages(iteration: int, seed: int, weights: np.ndarray, x: np.ndarray,
                   y: np.ndarray) -> list:
-    """The (tag, array) messages for one rank's slice x, y, in the order they are sent."""
+    """The (tag, array) messages for one rank's slice x, y, in the order they are sent. x and y
+    travel in the types data.Reader gives them (float32 or int64; int64 or float32)."""
     return [(tags.HEADER, header(WORK, iteration, len(y), seed)), (tags.WEIGHTS, weights),
-            (tags.X, np.ascontiguousarray(x, dtype=np.float32)),
-            (tags.Y, np.ascontiguousarray(y, dtype=np.int64))]
+            (tags.X, np.ascontiguousarray(x)), (tags.Y, np.ascontiguousarray(y))]
 
 
 def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray, block_x,

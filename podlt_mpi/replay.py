@@ -17,6 +17,8 @@ import torch
 from . import credits, ledger, protocol, rates, training, verify
 from .data import Reader
 from .layout import Layout
+from .losses import loss_function
+from .tasks import Task
 
 
 @dataclass
@@ -30,9 +32,12 @@ class Outcome:
 
 
 class Replayer:
-    def __init__(self, model, cfg, reader: Reader, total: int):
-        """`total`: the run's iterations (a cosine rate depends on them)."""
+    def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None):
+        """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
+        (default: one class per line, cross-entropy)."""
         self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
+        self.task = task or Task("float", "classes", (), 0, "cross-entropy")
+        self.loss_fn = loss_function(self.task)
         self.layout = Layout(model)
         self.opt = training.make_optimizer(cfg, self.layout)
 
@@ -56,7 +61,7 @@ class Replayer:
         xt = torch.from_numpy(x[s - start:e - start])
         yt = torch.from_numpy(y[s - start:e - start])
         seed = protocol.fragment_seed(self.cfg.seed, iteration, s, e)
-        return training.gradient(self.model, xt, yt, seed, self.layout)
+        return training.gradient(self.model, xt, yt, seed, self.layout, self.loss_fn)
 
     def step(self, rec: dict) -> Outcome:
         """Replay `rec` from the current state, which must be the weights before it."""
@@ -87,7 +92,7 @@ class Replayer:
         if confirmed:
             out.verdict_confirmed = all(confirmed)
 
-        grads, losses, counts, honest = [], [], [], True
+        grads, losses, counts, lines, honest = [], [], [], [], True
         for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
             g, loss = fragment(s, e)
             if ledger.sha256_array(g) != sent.get((r, (s, e))):
@@ -95,14 +100,15 @@ class Replayer:
                 honest = False
             grads.append(g)
             losses.append(loss)
-            counts.append(e - s)
+            counts.append(self.task.weight(y[s - start:e - start]))
+            lines.append(e - s)
         if not honest:
             return out  # the run applied something else: its weights after are unknown here
         if grads:
             cfg = self.cfg
             training.apply_update(self.model, self.opt, self.layout, grads, counts,
                                   rates.learning_rate(cfg, it, rec["epoch"], self.total),
-                                  cfg.clip_grad_norm)
+                                  cfg.clip_grad_norm, lines)
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec["loss"]:
                 out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from . import atomic, credits, devices, ledger, schedule
+from .tasks import FIGURES, figures_text
 
 OUTCOMES = {"agree": ("tab:green", "o"), "caught": ("tab:red", "X"), "dispute": ("tab:orange", "D")}
 
@@ -90,7 +91,7 @@ def summarise(run: dict) -> dict:
     metrics' (a crashed run has no summary.json)."""
     cfg, s, rows, recs = run["config"], run["summary"] or {}, run["metrics"], run["ledger"]
     secs = [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))]
-    evals = [r for r in rows if r.get("test_accuracy") is not None]
+    evals = [r for r in rows if r.get("test_loss") is not None]
     losses = [r["loss"] for r in rows if r.get("loss") is not None]
     total = s.get("total_iterations")
     if total is None and {"train_lines", "block_lines", "epochs"} <= set(cfg):
@@ -107,9 +108,9 @@ def summarise(run: dict) -> dict:
         "iterations": s.get("iterations", max(len(recs), len(rows))), "total_iterations": total,
         "wall_time_s": wall,
         "useful_samples_per_s": s.get("useful_samples_per_s", useful / wall if wall else None),
+        "useful_tokens_per_s": s.get("useful_tokens_per_s"),
         "final_loss": s.get("final_loss", losses[-1] if losses else None),
-        "test_accuracy": s.get("test_accuracy", evals[-1]["test_accuracy"] if evals else None),
-        "test_loss": s.get("test_loss", evals[-1].get("test_loss") if evals else None),
+        **{k: s[k] if k in s else evals[-1].get(k) if evals else None for k in FIGURES},
         "checks": s.get("checks") or credits.verdict_counts(recs),
         "removed": s.get("removed", removals(recs)),
         "credits": s.get("credits") or credits.from_ledger(recs, range(1, ranks or 1)),
@@ -133,10 +134,11 @@ def text(sm: dict, figures) -> str:
              f"iterations    {sm['iterations']} of {fmt(sm['total_iterations'], 'd', '?')}",
              f"wall time     {fmt(sm['wall_time_s'], '.1f')} s"
              + ("" if sm["from_summary"] else " (sum of the iterations' seconds)"),
-             f"useful        {fmt(sm['useful_samples_per_s'], ',.1f')} samples/s",
+             f"useful        {fmt(sm['useful_samples_per_s'], ',.1f')} samples/s"
+             + (f" ({sm['useful_tokens_per_s']:,.0f} tokens/s)" if sm.get("useful_tokens_per_s")
+                else ""),
              f"final loss    {fmt(sm['final_loss'], '.4f')}",
-             f"test accuracy {fmt(sm['test_accuracy'], '.4f')} (test loss "
-             f"{fmt(sm['test_loss'], '.4f')})",
+             f"test          {figures_text(sm) or 'not evaluated'}",
              f"checks        {c['agree']} agree, {c['fake']} fake, {c['dispute']} dispute",
              "removed       " + (", ".join(f"rank {r['rank']} at iteration {r['iteration']} "
                                            f"(as {r['role']})" for r in sm["removed"]) or "none"),
@@ -167,15 +169,21 @@ def plot_loss(rows, path):
     fig, (top, bottom) = figure(2, 3.2)
     top.plot([r["iteration"] for r in rows if r.get("loss") is not None],
              [r["loss"] for r in rows if r.get("loss") is not None], lw=1, label="training loss")
-    ev = [r for r in rows if r.get("test_accuracy") is not None]
-    if any(r.get("test_loss") is not None for r in ev):
-        top.plot([r["iteration"] for r in ev], [r.get("test_loss") for r in ev], "s--",
+    ev = [r for r in rows if r.get("test_loss") is not None]
+    if ev:
+        top.plot([r["iteration"] for r in ev], [r["test_loss"] for r in ev], "s--",
                  ms=4, label="test loss")
     top.set(title="Loss", ylabel="loss")
     top.legend()
-    bottom.plot([r["iteration"] for r in ev], [r["test_accuracy"] for r in ev], "o-", c="tab:green")
-    bottom.set(title="Test accuracy" + ("" if ev else " (never evaluated)"), xlabel="iteration",
-               ylabel="accuracy")
+    # the task's second figure: accuracy (classes), else bits per byte (a language model)
+    key = next((k for k in ("test_accuracy", "test_bits_per_byte")
+                if any(r.get(k) is not None for r in ev)), None)
+    name = FIGURES[key] if key else "accuracy"
+    if key:
+        bottom.plot([r["iteration"] for r in ev if r.get(key) is not None],
+                    [r[key] for r in ev if r.get(key) is not None], "o-", c="tab:green")
+    why = "" if key else " (never evaluated)" if not ev else " (not defined for this task)"
+    bottom.set(title="Test " + name + why, xlabel="iteration", ylabel=name)
     return save(fig, path)
 
 

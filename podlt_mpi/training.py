@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .layout import Layout, host, pieces
+from .losses import cross_entropy
 
 
 def set_determinism(threads: int, exact: bool = True) -> None:
@@ -57,9 +58,10 @@ def fragment_rng(seed: int, device):
 
 
 def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
-             seed: int) -> tuple:
+             seed: int, loss_fn=None) -> tuple:
     """(answer vector on the model's device, mean loss) for the lines x, y: the gradient of the
-    mean cross-entropy, the float buffers the forward pass left and the counters' change.
+    fragment's mean loss (`loss_fn(output, y)`, losses.py; default cross-entropy), the float
+    buffers the forward pass left and the counters' change.
 
     Runs in training mode under `fragment_rng(seed)` and puts the buffers back afterwards, so
     the model is as it was: a fake rank may compute again from the same state.
@@ -69,7 +71,7 @@ def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
     model.zero_grad(set_to_none=True)
     try:
         with fragment_rng(seed, dev):
-            loss = nn.functional.cross_entropy(model(x.to(dev)).float(), y.to(dev))
+            loss = (loss_fn or cross_entropy)(model(x.to(dev)), y.to(dev))
             loss.backward()
         answer = layout.answer(saved[len(layout.floats):])
     finally:
@@ -79,9 +81,9 @@ def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
 
 
 def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
-             layout: Layout | None = None) -> tuple:
+             layout: Layout | None = None, loss_fn=None) -> tuple:
     """`fragment` with the answer as a host float32 array."""
-    answer, loss = fragment(model, layout or Layout(model), x, y, seed)
+    answer, loss = fragment(model, layout or Layout(model), x, y, seed, loss_fn)
     return host(answer), loss
 
 
@@ -90,22 +92,27 @@ def weighted_mean(vectors, counts, device="cpu") -> torch.Tensor:
     `device` (vectors may be numpy or tensors anywhere).
 
     Summed in the order given (callers pass fragment order) so the result is reproducible.
+    All counts 0 (every target ignored): zeros.
     """
     total = float(sum(counts))
     acc = torch.zeros(len(vectors[0]), dtype=torch.float32, device=device)
     for v, n in zip(vectors, counts):
+        if not n:
+            continue
         acc.add_(torch.as_tensor(v).to(device), alpha=n / total)
     return acc
 
 
 def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, answers, counts,
-                 lr: float, clip: float = 0.0) -> None:
-    """The manager's step from the accepted fragments' answers, weighted by their lines:
+                 lr: float, clip: float = 0.0, lines=None) -> None:
+    """The manager's step from the accepted fragments' answers:
 
-    - the optimizer steps at rate `lr` on the mean gradient, clipped first to L2 norm `clip`
+    - the optimizer steps at rate `lr` on the gradients' mean weighted by `counts` (what each
+      fragment's mean loss averages over, tasks.Task.weight), clipped first to L2 norm `clip`
       (0: no clipping);
-    - float buffers become the mean of the fragments' buffers, computed as before + the mean
-      change, so a buffer that no pass changes keeps its bits;
+    - float buffers become the mean of the fragments' buffers weighted by their `lines`
+      (default: counts), computed as before + the mean change, so a buffer that no pass
+      changes keeps its bits;
     - counters advance by the (lower) median of the fragments' changes: every honest pass makes
       the same change (one forward pass each, as single-process training makes one per step),
       and a minority of unchecked liars cannot move it.
@@ -125,7 +132,8 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
         if layout.n_float:
             buffers = layout.float_buffers()
             before = torch.cat([b.reshape(-1).float() for b in buffers])
-            after = before + weighted_mean([f - before for _, f, _ in parts], counts, dev)
+            after = before + weighted_mean([f - before for _, f, _ in parts],
+                                           counts if lines is None else lines, dev)
             for b, v in pieces(after, buffers):
                 b.copy_(v)
         if layout.n_count:
@@ -135,21 +143,9 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
 
 
 def combined_loss(losses, counts) -> float:
-    """The block's mean loss from the fragments' mean losses."""
-    return sum(v * n for v, n in zip(losses, counts)) / sum(counts)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 2000) -> tuple:
-    """(mean loss, accuracy) of the model on x, y."""
-    loss_sum, correct, dev = 0.0, 0, device_of(model)
-    for s in range(0, len(y), batch):
-        xb = torch.from_numpy(x[s:s + batch]).to(dev)
-        yb = torch.from_numpy(y[s:s + batch]).to(dev)
-        out = model(xb)
-        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return loss_sum / len(y), correct / len(y)
+    """The block's mean loss from the fragments' mean losses (NaN where nothing counts)."""
+    total = sum(counts)
+    return sum(v * n for v, n in zip(losses, counts) if n) / total if total else float("nan")
 
 
 def make_optimizer(cfg, layout: Layout) -> torch.optim.Optimizer:

@@ -16,14 +16,20 @@ from . import comm_tags as tags
 from . import preempt, protocol, training
 from .faults import Faker
 from .layout import Layout, host
+from .losses import loss_function
+from .models import classification
+from .tasks import Task
 
 IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 
 
 def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waiter,
-        on_message=None, idle_timeout: float = 0.0, cuda_aware: bool = False) -> int:
+        on_message=None, idle_timeout: float = 0.0, cuda_aware: bool = False,
+        task: Task | None = None) -> int:
     """Serve the manager; return how many fragments this rank computed.
 
+    `task`: the kinds of x and y that arrive and the loss (default: features and one class per
+    line, cross-entropy).
     `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
     `idle_timeout`: seconds to wait for the manager (0: max(IDLE_MIN, 10 x the longest pause so
     far); evaluation and checkpoints make some pauses long).
@@ -32,6 +38,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     host either way: it hashes every byte it receives into the ledger.
     """
     line_size = math.prod(line_shape)
+    task = task or classification(line_shape, 0)
+    loss_fn = loss_function(task)
     dev = training.device_of(model)
     weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware
                else np.empty(layout.state_size, np.float32))
@@ -57,8 +65,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         command, iteration, lines, seed = (int(v) for v in head)
         if command == protocol.STOP:
             return done
-        x = np.empty((lines, line_size), np.float32)
-        y = np.empty(lines, np.int64)
+        x = np.empty((lines, line_size), task.x_dtype)
+        y = np.empty((lines, *task.target_shape), task.y_dtype)
         waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
                      mpi.irecv(comm, y, 0, tags.Y)])
         if on_message:
@@ -69,7 +77,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
         yt = torch.from_numpy(y).to(dev)
         t_compute = time.perf_counter()
-        grad, loss = training.fragment(model, layout, xt, yt, seed)
+        grad, loss = training.fragment(model, layout, xt, yt, seed, loss_fn)
         if faker.active or not cuda_aware:
             grad = np.ascontiguousarray(faker.send(host(grad), iteration, model, xt, yt, seed),
                                         dtype=np.float32)

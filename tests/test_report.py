@@ -76,7 +76,7 @@ def test_every_number_in_the_summary_is_the_runs(run_dir, reported):
                  f"wall time     {s['wall_time_s']:.1f} s",
                  f"useful        {s['useful_samples_per_s']:,.1f} samples/s",
                  f"final loss    {s['final_loss']:.4f}",
-                 f"test accuracy {s['test_accuracy']:.4f} (test loss {s['test_loss']:.4f})",
+                 f"test          loss {s['test_loss']:.4f}, accuracy {s['test_accuracy']:.4f}",
                  f"checks        {c['agree']} agree, {c['fake']} fake, {c['dispute']} dispute",
                  f"removed       rank 3 at iteration {gone['iteration']} (as {gone['role']})",
                  f"s/iteration   mean {statistics.fmean(secs):.4f}, median "
