@@ -2,11 +2,14 @@
 
 It computes every fragment a run applied the way the README says a rank does (training mode,
 the torch, numpy and random generators seeded with the fragment's seed, the buffers as the
-manager sent them, cross-entropy mean, zeros for parameters without a gradient) and takes the
-step the README says the manager takes, summing the fragments in the ledger's order with the
-same float32 operations on vectors of the same length, so the result can be compared bit for
-bit. It shares no code with the job but the seed's formula and the learning-rate formula.
+manager sent them, the fragment's mean loss, zeros for parameters without a gradient) and takes
+the step the README says the manager takes: the gradients weighted by what each fragment's loss
+averages over (counted targets for cross-entropy, lines otherwise), the buffers by lines, summed
+in the ledger's order with the same float32 operations on vectors of the same length, so the
+result can be compared bit for bit. It shares no code with the job but the model's factory, the
+seed's formula and the learning-rate formula.
 """
+import importlib
 import random
 
 import h5py
@@ -15,14 +18,34 @@ import torch
 from torch import nn
 
 from podlt_mpi import models, protocol, rates
+from podlt_mpi.config import model_kwargs
+from podlt_mpi.tasks import Task
 
 
 def flat(tensors):
     return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
 
+def objective(cfg):
+    """(loss(output, y), weight(y)) of the run's task, written from the README."""
+    task = cfg.get("task") or {"loss": "cross-entropy", "ignore_index": -100}
+    if task["loss"] == "cross-entropy":
+        ignore = task["ignore_index"]
+
+        def ce(out, y):
+            return nn.functional.cross_entropy(out.float().reshape(-1, out.shape[-1]),
+                                               y.reshape(-1), ignore_index=ignore)
+        return ce, lambda y: int((y != ignore).sum())
+    if task["loss"] == "mse":
+        return (lambda out, y: nn.functional.mse_loss(out.float().reshape(y.shape), y.float()),
+                len)
+    module, _, name = task["loss"].partition(":")
+    return getattr(importlib.import_module(module), name), len
+
+
 def train(model, opt, x, y, records, cfg, total):
     """Replay `records` (the run's ledger) on `model` with `opt`; x, y: the whole training file."""
+    loss_of, weight_of = objective(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for rec in records:
@@ -35,6 +58,7 @@ def train(model, opt, x, y, records, cfg, total):
                     if not b.is_floating_point() and b.dtype != torch.bool]
         before = {n: b.detach().clone() for n, b in buffers.items()}
         n_lines = sum(e - s for s, e in applied)
+        n_weight = sum(weight_of(y[s:e]) for s, e in applied)
         grad_sum = buf_sum = None
         steps = []
         for s, e in applied:
@@ -46,10 +70,10 @@ def train(model, opt, x, y, records, cfg, total):
             np.random.seed(seed % 2**32)
             model.zero_grad(set_to_none=True)
             out = model(torch.from_numpy(x[s:e]))
-            nn.functional.cross_entropy(out, torch.from_numpy(y[s:e])).backward()
+            loss_of(out, torch.from_numpy(y[s:e])).backward()
             g = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
             grad_sum = torch.zeros_like(g) if grad_sum is None else grad_sum
-            grad_sum.add_(g, alpha=(e - s) / n_lines)
+            grad_sum.add_(g, alpha=weight_of(y[s:e]) / n_weight)
             if floats:
                 change = flat([buffers[n] for n in floats]) - flat([before[n] for n in floats])
                 buf_sum = torch.zeros_like(change) if buf_sum is None else buf_sum
@@ -83,8 +107,11 @@ def assert_matches(out, data_path, cfg, ledger, total=None):
     """model_final.pt (weights and buffers) equals single_process.train's, bit for bit."""
     with h5py.File(data_path) as f:
         x, y = f["x"][:], f["y"][:]
+    x = x.astype(np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32)
+    y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32)
     torch.set_num_threads(cfg["threads"])
-    model = models.build(cfg["model"], cfg["line_shape"], cfg["n_classes"], cfg["seed"])
+    model = models.build(cfg["model"], cfg["line_shape"], cfg["n_classes"], cfg["seed"],
+                         Task.from_meta(cfg), model_kwargs(cfg.get("model_args", "")))
     model.load_state_dict(torch.load(out / "model_init.pt", weights_only=True))
     params = [p for p in model.parameters() if p.requires_grad]
     name, lr, wd = cfg["optimizer"], cfg["lr"], cfg.get("weight_decay", 0.0)

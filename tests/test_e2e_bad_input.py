@@ -37,13 +37,15 @@ def bad_files(tmp):
         "empty": (h5(tmp / "empty.h5", x=np.zeros((0, 8), np.float32), y=np.zeros(0, np.int64)),
                   "is empty"),
         "lengths": (h5(tmp / "len.h5", x=good_x(40), y=good_y(39)), "has 40 lines but 'y' has 39"),
-        "negative": (h5(tmp / "neg.h5", x=good_x(), y=good_y() - 1), "labels must be integers >= 0"),
-        "fractional": (h5(tmp / "frac.h5", x=good_x(), y=good_y() + 0.5), "labels must be integers >= 0"),
+        "negative": (h5(tmp / "neg.h5", x=good_x(), y=good_y() - 1),
+                     "class targets must be integers >= 0 or --ignore-index -100, line 0 has -1"),
+        "nan target": (h5(tmp / "nant.h5", x=good_x(), y=np.where(good_y() == 2, np.nan, 1.0)),
+                       "has a non-finite target at line 2"),
         "non-finite": (h5(tmp / "nan.h5", x=nan_x, y=good_y()), "non-finite value at line 7"),
     }
 
 
-CASES = ["missing", "unreadable", "no x", "no y", "empty", "lengths", "negative", "fractional",
+CASES = ["missing", "unreadable", "no x", "no y", "empty", "lengths", "negative", "nan target",
          "non-finite"]
 
 

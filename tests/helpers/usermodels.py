@@ -66,3 +66,15 @@ class Combined(nn.Module):
 
 def combined(input_shape, n_classes):
     return Combined(math.prod(input_shape), n_classes)
+
+
+def regressor(input_shape, n_classes, outputs=2):
+    """A regression head: BatchNorm and dropout in the body, `outputs` values per line out
+    (n_classes is 0 for float targets; --model-args outputs=K sets the width)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 32), nn.BatchNorm1d(32),
+                         nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, outputs))
+
+
+def huber(output, y):
+    """A user's loss (--loss usermodels:huber): the mean Huber loss per line, delta 0.5."""
+    return nn.functional.huber_loss(output, y, delta=0.5)
