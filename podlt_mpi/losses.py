@@ -71,7 +71,7 @@ def check_output(task: Task, out, lines: int, spec: str) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,
-             batch: int = 2000) -> dict:
+             batch: int | None = None) -> dict:
     """The task's test figures (tasks.Task.figures) of the model, in eval mode, on x, y.
 
     test_loss: the mean over what the training loss averages (counted targets, target values,
@@ -80,6 +80,9 @@ def evaluate(model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,
     """
     from .training import device_of
     dev, fn = device_of(model), loss_function(task)
+    # 2,000 lines of one target; lines of many targets, 16,384 targets a batch
+    batch = batch or (max(1, 16384 // math.prod(task.target_shape)) if task.per_position
+                      else 2000)
     loss_sum = correct = counted = 0.0
     ce = task.loss == "cross-entropy"
     for s in range(0, len(y), batch):
