@@ -50,6 +50,7 @@ def one_process(a) -> dict:
     import torch
 
     from podlt_mpi import losses, models, rates, schedule, training
+    from podlt_mpi.tasks import classification
     from podlt_mpi.config import parse_args
     sys.path.insert(0, HERE)
     cfg = parse_args(recipe(a))
@@ -72,7 +73,7 @@ def one_process(a) -> dict:
         torch.nn.functional.cross_entropy(out, torch.from_numpy(y[s:e])).backward()
         opt.step()
     model.eval()
-    figures = losses.evaluate(model, models.classification(x.shape[1:], 10), tx, ty)
+    figures = losses.evaluate(model, classification(10), tx, ty)
     loss, acc = figures["test_loss"], figures["test_accuracy"]
     return {"variant": "one process", "test_accuracy": acc, "test_loss": loss,
             "wall_s": time.monotonic() - t0}

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import ConfigError
 from .gpt import gpt
-from .tasks import Task
+from .tasks import Task, classification
 
 
 def mlp(input_shape, n_classes: int) -> nn.Module:
@@ -38,11 +38,6 @@ def cnn(input_shape, n_classes: int) -> nn.Module:
 
 
 BUILTIN = {"mlp": mlp, "cnn": cnn, "gpt": gpt}
-
-
-def classification(input_shape, n_classes: int) -> Task:
-    """The task of runs written before tasks existed: features in, one class out."""
-    return Task("float", "classes", (), n_classes, "cross-entropy")
 
 
 def dummy_input(task: Task, input_shape, lines: int, generator=None) -> torch.Tensor:
@@ -82,7 +77,7 @@ def build(spec: str, input_shape, n_classes: int, seed: int, task: Task | None =
     arguments `args` (--model-args). Every way a user's factory or model can fail here is bad
     input (ConfigError), named with the model and the cause."""
     from .losses import check_output
-    task = task or classification(input_shape, n_classes)
+    task = task or classification(n_classes)
     if spec == "gpt" and not (task.inputs == "tokens" and task.targets == "classes"):
         raise ConfigError("--model gpt reads token ids and predicts classes: the data's x and y "
                           "must both be integers")
@@ -145,7 +140,7 @@ def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, line
     from . import losses, training
     from .layout import Layout
     device = torch.device(device)
-    task = task or classification(input_shape, n_classes)
+    task = task or classification(n_classes)
     loss_fn = losses.loss_function(task)
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.device != device:

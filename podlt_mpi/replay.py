@@ -18,7 +18,7 @@ from . import credits, ledger, protocol, rates, training, verify
 from .data import Reader
 from .layout import Layout
 from .losses import loss_function
-from .tasks import Task
+from .tasks import Task, classification
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Replayer:
         """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
         (default: one class per line, cross-entropy)."""
         self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
-        self.task = task or Task("float", "classes", (), 0, "cross-entropy")
+        self.task = task or classification()
         self.loss_fn = loss_function(self.task)
         self.layout = Layout(model)
         self.opt = training.make_optimizer(cfg, self.layout)

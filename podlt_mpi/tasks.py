@@ -83,12 +83,17 @@ class Task:
 
     @classmethod
     def from_meta(cls, meta: dict) -> Task:
-        """The task of a run from its config.json; runs written before tasks existed trained
-        float features on one class per line with cross-entropy."""
+        """The task of a run from its config.json (runs without one: `classification`)."""
         t = meta.get("task")
         if t is None:
-            return cls("float", "classes", (), meta["n_classes"], "cross-entropy")
+            return classification(meta["n_classes"])
         return cls(**{**t, "target_shape": tuple(t["target_shape"])})
+
+
+def classification(n_classes: int = 0) -> Task:
+    """The task of runs written before tasks existed, and the default where none is given:
+    float features in, one class per line out, cross-entropy."""
+    return Task("float", "classes", (), n_classes, "cross-entropy")
 
 
 def choose_loss(spec: str, targets: str) -> str:

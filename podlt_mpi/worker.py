@@ -17,8 +17,7 @@ from . import preempt, protocol, training
 from .faults import Faker
 from .layout import Layout, host
 from .losses import loss_function
-from .models import classification
-from .tasks import Task
+from .tasks import Task, classification
 
 IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 
@@ -38,7 +37,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     host either way: it hashes every byte it receives into the ledger.
     """
     line_size = math.prod(line_shape)
-    task = task or classification(line_shape, 0)
+    task = task or classification()
     loss_fn = loss_function(task)
     dev = training.device_of(model)
     weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware

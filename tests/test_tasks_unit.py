@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from podlt_mpi import data, losses, models, text, training
+from podlt_mpi import data, losses, models, training
 from podlt_mpi.config import ConfigError, RunConfig, model_kwargs, parse_args
 from podlt_mpi.faults import Faker
 from podlt_mpi.layout import Layout
-from podlt_mpi.tasks import Task, choose_loss, figures_text
+from podlt_mpi.tasks import Task, choose_loss, classification, figures_text
 
 from conftest import ROOT
 
@@ -103,7 +103,7 @@ def test_the_test_file_must_pose_the_same_task(tmp_path):
 
 def test_runs_before_tasks_read_as_classification():
     t = Task.from_meta({"n_classes": 10})
-    assert t == Task("float", "classes", (), 10, "cross-entropy")
+    assert t == Task("float", "classes", (), 10, "cross-entropy") == classification(10)
     assert Task.from_meta({"task": LM.to_meta()}) == LM
     assert choose_loss("auto", "classes") == "cross-entropy" and choose_loss("auto", "values") == "mse"
 

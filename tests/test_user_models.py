@@ -132,6 +132,7 @@ def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
     with the final weights (48 iterations: momentum 0.1 leaves 0.9^48 < 1% of the start).
     4000 test lines, so that 1 point is 40 lines, not the noise of a few."""
     from podlt_mpi import data, losses, models
+    from podlt_mpi.tasks import classification
     test_path = str(tmp_path / "test.h5")
     data.write_h5(test_path, *data.synthetic(4000, 7))
     out = tmp_path / "run"
@@ -149,7 +150,7 @@ def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
     with h5py.File(test_path) as f:
         tx, ty = f["x"][:], f["y"][:]
     model.eval()
-    acc_final = losses.evaluate(model, models.classification((), 0), tx, ty)["test_accuracy"]
+    acc_final = losses.evaluate(model, classification(), tx, ty)["test_accuracy"]
     bn = model[2]
     bn.reset_running_stats()
     bn.momentum = None  # a cumulative mean over every batch
@@ -158,7 +159,7 @@ def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
         for s in range(0, len(y), 101):
             model(torch.from_numpy(x[s:s + 101]))
     model.eval()
-    acc_recomputed = losses.evaluate(model, models.classification((), 0), tx, ty)["test_accuracy"]
+    acc_recomputed = losses.evaluate(model, classification(), tx, ty)["test_accuracy"]
     assert acc_final > 0.3 and abs(acc_final - acc_recomputed) <= 0.01, (acc_final, acc_recomputed)
 
 
