@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+import typing
 from typing import Optional
 
 DEFAULT_DATA = "data/synthetic-100k.h5"
@@ -170,27 +171,57 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+# --help shows the options in these groups, in this order (every field is in one).
+GROUPS = {
+    "data and schedule": ("data", "test_data", "x_key", "y_key", "holdout", "out", "block_lines",
+                          "epochs", "shuffle_blocks", "blocks", "eval_every"),
+    "model and optimizer": ("model", "model_args", "loss", "ignore_index", "optimizer", "lr",
+                            "momentum", "nesterov", "weight_decay", "clip_grad_norm",
+                            "lr_schedule", "warmup", "lr_drops", "lr_gamma"),
+    "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
+                                     "seed", "threads", "device", "cuda_aware_mpi", "wait"),
+    "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "time_limit",
+                             "rank_timeout", "log_every"),
+    "fault injection (demonstrations and tests)": ("fake_ranks", "fake_mode", "fake_from",
+                                                   "fake_prob", "fault_plugin"),
+}
+
+
+def _value_type(name: str):
+    """int or float for a numeric field (also when Optional), else None (a string)."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
 def build_parser(prog: str = "python -m podlt_mpi") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train with Proof of Deep Learning Training over MPI. "
-                "usage:: mpiexec -n 50 python -m podlt_mpi [options]",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(RunConfig):
-        meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
-        kw = {"default": f.default, "help": meta["help"], "dest": f.name}
-        if meta.get("type") == "ints":
-            kw["type"] = _parse_ints
-            kw["default"] = []
-        elif meta.get("type") == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        elif "choices" in meta:
-            kw["choices"] = meta["choices"]
-        elif f.type in ("int", "Optional[int]"):
-            kw["type"] = int
-        elif f.type == "float":
-            kw["type"] = float
-        p.add_argument(flag, **kw)
+                "usage:: mpiexec -n 50 python -m podlt_mpi [options]")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for title, names in GROUPS.items():
+        group = p.add_argument_group(title)
+        for name in names:
+            _add(group, fields[name])
     return p
+
+
+def _add(group, f) -> None:
+    meta = f.metadata
+    kw = {"default": f.default, "help": meta["help"], "dest": f.name}
+    if meta.get("type") == "ints":
+        kw["type"] = _parse_ints
+        kw["default"] = []
+    elif meta.get("type") == "bool":
+        kw["action"] = argparse.BooleanOptionalAction
+        kw["help"] += f" (default: {'on' if f.default else 'off'})"
+    else:
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        elif _value_type(f.name):
+            kw["type"] = _value_type(f.name)
+        if f.default not in (None, "", ()):  # a default worth reading; None says nothing
+            kw["help"] += " (default: %(default)s)"
+    group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def parse_args(argv) -> RunConfig:

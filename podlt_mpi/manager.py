@@ -1,6 +1,6 @@
 """Rank 0: holds the master weights and the optimizer, schedules, checks, applies, records.
 
-One iteration (DESIGN.md):
+One iteration (docs/design.md, docs/protocol.md):
   1. take the next block of lines;  2. order the active ranks, the last K are controls;
   3. pick the checked worker c;     4. send weights + each rank's own slice, gather gradients;
   5. compare c with its controls;   6. apply the line-weighted mean of the accepted gradients;

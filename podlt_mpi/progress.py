@@ -55,8 +55,27 @@ def final_table(summary: dict) -> str:
     else:
         lines.append("removed: none")
     lines.append(f"ledger head {summary['ledger_head']} (publish it: the audit checks it)")
-    lines.append(f"{'rank':>6} {'computed':>9} {'verified':>9} {'rejected':>9}  status")
-    for rank, c in sorted(summary["credits"].items(), key=lambda kv: int(kv[0])):
+    credits = sorted(summary["credits"].items(), key=lambda kv: int(kv[0]))
+    shown = credits if len(credits) <= FULL_TABLE else \
+        [(r, c) for r, c in credits if c["removed_at"] is not None]
+    if shown:
+        lines.append(f"{'rank':>6} {'computed':>9} {'verified':>9} {'rejected':>9}  status")
+    for rank, c in shown:
         status = f"removed at {c['removed_at']}" if c["removed_at"] is not None else "active"
         lines.append(f"{rank:>6} {c['computed']:>9} {c['verified']:>9} {c['rejected']:>9}  {status}")
+    if len(shown) < len(credits):  # many ranks: the removed ones, then the rest in one line
+        rest = [c for _, c in credits if c["removed_at"] is None]
+        lines.append(f"{len(rest)} active ranks: " + "; ".join(
+            f"{what} {_spread([c[what] for c in rest])}" for what in ("computed", "verified"))
+            + f"; rejected {sum(c['rejected'] for c in rest)} in all (every rank's credits: "
+            "summary.json, and `report`)")
     return "\n".join(lines)
+
+
+FULL_TABLE = 64  # ranks up to which the final table lists every rank
+
+
+def _spread(values) -> str:
+    """min / median / max of integers."""
+    v = sorted(values)
+    return f"min {v[0]}, median {v[len(v) // 2]}, max {v[-1]}" if v else "none"

@@ -98,7 +98,7 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
 
 
 def test_fake_control_is_caught(job_args, tmp_path):
-    # On the first iteration the controls are ranks N-2 and N-1 (DESIGN.md): rank 5 of 6.
+    # On the first iteration the controls are ranks N-2 and N-1 (docs/protocol.md): rank 5 of 6.
     r = run_job(6, job_args(fake_ranks=5, fake_mode="sign-flip", blocks=1))
     assert r.returncode == 0, r.stdout + r.stderr
     s = read_json(str(tmp_path / "run" / "summary.json"))
