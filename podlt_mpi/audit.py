@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from . import checkpoint, credits, ledger, schedule
+from . import checkpoint, credits, ledger, rules, schedule
 from .replay import Outcome, Replayer
 from .config import ConfigError, RunConfig, model_kwargs, saved_options
 from .tasks import Task
@@ -149,11 +149,11 @@ class Audit:
             except checkpoint.CheckpointError as e:
                 self.problem(n - 1, "checkpoint", str(e))
                 continue
-            if n < 1 or n > len(self.records):
-                self.problem(n - 1, "checkpoint", f"{path} follows an iteration the ledger lacks")
-            elif self.records[n - 1].get("checkpoint") != ckpt["fingerprint"]:
-                self.problem(n - 1, "checkpoint", f"{os.path.basename(path)} differs from the "
-                             f"state iteration {n - 1}'s record vouches for")
+            why = rules.unvouched(n, ckpt["fingerprint"], ckpt["position"]["ledger_hash"],
+                                  self.records)
+            if why:
+                self.problem(n - 1, "checkpoint", f"{os.path.basename(path)} cannot be trusted: "
+                             f"{why}")
             else:
                 anchors[n] = ckpt
         return anchors
@@ -323,9 +323,8 @@ def _record_problems(rec, i, plan, gone, cfg) -> list:
     if len(checks) != expected:
         out.append(f"{len(checks)} checks where the configuration makes {expected}")
     frag = {a["rank"]: a["lines"] for a in workers}
-    fake, by_worker, later = set(), {}, {}
+    fake, later = set(), {}
     for check in checks:
-        by_worker[check["worker"]] = check
         mine = [a for a in ctrl if a["lines"] == check["lines"]]
         redo = [a for a in again if a["lines"] == check["lines"]]
         later[check["worker"]] = [*check["controls"], *(a["rank"] for a in redo)]
@@ -346,18 +345,10 @@ def _record_problems(rec, i, plan, gone, cfg) -> list:
         out.append("a control or recheck belongs to no check")
     if sorted(rec["removed"]) != sorted(fake):
         out.append(f"removed {rec['removed']} but the checks found {sorted(fake)} fake")
-    applied, source = [], []
-    for a in workers:
-        r, check = a["rank"], by_worker.get(a["rank"])
-        if check is not None:
-            if check["verdict"] == "dispute":
-                continue
-            if r in fake:  # the first vote that agreed with the manager stands in
-                r = next((c for c in later[r] if c not in fake), None)
-        elif r in fake:
-            continue  # caught lying on a recheck: its own fragment is dropped
-        applied.append(a["lines"])
-        source.append(r)
+    outcomes = [rules.Outcome(c["worker"], c["verdict"], tuple(c["fake"]),
+                              tuple(later[c["worker"]])) for c in checks]
+    kept = rules.applied([(a["rank"], a["lines"]) for a in workers], outcomes)
+    applied, source = [lines for lines, _ in kept], [r for _, r in kept]
     if rec["applied"] != applied:
         out.append("the applied fragments are not the accepted ones")
     elif rec.get("applied_from") != source:

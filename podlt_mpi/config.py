@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import typing
 from typing import Optional
 
+from . import rules
+
 DEFAULT_DATA = "data/synthetic-100k.h5"
 DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
 FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec", "noise",
@@ -306,8 +308,8 @@ def _literal(text: str):
 
 
 def min_active(cfg: RunConfig) -> int:
-    """Active ranks an iteration needs: every check's worker and controls (or one worker)."""
-    return cfg.checks_per_iteration * (cfg.controls + 1) if cfg.controls else 1
+    """Active ranks an iteration needs (rules.min_active)."""
+    return rules.min_active(cfg.controls, cfg.checks_per_iteration)
 
 
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
@@ -365,16 +367,14 @@ def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
 
 
 def n_workers(cfg: RunConfig, world_size: int) -> int:
-    """Workers of an iteration on `world_size` ranks before any removal: all but the manager
-    and the controls."""
-    m = cfg.checks_per_iteration if cfg.controls else 1
-    return world_size - 1 - m * cfg.controls
+    """Workers of an iteration on `world_size` ranks before any removal (rules.workers)."""
+    return rules.workers(world_size, cfg.controls, cfg.checks_per_iteration)
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:
     """Checks against the number of ranks, before any data is read."""
     m = cfg.checks_per_iteration if cfg.controls else 1
-    need = 1 + m * (1 + cfg.controls)
+    need = 1 + min_active(cfg)
     if world_size < need:
         why = (f"a manager, {m} worker(s) to check and {m * cfg.controls} controls"
                if cfg.controls else "a manager and one worker")

@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint, credits, kernels, preempt, protocol, rates, rundir, schedule, timing
 from . import losses as task_losses
-from . import training, verify
+from . import rules, training, verify
 from . import comm as mpi
 from . import comm_tags as tags
 from . import ledger
@@ -41,6 +41,12 @@ class Check:
     lines: tuple
     decision: verify.Decision
     rechecks: list
+
+    def outcome(self) -> rules.Outcome:
+        """The check as rules.applied reads it: the votes in the order they were taken."""
+        d = self.decision
+        return rules.Outcome(self.checked, d.verdict, tuple(d.fake),
+                             (*self.controls, *(a.rank for a in self.rechecks)))
 
     def record(self) -> dict:
         d = self.decision
@@ -250,23 +256,10 @@ class Manager:
         step["resolved"] = done.decision.verdict == "fake"
 
     def accepted(self, plan, checks) -> list:
-        """(start, stop, rank whose gradient stands) for every fragment applied, in line order."""
-        by_worker = {c.checked: c for c in checks}
-        caught = {r for c in checks for r in c.decision.fake}
-        out = []
-        for a in plan.assignments:
-            if a.role != "worker":
-                continue
-            source, c = a.rank, by_worker.get(a.rank)
-            if c is not None:
-                if c.decision.verdict == "dispute":
-                    continue  # no majority: nothing from this fragment is applied
-                if a.rank in c.decision.fake:
-                    source = c.decision.majority[0]  # the agreed gradient takes c's place
-            elif a.rank in caught:
-                continue  # a rank caught lying on a recheck: its own fragment is not trusted
-            out.append((a.start, a.stop, source))
-        return out
+        """(start, stop, rank whose gradient stands) for every fragment applied, in line order
+        (rules.applied)."""
+        fragments = [(a.rank, (a.start, a.stop)) for a in plan.assignments if a.role == "worker"]
+        return [(s, e, r) for (s, e), r in rules.applied(fragments, [c.outcome() for c in checks])]
 
     def step(self, iteration, epoch, block, start, stop, order) -> dict:
         cfg = self.cfg
@@ -299,9 +292,8 @@ class Manager:
             loss = training.combined_loss([losses[(r, s, e)] for s, e, r in applied], counts)
 
         for r in fake:
-            role = ("worker" if any(r == c.checked for c in checks) else
-                    "control" if r in plan.controls else "recheck")
-            self.remove(r, iteration, role)
+            self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
+                                                         plan.controls))
         rechecks = [a for c in checks for a in c.rechecks]
         records = [c.record() for c in checks]
         with cost.part("ledger"):  # hashing the block, the gradients and the weights

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from . import atomic, credits, devices, ledger, schedule
+from . import atomic, credits, devices, ledger, rules, schedule
 from .tasks import FIGURES, figures_text
 
 OUTCOMES = {"agree": ("tab:green", "o"), "caught": ("tab:red", "X"), "dispute": ("tab:orange", "D")}
@@ -78,11 +78,11 @@ def removals(records) -> list:
     """[{rank, iteration, role}] from the ledger, as summary.json would list them."""
     out = []
     for rec in records:
+        checked = {c["worker"] for c in credits.checks_of(rec)}
+        controls = {a["rank"] for a in rec.get("assignments", []) if a["role"] == "control"}
         for r in rec.get("removed", []):
-            roles = [a["role"] for a in rec.get("assignments", []) if a["rank"] == r]
-            role = "worker" if any(r == c["worker"] for c in credits.checks_of(rec)) else \
-                "control" if "control" in roles else "recheck"
-            out.append({"rank": r, "iteration": rec["iteration"], "role": role})
+            out.append({"rank": r, "iteration": rec["iteration"],
+                        "role": rules.removed_role(r, checked, controls)})
     return out
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from . import checkpoint, ledger
+from . import checkpoint, ledger, rules
 from .config import ConfigError
 
 log = logging.getLogger("podlt_mpi")
@@ -44,18 +44,8 @@ def saved_config(run_dir: str) -> dict:
 
 def usable(ckpt: dict, records: list) -> str | None:
     """Why this checkpoint cannot be continued from, or None if the ledger vouches for it."""
-    n = ckpt["iteration"]
-    if n < 1 or n > len(records):
-        return f"it follows iteration {n - 1}, which the ledger does not hold"
-    rec = records[n - 1]
-    if rec.get("checkpoint") != ckpt["fingerprint"]:
-        return f"its contents differ from what iteration {n - 1}'s ledger record vouches for"
-    if ckpt["position"]["ledger_hash"] != rec.get("hash"):
-        return f"it continues a different ledger than iteration {n - 1}'s record"
-    broken = ledger.check_chain(records[:n])
-    if broken:
-        return f"the ledger's hash chain is broken at iteration {broken[0][0]}"
-    return None
+    return rules.unvouched(ckpt["iteration"], ckpt["fingerprint"],
+                           ckpt["position"]["ledger_hash"], records)
 
 
 def active_ranks(proof: dict | None, world_size: int) -> tuple:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import guarantees, schedule, verify
+from . import guarantees, rules, schedule, verify
 
 HONEST = np.zeros(1, np.float32)
 COLLUDED = np.full(1, -1.0, np.float32)
@@ -32,7 +32,7 @@ def run_trial(ranks: int, fakes: int, iterations: int, controls: int = 2,
     fake = {int(r) for r in pick.choice(active, size=fakes, replace=False)}
     caught, unverified, honest_removed = {}, {r: 0 for r in fake}, []
     for it in range(iterations):
-        if len(active) < checks * (controls + 1) or len(caught) == fakes:
+        if len(active) < rules.min_active(controls, checks) or len(caught) == fakes:
             break
         order = sorted(active) if it == 0 else schedule.shuffle(active, sched)
         busy, ctrl, checked = schedule.roles(order, controls, len(order), sched, checks)
@@ -137,8 +137,8 @@ def main(argv) -> int:
     problems = [m for bad, m in (
         (a.controls < 2, "--controls must be at least 2"),
         (a.checks < 1, "--checks-per-iteration must be at least 1"),
-        (a.ranks < a.checks * (a.controls + 1) + 1,
-         f"--ranks must be at least {a.checks * (a.controls + 1) + 1}"),
+        (a.ranks < 1 + rules.min_active(a.controls, a.checks),
+         f"--ranks must be at least {1 + rules.min_active(a.controls, a.checks)}"),
         (not 0 < a.fakes < a.ranks, "--fakes must be between 1 and ranks - 1"),
         (a.iterations < 1 or a.trials < 1, "--iterations and --trials must be at least 1"),
         (not 0 < a.cheat_prob <= 1, "--cheat-prob must be in (0, 1]")) if bad]

@@ -76,8 +76,9 @@ def test_audit_all_passes_with_caught_fakes_and_attributes_their_contributions(w
         len({f["iteration"] for f in rep["fake_contributions"]}) >= rep["iterations"] - 1
 
 
-def edited(src, dst, iteration, edit, reseal=False):
-    """Copy a run and change record `iteration` of its ledger (resealing the chain if asked)."""
+def edited(src, dst, iteration, edit, reseal=False, follow_checkpoints=True):
+    """Copy a run and change record `iteration` of its ledger (resealing the chain, and moving
+    the checkpoints after it onto the new chain, if asked)."""
     from podlt_mpi import ledger
     shutil.copytree(src, dst)
     path = os.path.join(dst, "ledger.jsonl")
@@ -90,7 +91,24 @@ def edited(src, dst, iteration, edit, reseal=False):
             prev = records[k]["hash"]
     with open(path, "w") as f:
         f.writelines(ledger.canonical(r).decode() + "\n" for r in records)
+    if reseal and follow_checkpoints:
+        move_checkpoints(dst, records, iteration)
     return dst
+
+
+def move_checkpoints(run, records, iteration):
+    """Point the checkpoints after `iteration` at the resealed records: their ledger position
+    is outside their fingerprint, so a forger can rewrite it too."""
+    import torch
+
+    from podlt_mpi import checkpoint
+    for n, path in checkpoint.available(os.path.join(run, "checkpoints")):
+        if n - 1 >= iteration:
+            blob = torch.load(path, weights_only=True)
+            pos = json.loads(blob["position"])
+            pos["ledger_hash"] = records[n - 1]["hash"]
+            blob["position"] = json.dumps(pos)
+            torch.save(blob, path)
 
 
 def _set(key, value):
@@ -146,6 +164,18 @@ def test_only_the_published_head_catches_a_ledger_and_summary_rewritten_together
     rep = Audit(run).run(sample=0, expect_head=head)
     assert [p["check"] for p in rep["problems"]] == ["ledger_head"]
     assert Audit(honest).run(sample=0, expect_head=head)["passed"]
+
+
+def test_checkpoints_left_on_the_old_chain_betray_a_resealed_ledger(honest, tmp_path):
+    """A checkpoint records which ledger it continues (resume refuses one from another); the
+    audit applies the same rule (rules.unvouched), so a rewrite that forgets them is found
+    without the published head."""
+    run = edited(honest, str(tmp_path / "run"), 3, FIELD_EDITS["loss"], reseal=True,
+                 follow_checkpoints=False)
+    from podlt_mpi.audit import Audit
+    rep = Audit(run).run(sample=0)
+    found = [p for p in rep["problems"] if p["check"] == "checkpoint"]
+    assert found and all("continues a different ledger" in p["message"] for p in found)
 
 
 def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):

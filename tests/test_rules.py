@@ -1,0 +1,59 @@
+"""The protocol rules that the manager, the audit, the simulator, the report and resume share."""
+import pytest
+
+from podlt_mpi import ledger, rules
+from podlt_mpi.rules import Outcome
+
+
+@pytest.mark.parametrize("controls, checks, active, workers8", [
+    (2, 1, 3, 5), (2, 2, 6, 3), (3, 1, 4, 4), (0, 1, 1, 7), (0, 3, 1, 7)])
+def test_how_many_ranks(controls, checks, active, workers8):
+    assert rules.min_active(controls, checks) == active
+    assert rules.workers(8, controls, checks) == workers8
+
+
+FRAGMENTS = [(1, (0, 10)), (2, (10, 20)), (3, (20, 30))]
+
+
+def test_honest_iterations_apply_every_fragment_as_sent():
+    out = rules.applied(FRAGMENTS, [Outcome(2, "agree", (), (4, 5))])
+    assert out == [((0, 10), 1), ((10, 20), 2), ((20, 30), 3)]
+
+
+def test_a_fake_checked_worker_is_replaced_by_the_first_vote_not_found_fake():
+    out = rules.applied(FRAGMENTS, [Outcome(2, "fake", (2, 4), (4, 5, 6))])
+    assert out[1] == ((10, 20), 5)  # control 4 was fake too: control 5 stands in
+    settled = rules.applied(FRAGMENTS, [Outcome(2, "fake", (2, 4, 5), (4, 5, 6, 7))])
+    assert settled[1] == ((10, 20), 6)  # a dispute settled by rechecks 6 and 7: the first
+
+
+def test_a_dispute_drops_its_fragment_and_a_rank_caught_elsewhere_loses_its_own():
+    out = rules.applied(FRAGMENTS, [Outcome(2, "dispute", (), (4, 5))])
+    assert [r for _, r in out] == [1, 3]
+    out = rules.applied(FRAGMENTS, [Outcome(2, "fake", (3,), (4, 5, 3, 6))])
+    assert out == [((0, 10), 1), ((10, 20), 2)]  # 3 lied on a recheck of 2's fragment
+
+
+def test_the_role_of_a_removed_rank():
+    assert rules.removed_role(2, {2}, (4, 5)) == "worker"
+    assert rules.removed_role(4, {2}, (4, 5)) == "control"
+    assert rules.removed_role(7, {2}, (4, 5)) == "recheck"
+
+
+def chain(n):
+    recs, prev = [], ledger.GENESIS
+    for i in range(n):
+        rec = ledger.seal({"iteration": i, **({"checkpoint": "fp"} if i == 1 else {})}, prev)
+        recs.append(rec)
+        prev = rec["hash"]
+    return recs
+
+
+def test_a_checkpoint_is_vouched_for_by_its_record_its_position_and_the_chain():
+    recs = chain(4)
+    assert rules.unvouched(2, "fp", recs[1]["hash"], recs) is None
+    assert "does not hold" in rules.unvouched(5, "fp", recs[1]["hash"], recs)
+    assert "contents differ" in rules.unvouched(2, "other", recs[1]["hash"], recs)
+    assert "different ledger" in rules.unvouched(2, "fp", recs[0]["hash"], recs)
+    recs[0]["iteration"] = 9  # an edit before the checkpoint breaks what vouches for it
+    assert "chain is broken at iteration 0" in rules.unvouched(2, "fp", recs[1]["hash"], recs)
