@@ -22,8 +22,9 @@ import sys
 import numpy as np
 
 from . import checkpoint, credits, ledger, rules, schedule
+from .config import RunConfig, model_kwargs, saved_options
+from .errors import ConfigError
 from .replay import Outcome, Replayer
-from .config import ConfigError, RunConfig, model_kwargs, saved_options
 from .tasks import Task
 
 

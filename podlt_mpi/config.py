@@ -9,11 +9,12 @@ import argparse
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 import typing
+from dataclasses import dataclass, field
 from typing import Optional
 
 from . import rules
+from .errors import ConfigError
 
 DEFAULT_DATA = "data/synthetic-100k.h5"
 DEFAULT_TEST_DATA = "data/synthetic-100k-test.h5"
@@ -21,10 +22,6 @@ FAKE_MODES = ("random", "zero", "sign-flip", "scaled", "stale", "lazy", "lowprec
               "alie", "ipm", "mimic", "collude", "label-flip", "buffers")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSSES = ("auto", "cross-entropy", "mse")
-
-
-class ConfigError(Exception):
-    """Bad input or configuration: reported as one sentence, exit code 2."""
 
 
 def _opt(default, help, **kw):

@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 
 from . import atomic
-from .config import ConfigError, DEFAULT_DATA, DEFAULT_TEST_DATA, RunConfig
+from .config import DEFAULT_DATA, DEFAULT_TEST_DATA, RunConfig
+from .errors import ConfigError
 from .tasks import Task, choose_loss
 
 SCAN_LINES = 8192  # validation reads the file in slices of this many lines

@@ -7,7 +7,7 @@ modulo gives 0.
 """
 from __future__ import annotations
 
-from .config import ConfigError
+from .errors import ConfigError
 from .launcher import env_int
 
 # (variable with this process's index on its node, launcher), most specific first. Slurm's comes

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from . import training
-from .config import ConfigError, RunConfig, fake_modes
+from .config import RunConfig, fake_modes
+from .errors import ConfigError
 from .layout import Layout, host
 from .losses import loss_function
-from .tasks import Task
 from .models import load_function
+from .tasks import Task
 
 
 class Faker:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 class CausalSelfAttention(nn.Module):

@@ -16,9 +16,18 @@ import sys
 import time
 import traceback
 
-from . import __version__, comm as mpi, data, devices, launcher, preempt, resume, rundir
-from .config import (ConfigError, build_parser, check_world, min_active, model_kwargs, n_workers,
-                     parse_args, resumed)
+from . import __version__, data, devices, launcher, preempt, resume, rundir
+from . import comm as mpi
+from .config import (
+    build_parser,
+    check_world,
+    min_active,
+    model_kwargs,
+    n_workers,
+    parse_args,
+    resumed,
+)
+from .errors import ConfigError
 
 log = logging.getLogger("podlt_mpi")
 

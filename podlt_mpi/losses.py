@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .errors import ConfigError
 from .tasks import Task, bits_per_byte
 
 

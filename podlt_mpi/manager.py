@@ -19,12 +19,24 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import checkpoint, credits, kernels, preempt, protocol, rates, rundir, schedule, timing
-from . import losses as task_losses
-from . import rules, training, verify
+from . import (
+    checkpoint,
+    credits,
+    kernels,
+    ledger,
+    preempt,
+    protocol,
+    rates,
+    rules,
+    rundir,
+    schedule,
+    timing,
+    training,
+    verify,
+)
 from . import comm as mpi
 from . import comm_tags as tags
-from . import ledger
+from . import losses as task_losses
 from .config import RunConfig, min_active
 from .data import Dataset, Reader
 from .layout import Layout, host

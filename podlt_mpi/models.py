@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .errors import ConfigError
 from .gpt import gpt
 from .tasks import Task, classification
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from . import data
-from .config import ConfigError
+from .errors import ConfigError
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import checkpoint, ledger, rules
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger("podlt_mpi")
 

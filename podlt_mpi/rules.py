@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from . import ledger
 
-
 # ---- how many ranks -----------------------------------------------------------------------------
 
 def checks_made(controls: int, checks_per_iteration: int) -> int:

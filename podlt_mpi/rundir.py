@@ -6,7 +6,7 @@ import os
 import time
 
 from . import atomic
-from .config import ConfigError
+from .errors import ConfigError
 
 
 def default_out() -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

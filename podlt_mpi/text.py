@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from . import data
-from .config import ConfigError
+from .errors import ConfigError
 
 VOCAB = 256
 

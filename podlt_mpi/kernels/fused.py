@@ -14,7 +14,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..verify import Pair
+
+@dataclass(frozen=True)
+class Pair:
+    """Two vectors compared: the same (in the comparison's mode), and their relative distance
+    (inf where non-finite entries differ). `verify.compare` and the fused passes give these."""
+    same: bool
+    rel_dist: float
+
 
 EXP_MASK = np.uint32(0x7F800000)  # all exponent bits set <=> inf or NaN
 PAIRS = ((0, 1), (0, 2), (1, 2))
