@@ -31,6 +31,56 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("mpi", mpi_impls.NAMES, indirect=True, scope="module")
 
 
+# Test tiers. The README's test command runs `-m "not full"`: every feature once, end to end
+# under MPICH, in under 10 minutes on 2 cores. CI then runs `-m full`: the rest of the matrix,
+# the same runs under Open MPI, every fault mode (twice), every kind of user model and task, the
+# other bad-input cases, Slurm. Below: for parametrized tests, the cases the first tier keeps
+# (fragments of the test's id); their other cases, and everything under Open MPI or Slurm, are
+# `full`.
+FIRST_TIER_CASES = {
+    "test_e2e_bad_input.py::test_bad_data_file": ("missing", "negative"),
+    "test_e2e_bad_input.py::test_bad_options": ("args0-", "args3-", "args7-"),
+    "test_e2e_bad_input.py::test_device_options_that_cannot_work_are_bad_input": ("args0-",),
+    "test_e2e_bad_input.py::test_a_user_model_that_cannot_train_is_bad_input": ("no_backward",),
+    "test_e2e_bad_input.py::test_unwritable_out": (),
+    "test_e2e_faults.py::test_each_fake_mode_is_caught_and_only_the_fake_is_removed":
+        ("-random]", "-mimic]", "-label-flip]"),
+    "test_e2e_faults.py::test_two_fakes_of_each_mode_with_another_seed": (),
+    "test_e2e_faults.py::test_two_fakes_of_different_modes_are_both_removed": (),
+    "test_e2e_faults.py::test_intermittent_cheater_is_caught": (),
+    "test_e2e_faults.py::test_fault_plugin": (),
+    "test_e2e_reproducible.py::test_matches_single_process_training": ("mlp-adam",),
+    "test_e2e_resume.py::test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes":
+        ("term-job",),
+    "test_e2e_resume.py::test_kill_9_ends_the_job_quickly_and_resume_completes": ("worker",),
+    "test_user_models.py::test_honest_run_agrees_audits_and_equals_single_process_training":
+        ("combined",),
+    **{f"test_user_models.py::{name}": () for name in (
+        "test_a_cheater_is_removed_and_no_honest_rank",
+        "test_resume_after_a_signal_is_byte_identical",
+        "test_batchnorm_statistics_are_the_training_data_s",
+        "test_adamw_clipping_and_cosine_warmup_match_single_process_and_audit",
+        "test_clipping_changes_the_run")},
+    **{f"test_tasks.py::{name}": ("lm",) for name in (
+        "test_honest_run_agrees_audits_and_equals_single_process_training",
+        "test_a_cheater_is_removed_and_no_honest_rank")},
+    "test_tasks.py::test_resume_after_a_signal_is_byte_identical": (),
+    "test_audit.py::test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there": (),
+    "test_gpu_benchmark.py::test_the_script_measures_and_writes_its_tables": (),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        key = f"{item.path.name}::{item.originalname}"
+        params = getattr(item, "callspec", None)
+        kept = FIRST_TIER_CASES.get(key)
+        if item.get_closest_marker("slurm") or \
+                (params is not None and params.params.get("mpi") == "openmpi") or \
+                (kept is not None and not any(case in item.name for case in kept)):
+            item.add_marker(pytest.mark.full)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def mpi(request):
     """The MPI implementation run_job launches with (MPICH unless parametrized)."""
