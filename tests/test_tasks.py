@@ -3,21 +3,17 @@ gpt, per-position targets with ignored padding), a regression head (float target
 user's loss: honest ranks agree and the audit replays every iteration bit for bit, the final
 model is single-process training's (tests/single_process.py), a cheater is removed and nobody
 else, and resume after a signal is byte-identical."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import single_process
-from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
+from conftest import read_json, read_jsonl
+from user_runs import audit_all, job, made_once, protocol_records
+
+import taskdata  # noqa: E402  (tests/helpers, on the path through user_runs)
 
 pytestmark = pytest.mark.slow
-
-HELPERS = os.path.join(ROOT, "tests", "helpers")
-sys.path.insert(0, HELPERS)
-import taskdata  # noqa: E402  (tests/helpers)
 
 GPT = ["--model", "gpt", "--model-args", "n_layer=1,n_head=2,n_embd=16,dropout=0.1"]
 # task: (data kind, ranks, options, fake rank and mode). 5 ranks with 201-line blocks make
@@ -46,22 +42,10 @@ def args(task_data, task, out, *extra):
             "--block-lines", "201", "--blocks", "8", "--checkpoint-every", "3", *map(str, extra)]
 
 
-def job(ranks, argv, **kw):
-    return run_job(ranks, argv, path=[HELPERS], **kw)
-
-
 @pytest.fixture(scope="module")
 def honest(task_data, tmp_path_factory):
-    made = {}
-
-    def get(task):
-        if task not in made:
-            out = tmp_path_factory.mktemp(task) / "run"
-            r = job(TASKS[task][1], args(task_data, task, out))
-            assert r.returncode == 0, r.stdout + r.stderr
-            made[task] = out
-        return made[task]
-    return get
+    return made_once(tmp_path_factory,
+                     lambda task, out: (TASKS[task][1], args(task_data, task, out)))
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -69,10 +53,7 @@ def test_honest_run_agrees_audits_and_equals_single_process_training(task, hones
     out = honest(task)
     s = read_json(out / "summary.json")
     assert s["removed"] == [] and s["checks"] == {"agree": 8, "fake": 0, "dispute": 0}
-    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
-    assert r.returncode == 0 and "8 reproduced bit for bit" in r.stdout, r.stdout + r.stderr
+    audit_all(out)
     cfg, ledger = read_json(out / "config.json"), read_jsonl(out / "ledger.jsonl")
     single_process.assert_matches(out, task_data[TASKS[task][0]][0], cfg, ledger)
     init = torch.load(out / "model_init.pt", weights_only=True)
@@ -116,8 +97,4 @@ def test_resume_after_a_signal_is_byte_identical(task, honest, task_data, tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     one_go = honest(task)
     assert (out / "model_final.pt").read_bytes() == (one_go / "model_final.pt").read_bytes()
-    strip = ("hash", "prev", "checkpoint")
-    assert [{k: v for k, v in rec.items() if k not in strip}
-            for rec in read_jsonl(out / "ledger.jsonl")] == \
-        [{k: v for k, v in rec.items() if k not in strip}
-         for rec in read_jsonl(one_go / "ledger.jsonl")]
+    assert protocol_records(out) == protocol_records(one_go)

@@ -3,9 +3,6 @@
 guarantees, on fragments of unequal size: honest ranks agree, a cheater is removed and nobody
 else, the audit replays every iteration, resume is byte-identical, and the final weights and
 buffers are single-process training's, bit for bit."""
-import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -13,12 +10,11 @@ import pytest
 import torch
 
 import single_process
-from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
+from conftest import read_json, read_jsonl
+from user_runs import audit_all, job, made_once, protocol_records
 
 pytestmark = pytest.mark.slow
 
-HELPERS = os.path.join(ROOT, "tests", "helpers")
-sys.path.insert(0, HELPERS)  # the single-process reference builds the same models here
 # model: (ranks, fake rank, its mode). 5 ranks with 201-line blocks: fragments of 101 and 100
 # lines; 7 ranks: 51, 50, 50, 50. Rank 4 of 5 (6 of 7) is a control in iteration 0, rank 2 a
 # worker the random checks find later.
@@ -38,32 +34,11 @@ def args(small_data, out, model, *extra):
             "--checkpoint-every", "3", *map(str, extra)]
 
 
-def job(ranks, argv, **kw):
-    return run_job(ranks, argv, path=[HELPERS], **kw)
-
-
-def audit_all(out):
-    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
-    assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
-    assert "8 reproduced bit for bit" in r.stdout, r.stdout
-    return r.stdout
-
-
 @pytest.fixture(scope="module")
 def honest(small_data, tmp_path_factory):
     """One honest run per model, made once (the resume test compares against it)."""
-    made = {}
-
-    def get(model):
-        if model not in made:
-            out = tmp_path_factory.mktemp(model) / "run"
-            r = job(MODELS[model][0], args(small_data, out, model))
-            assert r.returncode == 0, r.stdout + r.stderr
-            made[model] = out
-        return made[model]
-    return get
+    return made_once(tmp_path_factory,
+                     lambda model, out: (MODELS[model][0], args(small_data, out, model)))
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -118,12 +93,6 @@ def test_resume_after_a_signal_is_byte_identical(model, honest, small_data, tmp_
     assert read_json(out / "summary.json")["status"] == "complete"
     assert (out / "model_final.pt").read_bytes() == (one_go / "model_final.pt").read_bytes()
     assert protocol_records(out) == protocol_records(one_go)
-
-
-def protocol_records(out):
-    """Ledger records without what legitimately differs: hashes and checkpoint fingerprints."""
-    return [{k: v for k, v in rec.items() if k not in ("hash", "prev", "checkpoint")}
-            for rec in read_jsonl(out / "ledger.jsonl")]
 
 
 def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):

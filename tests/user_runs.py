@@ -1,0 +1,45 @@
+"""Shared by the end-to-end tests of users' models and tasks (test_user_models, test_tasks):
+launching with tests/helpers on the path, `audit --all`, the protocol records of a ledger, and
+honest runs made once per key."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, RUN_TIMEOUT, read_jsonl, run_job
+
+HELPERS = os.path.join(ROOT, "tests", "helpers")
+sys.path.insert(0, HELPERS)  # the single-process reference builds the same models here
+
+
+def job(ranks, argv, **kw):
+    return run_job(ranks, argv, path=[HELPERS], **kw)
+
+
+def audit_all(out, iterations=8):
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
+    assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
+    assert f"{iterations} reproduced bit for bit" in r.stdout, r.stdout
+    return r.stdout
+
+
+def protocol_records(out):
+    """Ledger records without what legitimately differs: hashes and checkpoint fingerprints."""
+    return [{k: v for k, v in rec.items() if k not in ("hash", "prev", "checkpoint")}
+            for rec in read_jsonl(out / "ledger.jsonl")]
+
+
+def made_once(tmp_path_factory, launch):
+    """get(key): the run directory of `launch(key, out)` (ranks, argv), run the first time."""
+    made = {}
+
+    def get(key):
+        if key not in made:
+            out = tmp_path_factory.mktemp(key) / "run"
+            ranks, argv = launch(key, out)
+            r = job(ranks, argv)
+            assert r.returncode == 0, r.stdout + r.stderr
+            made[key] = out
+        return made[key]
+    return get
