@@ -182,8 +182,11 @@ class Dataset:
     train: Split
     test: Split | None
     line_shape: tuple
-    n_classes: int
     task: Task
+
+    @property
+    def n_classes(self) -> int:
+        return self.task.n_classes
 
 
 def resolve(cfg: RunConfig) -> Dataset:
@@ -209,29 +212,29 @@ def resolve(cfg: RunConfig) -> Dataset:
         if held >= 1 and found.lines - held >= 1:
             train = Split(cfg.data_path, 0, found.lines - held)
             test = Split(cfg.data_path, found.lines - held, found.lines)
-    return Dataset(train, test, found.line_shape, *_task(cfg, seen))
+    return Dataset(train, test, found.line_shape, _task(cfg, seen))
 
 
-def _task(cfg: RunConfig, seen: list) -> tuple:
-    """(n_classes, Task) from the inspected files."""
+def _task(cfg: RunConfig, seen: list) -> Task:
+    """The task the inspected files pose."""
     first = seen[0]
     loss = choose_loss(cfg.loss, first.targets)
     declared = [s.classes for s in seen if s.classes is not None]
     top_token = max(s.top_token for s in seen)
+    top_label = max(s.top_label for s in seen)
     if first.targets == "classes":
-        n = declared[0] if declared else max(s.top_label for s in seen) + 1
+        n = declared[0] if declared else top_label + 1
         if first.inputs == "tokens" and first.target_shape:
             n = max(n, top_token + 1)  # a language model: one vocabulary in and out
-        if declared and max(s.top_label for s in seen) >= declared[0]:
-            raise ConfigError(f"a class target reaches {max(s.top_label for s in seen)}, outside "
-                              f"the {declared[0]} classes the data file declares")
+        if declared and top_label >= declared[0]:
+            raise ConfigError(f"a class target reaches {top_label}, outside the {declared[0]} "
+                              "classes the data file declares")
         n = max(n, 2)
     else:
         n = 0
     vocab = max(top_token + 1, declared[0] if declared and first.inputs == "tokens" else 0)
-    task = Task(first.inputs, first.targets, first.target_shape, n, loss, cfg.ignore_index,
+    return Task(first.inputs, first.targets, first.target_shape, n, loss, cfg.ignore_index,
                 vocab, first.bytes_per_token)
-    return n, task
 
 
 # ---- prepare synthetic ---------------------------------------------------------------------
