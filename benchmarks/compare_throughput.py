@@ -6,8 +6,8 @@ GB/s = bytes of the three float32 vectors read (12 n) / best time of --repeat ru
   copy    torch clone of the three vectors: the memory-bandwidth ceiling (it also writes them)
   naive   torch, verify.compare's steps per pair: bitwise equality, isfinite, float64
           subtraction and norms, each a separate pass
-  fused   podlt_mpi.kernels.fused.three_way (numpy, chunked, one pass)
-  triton  podlt_mpi.kernels.triton_compare (CUDA only; the interpreter is no benchmark)
+  fused   podlt_mpi.core.fused.three_way (numpy, chunked, one pass)
+  triton  podlt_mpi.compute.triton_compare (CUDA only; the interpreter is no benchmark)
 The vectors all differ pairwise (1% one-ulp flips, one non-finite entry), so no method can
 shortcut on identical bits: the worst case. CPU runs use --threads torch threads (default 1:
 the fused path is single-threaded too, and the machine may be shared).
@@ -19,7 +19,8 @@ import time
 import numpy as np
 import torch
 
-from podlt_mpi.kernels import fused, triton_compare
+from podlt_mpi.compute import triton_compare
+from podlt_mpi.core import fused
 
 PAIRS = fused.PAIRS
 

@@ -3,7 +3,7 @@
 usage:: mpiexec -n N python benchmarks/ddp_peer.py --data F.h5 --model mlp --block-lines 1000
             --iterations 40 --warmup 5 --result out.json
 
-The same model, initial weights (podlt_mpi.models.build), Adam and blocks of lines as the
+The same model, initial weights (podlt_mpi.compute.models.build), Adam and blocks of lines as the
 PoDLT job; every rank reads its own 1/N of each block from the file (no manager) and DDP
 all-reduces the gradients during backward. MPI only supplies the ranks and a rendezvous file;
 gloo moves the gradients. Rank 0 writes the timings (the slowest rank's, per part) as JSON.
@@ -22,8 +22,8 @@ import torch.distributed as dist
 from mpi4py import MPI
 from torch import nn
 
-from podlt_mpi import models, training
-from podlt_mpi.data import Reader
+from podlt_mpi.compute import models, training
+from podlt_mpi.io.data import Reader
 
 
 def main():

@@ -8,7 +8,7 @@ site-packages (about 13 MB on CPython 3.11), cut by `prepare text --seq-len 128`
 129 bytes; the last 10% of the lines are the test set. The model is `--model gpt` with 4 layers,
 4 heads, 128-wide embeddings, dropout 0.1 (0.84M parameters). Every variant trains on the same
 blocks in the same seeded order from the same initial weights with AdamW and the same cosine
-rate with warm-up per iteration (podlt_mpi.rates); the one-process loop takes each block as one
+rate with warm-up per iteration (podlt_mpi.core.rates); the one-process loop takes each block as one
 batch. All are evaluated on the whole test set (loss in nats per byte, bits per byte, next-byte
 accuracy) with the model in eval mode. `--write` appends the table to benchmarks/RESULTS.md.
 """
@@ -72,7 +72,9 @@ def one_process(a) -> dict:
     import numpy as np
     import torch
 
-    from podlt_mpi import config, data, losses, models, rates, schedule, training
+    from podlt_mpi.compute import losses, models, training
+    from podlt_mpi.core import config, rates, schedule
+    from podlt_mpi.io import data
     cfg = config.parse_args(recipe(a))
     ds = data.resolve(cfg)
     training.set_determinism(2, exact=False)  # two threads: the machine's cores

@@ -35,7 +35,8 @@ sys.path[:0] = [HERE, ROOT]
 import overhead  # noqa: E402
 from compare_throughput import best, make, size  # noqa: E402
 
-from podlt_mpi.kernels import fused, triton_compare  # noqa: E402
+from podlt_mpi.compute import triton_compare  # noqa: E402
+from podlt_mpi.core import fused
 
 
 def compare_rows(sizes, dev, repeat):
@@ -66,8 +67,8 @@ def compare_rows(sizes, dev, repeat):
 FRAGMENTS = r"""
 import sys
 import numpy as np, torch
-from podlt_mpi import models, training
-from podlt_mpi.layout import Layout, host
+from podlt_mpi.compute import models, training
+from podlt_mpi.compute.layout import Layout, host
 model_name, dev, count, lines, path = sys.argv[1:6]
 training.set_determinism(1)
 model = models.build(model_name, (1, 28, 28), 10, 0).to(dev)
@@ -97,7 +98,7 @@ def rel(a, b):
 
 def bf16_cheat(model_name, dev):
     """A lowprec fake's distance from the honest gradient on the same device, for scale."""
-    from podlt_mpi import faults, models, training
+    from podlt_mpi.compute import faults, models, training
     training.set_determinism(1)
     model = models.build(model_name, (1, 28, 28), 10, 0).to(dev)
     g = np.random.default_rng(5)

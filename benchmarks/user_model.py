@@ -6,7 +6,7 @@ usage:: python benchmarks/user_model.py [--ranks 8] [--epochs 20] [--lr-drops 15
 
 The one-process run takes the job's recipe: the same initial weights (--seed), the same blocks
 in the same seeded order, each block one batch, Adam at the same rate per iteration
-(podlt_mpi.rates), BatchNorm and dropout as torch has them in training mode. The job computes
+(podlt_mpi.core.rates), BatchNorm and dropout as torch has them in training mode. The job computes
 each block as fragments on its workers (BatchNorm normalises over a fragment, dropout draws from
 the fragment's seed) and steps on their line-weighted mean. Both are evaluated on the 10,000 test
 images with the model in eval mode (running statistics, no dropout).
@@ -49,9 +49,10 @@ def one_process(a) -> dict:
     import h5py
     import torch
 
-    from podlt_mpi import losses, models, rates, schedule, training
-    from podlt_mpi.tasks import classification
-    from podlt_mpi.config import parse_args
+    from podlt_mpi.compute import losses, models, training
+    from podlt_mpi.core import rates, schedule
+    from podlt_mpi.core.config import parse_args
+    from podlt_mpi.core.tasks import classification
     sys.path.insert(0, HERE)
     cfg = parse_args(recipe(a))
     training.set_determinism(1)

@@ -19,21 +19,21 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     if command == "prepare":
-        from .prepare import main as prepare
+        from podlt_mpi.tools.prepare import main as prepare
         return prepare(argv)
     if command == "audit":
-        from .audit import main as audit
+        from podlt_mpi.tools.audit import main as audit
         return audit(argv)
     if command == "report":
-        from .report import main as report
+        from podlt_mpi.tools.report import main as report
         return report(argv)
     if command == "simulate":
-        from .simulate import main as simulate
+        from podlt_mpi.tools.simulate import main as simulate
         return simulate(argv)
-    from .job import run
+    from podlt_mpi.run.job import run
     code = run(argv)
     if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2
-        from .comm import finish
+        from podlt_mpi.dist.comm import finish
         finish(code)
     return code
 

@@ -4,9 +4,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import mpi_impls
+import pytest
 
 # Triton reads this once, when it is first imported, and torch imports it as a side effect
 # (torch.load does): set it before any test runs, or the interpreter tests of the fused
@@ -126,7 +125,7 @@ def read_jsonl(path):
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     """2400 training and 400 test lines of the synthetic task."""
-    from podlt_mpi import data
+    from podlt_mpi.io import data
     folder = tmp_path_factory.mktemp("data")
     path = str(folder / "small.h5")
     data.prepare_synthetic(path, lines=2400, test_lines=400)

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from podlt_mpi import models, protocol, rates
-from podlt_mpi.config import model_kwargs
-from podlt_mpi.tasks import Task
+from podlt_mpi.compute import models
+from podlt_mpi.core import rates
+from podlt_mpi.core.config import model_kwargs
+from podlt_mpi.core.tasks import Task
+from podlt_mpi.dist import messages
 
 
 def flat(tensors):
@@ -64,7 +66,7 @@ def train(model, opt, x, y, records, cfg, total):
         for s, e in applied:
             for n in before:
                 buffers[n].data.copy_(before[n])
-            seed = protocol.fragment_seed(cfg["seed"], it, s, e)
+            seed = messages.fragment_seed(cfg["seed"], it, s, e)
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)

@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import read_json, run_job
 
 pytestmark = pytest.mark.slow
@@ -34,7 +33,7 @@ def with_fakes(small_data, tmp_path_factory):
 
 
 def audit(run_dir, sample=None):
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     return Audit(run_dir).run(sample=sample)
 
 
@@ -47,7 +46,7 @@ def test_audit_all_passes_on_an_honest_run_and_replays_every_iteration(honest):
 
 
 def test_a_sample_replays_from_the_nearest_checkpoint_not_from_the_start(honest):
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     a = Audit(honest)
     a.check_chain()
     a.build()
@@ -79,7 +78,7 @@ def test_audit_all_passes_with_caught_fakes_and_attributes_their_contributions(w
 def edited(src, dst, iteration, edit, reseal=False, follow_checkpoints=True):
     """Copy a run and change record `iteration` of its ledger (resealing the chain, and moving
     the checkpoints after it onto the new chain, if asked)."""
-    from podlt_mpi import ledger
+    from podlt_mpi.core import ledger
     shutil.copytree(src, dst)
     path = os.path.join(dst, "ledger.jsonl")
     records, _ = ledger.read(path)
@@ -101,7 +100,7 @@ def move_checkpoints(run, records, iteration):
     is outside their fingerprint, so a forger can rewrite it too."""
     import torch
 
-    from podlt_mpi import checkpoint
+    from podlt_mpi.run import checkpoint
     for n, path in checkpoint.available(os.path.join(run, "checkpoints")):
         if n - 1 >= iteration:
             blob = torch.load(path, weights_only=True)
@@ -159,7 +158,7 @@ def test_only_the_published_head_catches_a_ledger_and_summary_rewritten_together
     s["ledger_head"] = json.loads(open(os.path.join(run, "ledger.jsonl")).readlines()[-1])["hash"]
     with open(path, "w") as f:
         json.dump(s, f)
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     assert Audit(run).run(sample=0)["passed"]  # consistent files, no replay of iteration 3
     rep = Audit(run).run(sample=0, expect_head=head)
     assert [p["check"] for p in rep["problems"]] == ["ledger_head"]
@@ -172,7 +171,7 @@ def test_checkpoints_left_on_the_old_chain_betray_a_resealed_ledger(honest, tmp_
     without the published head."""
     run = edited(honest, str(tmp_path / "run"), 3, FIELD_EDITS["loss"], reseal=True,
                  follow_checkpoints=False)
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     rep = Audit(run).run(sample=0)
     found = [p for p in rep["problems"] if p["check"] == "checkpoint"]
     assert found and all("continues a different ledger" in p["message"] for p in found)
@@ -189,7 +188,8 @@ def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):
 def test_a_changed_checkpoint_is_found_and_refused_by_resume(honest, tmp_path):
     import torch
 
-    from podlt_mpi import checkpoint, ledger, resume
+    from podlt_mpi.core import ledger
+    from podlt_mpi.run import checkpoint, resume
     run = str(tmp_path / "run")
     shutil.copytree(honest, run)
     path = checkpoint.path_for(os.path.join(run, "checkpoints"), 8)

@@ -6,8 +6,9 @@ import pickle
 import pytest
 import torch
 
-from podlt_mpi import checkpoint, credits, resume
-from podlt_mpi.config import ConfigError, parse_args, resumed
+from podlt_mpi.core import credits
+from podlt_mpi.core.config import ConfigError, parse_args, resumed
+from podlt_mpi.run import checkpoint, resume
 
 
 def state(seed=0):

@@ -6,8 +6,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from podlt_mpi import config
-from podlt_mpi.config import ConfigError, RunConfig, parse_args
+from podlt_mpi.core import config
+from podlt_mpi.core.config import ConfigError, RunConfig, parse_args
 
 
 def test_every_option_is_in_exactly_one_help_group():

@@ -3,14 +3,13 @@ the launchers' environments are given as dictionaries (only the last test asks e
 in a child process)."""
 import subprocess
 
+import mpi_impls
 import pytest
 import torch
 from torch import nn
 
-import mpi_impls
-
-from podlt_mpi import devices, models, training
-from podlt_mpi.config import ConfigError, parse_args
+from podlt_mpi.compute import devices, models, training
+from podlt_mpi.core.config import ConfigError, parse_args
 
 
 @pytest.mark.parametrize("env,rank,want", [
@@ -153,7 +152,7 @@ def test_the_mpi_library_is_asked_about_cuda_buffers(name):
     """Both MPIs here are built without CUDA and say so; --cuda-aware-mpi warns on that answer
     (None would mean the library has no MPIX_Query_cuda_support to ask)."""
     impl = mpi_impls.get(name)
-    r = subprocess.run([impl.python, "-c", "from podlt_mpi import comm; print(comm.cuda_support())"],
+    r = subprocess.run([impl.python, "-c", "from podlt_mpi.dist import comm; print(comm.cuda_support())"],
                        capture_output=True, text=True, timeout=120, cwd=mpi_impls.ROOT,
                        env=impl.environ({"PYTHONPATH": mpi_impls.ROOT}))
     assert r.returncode == 0, r.stderr

@@ -3,9 +3,9 @@ import math
 import os
 
 import pytest
-
 from conftest import read_json, read_jsonl, run_job
-from podlt_mpi.config import FAKE_MODES
+
+from podlt_mpi.core.config import FAKE_MODES
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
     assert again[0]["lines"] == check["lines"] and sorted(step["agrees"]) == sorted([4, *step["rechecks"]])
     assert sum(e - s for s, e in first["applied"]) == 200  # the block lost nothing
     assert removed_ranks(out) == [2, 5]
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     rep = Audit(out).run(sample=None)
     assert rep["passed"], rep["problems"]
 
@@ -172,7 +172,7 @@ def test_several_checks_per_iteration(job_args, tmp_path):
     s = read_json(os.path.join(out, "summary.json"))
     assert removed_ranks(out) == [3]
     assert sum(s["checks"].values()) == 2 * len(ledger)
-    from podlt_mpi.audit import Audit
+    from podlt_mpi.tools.audit import Audit
     rep = Audit(out).run(sample=None)
     assert rep["passed"], rep["problems"]
     assert rep["credits"] == s["credits"]

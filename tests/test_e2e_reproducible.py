@@ -2,9 +2,8 @@
 import os
 
 import pytest
-import torch
-
 import single_process
+import torch
 from conftest import read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ import shutil
 import time
 
 import pytest
-
 from conftest import ROOT, read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from podlt_mpi import training
-from podlt_mpi.config import ConfigError, fake_modes, parse_args
-from podlt_mpi.faults import Faker
-from podlt_mpi.layout import Layout, host
-from podlt_mpi.models import build
+from podlt_mpi.compute import training
+from podlt_mpi.compute.faults import Faker
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.compute.models import build
+from podlt_mpi.core.config import ConfigError, fake_modes, parse_args
 
 
 def test_one_mode_for_all_or_one_per_rank():

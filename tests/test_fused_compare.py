@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from mpi_impls import unavailable
-from podlt_mpi import verify
-from podlt_mpi.kernels import fused
+
+from podlt_mpi.core import fused, verify
 
 MODES = [("exact", 1e-5, 0.0), ("tolerance", 1e-5, 0.0), ("tolerance", 0.0, 1e-3)]
 U32 = np.uint32
@@ -172,9 +171,9 @@ def tc():
     except ImportError:
         _skip("triton not installed (optional extra: pip install .[triton]); the CPU path is "
               "tested above")
-    from podlt_mpi.kernels import triton_compare
+    from podlt_mpi.compute import triton_compare
     if not triton_compare.INTERPRETED:
-        _skip("podlt_mpi.kernels.triton_compare was imported earlier without the interpreter")
+        _skip("podlt_mpi.compute.triton_compare was imported earlier without the interpreter")
     return triton_compare
 
 
@@ -216,7 +215,7 @@ def test_triton_on_empty_vectors(tc):
 
 
 def test_cpu_devices_get_the_numpy_pass():
-    from podlt_mpi import kernels
+    from podlt_mpi.compute import kernels
     assert kernels.for_device("cpu") is fused.three_way
     assert kernels.for_device(torch.device("cpu"), 1000) is fused.three_way
 
@@ -224,8 +223,7 @@ def test_cpu_devices_get_the_numpy_pass():
 def test_a_kernel_that_cannot_compile_falls_back_to_the_numpy_pass(monkeypatch, caplog):
     """A GPU manager whose Triton cannot build the kernel (no C compiler, a ptxas too old for
     the GPU) still compares votes, on the CPU, and says so instead of ending the job."""
-    from podlt_mpi import kernels
-    from podlt_mpi.kernels import triton_compare
+    from podlt_mpi.compute import kernels, triton_compare
 
     def broken(*a, **k):
         raise RuntimeError("ptxas fatal: Value 'sm_90a' is not defined for option 'gpu-name'")

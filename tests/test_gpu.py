@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, read_json, run_job
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -31,7 +30,7 @@ def python(code, *args, env=ENV):
 GRADIENT = r"""
 import json, sys
 import numpy as np, torch
-from podlt_mpi import models, training
+from podlt_mpi.compute import models, training
 training.set_determinism(1)
 model = models.build(sys.argv[1], (1, 28, 28), 10, 0).to(sys.argv[2])
 g = np.random.default_rng(3)
@@ -63,8 +62,9 @@ def test_honest_gpu_ranks_agree_bit_for_bit_and_stay_near_the_cpu(model, tmp_pat
 
 KERNEL = r"""
 import numpy as np
-from podlt_mpi import kernels
-from podlt_mpi.kernels import fused, triton_compare
+from podlt_mpi.compute import kernels
+from podlt_mpi.compute import triton_compare
+from podlt_mpi.core import fused
 assert triton_compare.available() and not triton_compare.INTERPRETED
 g = np.random.default_rng(0)
 a = g.standard_normal(10_000_019).astype(np.float32)
@@ -84,7 +84,7 @@ print("ok")
 
 
 def needs_triton():
-    from podlt_mpi.kernels import triton_compare
+    from podlt_mpi.compute import triton_compare
     if triton_compare.triton is None:
         pytest.skip("triton is not installed")
 
@@ -97,8 +97,8 @@ def test_triton_kernel_on_the_gpu_matches_the_cpu_pass():
 WARM = r"""
 import sys, time
 import numpy as np, torch
-from podlt_mpi import kernels
-from podlt_mpi.kernels import triton_compare  # noqa: F401  (imports stay out of the timings,
+from podlt_mpi.compute import kernels
+from podlt_mpi.compute import triton_compare  # noqa: F401  (imports stay out of the timings,
 torch.zeros(1, device="cuda")                 # and so does CUDA's own start-up)
 n = 1_000_003  # odd: Triton specialises on n % 16, so a warm-up at another length would miss
 t = time.perf_counter(); fn = kernels.for_device("cuda", n); cold = time.perf_counter() - t

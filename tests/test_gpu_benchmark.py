@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.py")

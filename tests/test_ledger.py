@@ -1,7 +1,7 @@
 """The ledger's hash chain catches edits, insertions, drops and reordering."""
 import json
 
-from podlt_mpi import ledger
+from podlt_mpi.core import ledger
 
 
 def build(path, n=5):

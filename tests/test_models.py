@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from podlt_mpi import models, schedule, training
-from podlt_mpi.config import ConfigError
-from podlt_mpi.layout import Layout, host
+from podlt_mpi.compute import models, training
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.core import schedule
+from podlt_mpi.core.config import ConfigError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
 import badmodels  # noqa: E402

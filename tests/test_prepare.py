@@ -8,7 +8,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ROOT, read_json, run_job
 from mpi_impls import unavailable
 
@@ -158,7 +157,7 @@ def test_npz_converts_and_names_missing_arrays(tmp_path):
 
 @pytest.mark.slow
 def test_debians_fashion_mnist_converts_and_trains(tmp_path):
-    from podlt_mpi.prepare import FASHION_MNIST
+    from podlt_mpi.tools.prepare import FASHION_MNIST
     if not os.path.isdir(FASHION_MNIST):
         unavailable("data", f"{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist")
     r = run_prepare("fashion-mnist", "--out", tmp_path / "fm")

@@ -1,5 +1,5 @@
 """The final table stays readable at 1,000 ranks: removed ranks, then the rest in one line."""
-from podlt_mpi.progress import FULL_TABLE, final_table
+from podlt_mpi.run.progress import FULL_TABLE, final_table
 
 
 def summary(ranks, removed=()):

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
-from podlt_mpi import report
+
+from podlt_mpi.tools import report
 
 pytestmark = pytest.mark.slow
 

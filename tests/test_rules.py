@@ -1,8 +1,8 @@
 """The protocol rules that the manager, the audit, the simulator, the report and resume share."""
 import pytest
 
-from podlt_mpi import ledger, rules
-from podlt_mpi.rules import Outcome
+from podlt_mpi.core import ledger, rules
+from podlt_mpi.core.rules import Outcome
 
 
 @pytest.mark.parametrize("controls, checks, active, workers8", [

@@ -4,7 +4,7 @@ import collections
 import numpy as np
 import pytest
 
-from podlt_mpi import schedule
+from podlt_mpi.core import schedule
 
 
 @pytest.mark.parametrize("start,stop,parts", [(0, 1000, 47), (1000, 2000, 48), (0, 7, 7),
@@ -104,7 +104,7 @@ def test_shuffled_blocks_visit_every_block_once_per_epoch_in_a_seeded_order():
 
 
 def test_runs_from_before_the_option_keep_file_order():
-    from podlt_mpi.config import RunConfig, saved_options
+    from podlt_mpi.core.config import RunConfig, saved_options
     assert RunConfig().shuffle_blocks is True
     old = RunConfig(**saved_options({"seed": 3, "epochs": 2}))
     assert schedule.shuffle_seed(old) is None

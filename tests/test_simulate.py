@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from podlt_mpi import guarantees
-from podlt_mpi.simulate import simulate
+from podlt_mpi.core import guarantees
+from podlt_mpi.tools.simulate import simulate
 
 
 def test_closed_form_values():

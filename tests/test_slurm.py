@@ -11,9 +11,8 @@ import shutil
 import subprocess
 import time
 
-import pytest
-
 import mpi_impls
+import pytest
 from conftest import ROOT, read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

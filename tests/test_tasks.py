@@ -5,13 +5,11 @@ model is single-process training's (tests/single_process.py), a cheater is remov
 else, and resume after a signal is byte-identical."""
 
 import pytest
-import torch
-
 import single_process
+import taskdata  # noqa: E402  (tests/helpers, on the path through user_runs)
+import torch
 from conftest import read_json, read_jsonl
 from user_runs import audit_all, job, made_once, protocol_records
-
-import taskdata  # noqa: E402  (tests/helpers, on the path through user_runs)
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from podlt_mpi import data, losses, models, training
-from podlt_mpi.config import ConfigError, RunConfig, model_kwargs, parse_args
-from podlt_mpi.faults import Faker
-from podlt_mpi.layout import Layout
-from podlt_mpi.tasks import Task, choose_loss, classification, figures_text
-
 from conftest import ROOT
+
+from podlt_mpi.compute import losses, models, training
+from podlt_mpi.compute.faults import Faker
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core.config import ConfigError, RunConfig, model_kwargs, parse_args
+from podlt_mpi.core.tasks import Task, choose_loss, classification, figures_text
+from podlt_mpi.io import data
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
 import taskdata  # noqa: E402

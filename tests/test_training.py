@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from podlt_mpi import rates, training
-from podlt_mpi.config import ConfigError, parse_args
-from podlt_mpi.layout import Layout, host
-from podlt_mpi.models import build
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.compute.models import build
+from podlt_mpi.core import rates
+from podlt_mpi.core.config import ConfigError, parse_args
 
 
 def rate_of(argv, iteration, epoch=0, total=10):
@@ -166,7 +167,7 @@ def test_the_mean_of_fragment_gradients_is_the_batch_gradient_within_rounding():
     per-line gradient (4: forward and backward, on both sides). Measured on an Intel x86-64:
     at most 0.20 of the bound (1126 u S_j of 5472); a combination weighting the fragments
     equally instead of by their lines is 31x over it."""
-    from podlt_mpi import data
+    from podlt_mpi.io import data
     torch.set_num_threads(1)
     x, y = (torch.from_numpy(a) for a in data.synthetic(200, 0))
     model = build("mlp", (784,), 10, seed=0)

@@ -7,9 +7,8 @@ buffers are single-process training's, bit for bit."""
 import h5py
 import numpy as np
 import pytest
-import torch
-
 import single_process
+import torch
 from conftest import read_json, read_jsonl
 from user_runs import audit_all, job, made_once, protocol_records
 
@@ -100,8 +99,9 @@ def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
     equals, within 1 point, the accuracy with statistics recomputed over the training lines
     with the final weights (48 iterations: momentum 0.1 leaves 0.9^48 < 1% of the start).
     4000 test lines, so that 1 point is 40 lines, not the noise of a few."""
-    from podlt_mpi import data, losses, models
-    from podlt_mpi.tasks import classification
+    from podlt_mpi.compute import losses, models
+    from podlt_mpi.core.tasks import classification
+    from podlt_mpi.io import data
     test_path = str(tmp_path / "test.h5")
     data.write_h5(test_path, *data.synthetic(4000, 7))
     out = tmp_path / "run"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from podlt_mpi import verify
+from podlt_mpi.core import verify
 
 
 def g(seed, n=1000):

@@ -2,7 +2,7 @@
 import h5py
 import numpy as np
 
-from podlt_mpi import data
+from podlt_mpi.io import data
 
 
 def tokens(path, lines, seq=8, vocab=24, seed=0, pad=True):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from podlt_mpi import comm as mpi
+from podlt_mpi.dist import comm as mpi
 
 pytestmark = pytest.mark.mpi(min_size=4)
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from podlt_mpi import comm as mpi
-from podlt_mpi import comm_tags as tags
-from podlt_mpi import models, schedule, timing, worker
-from podlt_mpi.config import RunConfig
-from podlt_mpi.faults import Faker
-from podlt_mpi.layout import Layout, host
+from podlt_mpi.compute import models
+from podlt_mpi.compute.faults import Faker
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.core import schedule, timing
+from podlt_mpi.core.config import RunConfig
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import tags
+from podlt_mpi.run import worker
 
 pytestmark = pytest.mark.mpi(min_size=4)
 
@@ -33,7 +35,7 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
     waiter = mpi.Waiter("sleep", timeout=60)
     seen = []
     if rank == 0:
-        from podlt_mpi.manager import Manager
+        from podlt_mpi.run.manager import Manager
         m = Manager.__new__(Manager)  # only the exchange is exercised: no files, no data file
         m.comm, m.model, m.waiter, m.out = comm, model, waiter, "-"
         m.layout = Layout(model)

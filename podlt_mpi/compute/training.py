@@ -1,0 +1,160 @@
+"""The computation every rank does (a fragment's gradient and buffers) and the manager's step.
+No MPI. What travels, and in which order, is layout.py's.
+"""
+from __future__ import annotations
+
+import os
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from podlt_mpi.compute.layout import Layout, host, pieces
+from podlt_mpi.compute.losses import cross_entropy
+
+
+def set_determinism(threads: int, exact: bool = True) -> None:
+    """Same threads and deterministic kernels on every rank, so honest ranks agree bit for bit.
+
+    exact mode: an op with no deterministic kernel raises (the job's probe turns that into bad
+    input). tolerance mode: such an op only warns, since its rounding noise (~1e-7 relative) is
+    far inside --rtol. TF32 stays off in both: its 1e-3 error is the size of the bf16 cheat that
+    the tolerance exists to catch.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: cuBLAS
+    torch.set_num_threads(threads)                                 # reads it once
+    torch.use_deterministic_algorithms(True, warn_only=not exact)
+    torch.backends.cudnn.benchmark = False  # autotuning may pick different kernels per rank
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def fragment_rng(seed: int, device):
+    """Every generator a model may draw from, seeded for one fragment, then put back as it was.
+
+    The seed comes from the run's seed, the iteration and the fragment's lines (protocol.
+    fragment_seed), never the rank: the checked worker, its controls, a recheck, the manager's
+    referee and the audit's replay all draw the same dropout masks.
+    """
+    device = torch.device(device)
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the CPU generator and every CUDA device's
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+
+
+def fragment(model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
+             seed: int, loss_fn=None) -> tuple:
+    """(answer vector on the model's device, mean loss) for the lines x, y: the gradient of the
+    fragment's mean loss (`loss_fn(output, y)`, losses.py; default cross-entropy), the float
+    buffers the forward pass left and the counters' change.
+
+    Runs in training mode under `fragment_rng(seed)` and puts the buffers back afterwards, so
+    the model is as it was: a fake rank may compute again from the same state.
+    """
+    dev = device_of(model)
+    saved = layout.snapshot()
+    model.zero_grad(set_to_none=True)
+    try:
+        with fragment_rng(seed, dev):
+            loss = (loss_fn or cross_entropy)(model(x.to(dev)), y.to(dev))
+            loss.backward()
+        answer = layout.answer(saved[len(layout.floats):])
+    finally:
+        layout.restore(saved)
+    model.zero_grad(set_to_none=True)
+    return answer, float(loss.detach())
+
+
+def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+             layout: Layout | None = None, loss_fn=None) -> tuple:
+    """`fragment` with the answer as a host float32 array."""
+    answer, loss = fragment(model, layout or Layout(model), x, y, seed, loss_fn)
+    return host(answer), loss
+
+
+def weighted_mean(vectors, counts, device="cpu") -> torch.Tensor:
+    """sum(n_i v_i) / sum(n_i): the full-batch gradient over the union of the fragments, on
+    `device` (vectors may be numpy or tensors anywhere).
+
+    Summed in the order given (callers pass fragment order) so the result is reproducible.
+    All counts 0 (every target ignored): zeros.
+    """
+    total = float(sum(counts))
+    acc = torch.zeros(len(vectors[0]), dtype=torch.float32, device=device)
+    for v, n in zip(vectors, counts):
+        if not n:
+            continue
+        acc.add_(torch.as_tensor(v).to(device), alpha=n / total)
+    return acc
+
+
+def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, answers, counts,
+                 lr: float, clip: float = 0.0, lines=None) -> None:
+    """The manager's step from the accepted fragments' answers:
+
+    - the optimizer steps at rate `lr` on the gradients' mean weighted by `counts` (what each
+      fragment's mean loss averages over, tasks.Task.weight), clipped first to L2 norm `clip`
+      (0: no clipping);
+    - float buffers become the mean of the fragments' buffers weighted by their `lines`
+      (default: counts), computed as before + the mean change, so a buffer that no pass
+      changes keeps its bits;
+    - counters advance by the (lower) median of the fragments' changes: every honest pass makes
+      the same change (one forward pass each, as single-process training makes one per step),
+      and a minority of unchecked liars cannot move it.
+    """
+    dev = device_of(model)
+    parts = [layout.split(torch.as_tensor(a).to(dev)) for a in answers]
+    mean = weighted_mean([g for g, _, _ in parts], counts, dev)
+    for p, g in pieces(mean, layout.params):
+        p.grad = g.clone()
+    if clip:
+        nn.utils.clip_grad_norm_(layout.params, clip)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        if layout.n_float:
+            buffers = layout.float_buffers()
+            before = torch.cat([b.reshape(-1).float() for b in buffers])
+            after = before + weighted_mean([f - before for _, f, _ in parts],
+                                           counts if lines is None else lines, dev)
+            for b, v in pieces(after, buffers):
+                b.copy_(v)
+        if layout.n_count:
+            step = torch.stack([c for _, _, c in parts]).median(dim=0).values.round().long()
+            for b, v in pieces(step, layout.counter_buffers()):
+                b.add_(v.to(b.dtype))
+
+
+def combined_loss(losses, counts) -> float:
+    """The block's mean loss from the fragments' mean losses (NaN where nothing counts)."""
+    total = sum(counts)
+    return sum(v * n for v, n in zip(losses, counts) if n) / total if total else float("nan")
+
+
+def make_optimizer(cfg, layout: Layout) -> torch.optim.Optimizer:
+    """The manager's optimizer over the trainable parameters (--optimizer, --lr, --momentum,
+    --nesterov, --weight-decay). The rate is set again before every step (rates.py)."""
+    params, lr, wd = layout.params, cfg.lr, cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd)

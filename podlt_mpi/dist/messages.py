@@ -1,0 +1,55 @@
+"""What travels between the manager and a rank, as plain arrays. Pure, no MPI.
+
+Secrecy lives here: a rank receives a header (command, iteration, line count, the fragment's
+random seed), the weights and its slice of the data. Nothing says whether it is a worker, a
+control, or the checked worker, and no line numbers are sent, so a control cannot tell which
+worker it is shadowing: the seed is a hash of the lines, equal for everyone who computes them and
+telling no more than the lines' own bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from podlt_mpi.dist import tags
+
+STOP, WORK = 0, 1
+HEADER_LEN = 4  # [command, iteration, lines, seed of the fragment's random generators]
+ANSWER_LEN = 3  # float64 [loss, stop signal seen (0: none), seconds spent computing], with the gradient
+
+
+def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0) -> np.ndarray:
+    return np.array([command, iteration, lines, seed], dtype=np.int64)
+
+
+def fragment_seed(run_seed: int, iteration: int, start: int, stop: int) -> int:
+    """The seed of every random draw in one fragment's pass (dropout masks and the like): from
+    the run's seed, the iteration and the fragment's lines, never the rank, so whoever computes
+    the fragment (worker, controls, a recheck, the manager, the audit) draws the same numbers.
+    63 bits, so it fits the int64 header and torch.manual_seed."""
+    digest = hashlib.sha256(f"podlt-fragment:{run_seed}:{iteration}:{start}:{stop}".encode())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
+
+
+def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
+    return np.array([loss, signal, seconds], np.float64)
+
+
+def work_messages(iteration: int, seed: int, weights: np.ndarray, x: np.ndarray,
+                  y: np.ndarray) -> list:
+    """The (tag, array) messages for one rank's slice x, y, in the order they are sent. x and y
+    travel in the types data.Reader gives them (float32 or int64; int64 or float32)."""
+    return [(tags.HEADER, header(WORK, iteration, len(y), seed)), (tags.WEIGHTS, weights),
+            (tags.X, np.ascontiguousarray(x)), (tags.Y, np.ascontiguousarray(y))]
+
+
+def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray, block_x,
+                      block_y) -> dict:
+    """rank -> its messages for this iteration, slicing the block [plan.start, plan.stop)."""
+    out = {}
+    for a in plan.assignments:
+        s, e = a.start - plan.start, a.stop - plan.start
+        seed = fragment_seed(run_seed, iteration, a.start, a.stop)
+        out[a.rank] = work_messages(iteration, seed, weights, block_x[s:e], block_y[s:e])
+    return out

@@ -1,0 +1,1 @@
+"""Files: HDF5 data (reading, validation, the default data) and atomic writes."""

@@ -1,0 +1,89 @@
+"""Every rank but 0: receive the model's state and a slice, return the answer (gradient and
+buffers, layout.py), until told to stop.
+
+A rank does not know its role; it computes whatever it is sent. A removed rank is sent STOP.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.faults import Faker
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.compute.losses import loss_function
+from podlt_mpi.core.tasks import Task, classification
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import messages, preempt, tags
+
+IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
+
+
+def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waiter,
+        on_message=None, idle_timeout: float = 0.0, cuda_aware: bool = False,
+        task: Task | None = None) -> int:
+    """Serve the manager; return how many fragments this rank computed.
+
+    `task`: the kinds of x and y that arrive and the loss (default: features and one class per
+    line, cross-entropy).
+    `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
+    `idle_timeout`: seconds to wait for the manager (0: max(IDLE_MIN, 10 x the longest pause so
+    far); evaluation and checkpoints make some pauses long).
+    `cuda_aware`: weights arrive in, and the gradient leaves from, GPU memory (a CUDA-aware MPI
+    moves them); otherwise both travel through host buffers. The manager's side stays on the
+    host either way: it hashes every byte it receives into the ledger.
+    """
+    line_size = math.prod(line_shape)
+    task = task or classification()
+    loss_fn = loss_function(task)
+    dev = training.device_of(model)
+    weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware
+               else np.empty(layout.state_size, np.float32))
+    head = np.empty(messages.HEADER_LEN, np.int64)
+    pending, done, longest = [], 0, 0.0
+    while True:
+        # Wait for the next header while our last answer drains: the manager may still be
+        # receiving it, and the buffers it reads must stay alive until it has.
+        limit = max(idle_timeout or IDLE_MIN, 10 * longest)
+        t0 = time.monotonic()
+        reqs = pending + [mpi.irecv(comm, head, 0, tags.HEADER)]
+        while True:
+            try:
+                mpi.Waiter(waiter.mode, 1.0).wait(reqs)
+                break
+            except mpi.RankTimeout:
+                if time.monotonic() - t0 > limit:
+                    raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
+                                       f"for {limit:.0f} s") from None
+        longest = max(longest, time.monotonic() - t0)
+        if on_message:
+            on_message(tags.HEADER, head.copy())
+        command, iteration, lines, seed = (int(v) for v in head)
+        if command == messages.STOP:
+            return done
+        x = np.empty((lines, line_size), task.x_dtype)
+        y = np.empty((lines, *task.target_shape), task.y_dtype)
+        waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
+                     mpi.irecv(comm, y, 0, tags.Y)])
+        if on_message:
+            seen = host(weights) if cuda_aware else weights
+            for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y)):
+                on_message(tag, arr.copy())
+        layout.load_state(weights)
+        xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
+        yt = torch.from_numpy(y).to(dev)
+        t_compute = time.perf_counter()
+        grad, loss = training.fragment(model, layout, xt, yt, seed, loss_fn)
+        if faker.active or not cuda_aware:
+            grad = np.ascontiguousarray(faker.send(host(grad), iteration, model, xt, yt, seed),
+                                        dtype=np.float32)
+        if cuda_aware:
+            grad = torch.as_tensor(grad).to(dev)
+            torch.cuda.synchronize(dev)  # MPI reads the buffer outside torch's stream order
+        # A stop signal seen here rides along with the loss: the manager may not have had one.
+        loss_buf = messages.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
+        pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
+        done += 1  # grad and loss_buf stay referenced until the next wait completes the sends

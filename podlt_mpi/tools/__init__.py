@@ -1,0 +1,1 @@
+"""Commands besides training: audit (and its replay), report, simulate, prepare."""

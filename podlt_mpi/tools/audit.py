@@ -1,0 +1,418 @@
+"""python -m podlt_mpi audit RUN_DIR: prove a run to someone who did not watch it.
+
+One process, no MPI. Exit 0 only if everything holds, 1 if something does not (the report says
+what, and at which iteration), 2 on bad input. The checks:
+  chain       every record's hash and its link to the previous one;
+  structure   each record follows the protocol: the schedule's lines, fragments covering the
+              block, controls shadowing the checked worker, removals matching the verdict, no
+              work for removed ranks, applied fragments as the verdict implies;
+  weights     model_init.pt -> model_before -> model_after -> ... -> model_final.pt;
+  checkpoints each checkpoint's fingerprint equals the one its iteration's record vouches for;
+  replay      sampled iterations recomputed from the nearest checkpoint (replay.py);
+  credits     summary.json's table equals the one recomputed from the ledger, and its
+              ledger_head is the last record's hash (also printed at the end of the job's log).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from podlt_mpi.core import credits, ledger, rules, schedule
+from podlt_mpi.core.config import RunConfig, model_kwargs, saved_options
+from podlt_mpi.core.errors import ConfigError
+from podlt_mpi.core.tasks import Task
+from podlt_mpi.run import checkpoint
+from podlt_mpi.tools.replay import Outcome, Replayer
+
+
+class Audit:
+    def __init__(self, run_dir: str, data: str | None = None):
+        self.run_dir = run_dir
+        self.problems = []
+        self.notes = []
+        if not os.path.isdir(run_dir):
+            raise ConfigError(f"{run_dir} is not a directory")
+        try:
+            with open(self._path("config.json"), encoding="utf-8") as f:
+                saved = json.load(f)
+            self.records, self.torn = ledger.read(self._path("ledger.jsonl"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{run_dir} is not a readable run directory: {e}") from None
+        self.cfg = RunConfig(**saved_options(saved))
+        self.meta = saved
+        self.data = data or saved.get("data")
+        if not self.data or not os.path.exists(self.data):
+            raise ConfigError(f"the training data {self.data} is not there; pass --data PATH")
+        self.summary = None
+        if os.path.exists(self._path("summary.json")):
+            with open(self._path("summary.json"), encoding="utf-8") as f:
+                self.summary = json.load(f)
+        self.removed_at = {}
+        for rec in self.records:
+            for r in rec.get("removed", []):
+                self.removed_at.setdefault(r, rec.get("iteration"))
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def problem(self, iteration, check: str, message: str) -> None:
+        self.problems.append({"iteration": iteration, "check": check, "message": message})
+
+    # ---- the ledger alone --------------------------------------------------------------------
+
+    def check_chain(self) -> None:
+        for where, msg in ledger.check_chain(self.records):
+            self.problem(where, "chain", msg)
+        if self.torn:
+            self.notes.append("the ledger's last line was cut off by a crash; it is not part of "
+                              "the chain")
+
+    def check_structure(self) -> None:
+        cfg, (first, last) = self.cfg, self.meta["train_lines"]
+        plan = {it: (ep, b, first + s, first + e) for it, ep, b, s, e in
+                schedule.run_blocks(last - first, cfg.block_lines, cfg.epochs, cfg.blocks,
+                                    schedule.shuffle_seed(cfg))}
+        gone = {}
+        for i, rec in enumerate(self.records):
+            try:
+                for msg in _record_problems(rec, i, plan, gone, cfg):
+                    self.problem(i, "structure", msg)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                self.problem(i, "structure", f"the record is malformed ({type(e).__name__}: {e})")
+            for r in rec.get("removed", []) if isinstance(rec.get("removed"), list) else []:
+                gone.setdefault(r, i)
+
+    # ---- weights and checkpoints --------------------------------------------------------------
+
+    def build(self, replays: bool = True):
+        """The run's model (user models must be importable here too) and the replay engine, on
+        the kind of device the run computed on."""
+        import torch
+
+        from podlt_mpi.compute import devices, models, training
+        from podlt_mpi.io.data import Reader
+        here = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        dev, note = devices.for_replay(self.meta.get("device_kind", "cpu"),
+                                       devices.gpu_models(self.meta.get("devices", [])), here,
+                                       replays)
+        if note:
+            self.notes.append(note)
+        training.set_determinism(self.cfg.threads, exact=self.cfg.compare == "exact")
+        task = Task.from_meta(self.meta)
+        model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
+                             self.cfg.seed, task, model_kwargs(self.cfg.model_args)).to(dev)
+        self.reader = Reader(self.data, self.cfg.x_key, self.cfg.y_key)
+        first, last = self.meta["train_lines"]
+        total = schedule.total_iterations(last - first, self.cfg.block_lines, self.cfg.epochs,
+                                          self.cfg.blocks)
+        self.replayer = Replayer(model, self.cfg, self.reader, total, task)
+        try:
+            self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
+                                         weights_only=True)
+            self.replayer.load(self.init_state, None)
+        except Exception as e:  # a missing, foreign or tampered file fails in many ways
+            raise ConfigError(f"model_init.pt cannot be loaded: {e}") from None
+        ours = self.meta.get("versions", {}).get("torch")
+        if ours and ours != torch.__version__:
+            self.notes.append(f"the run used torch {ours}, this audit {torch.__version__}: "
+                              "bitwise replay may differ")
+
+    def check_weights(self) -> None:
+        import torch
+        recs = self.records
+        if not recs:
+            return
+        if self.replayer.weights_sha() != recs[0].get("model_before"):
+            self.problem(0, "weights", "model_init.pt is not the model the first record starts from")
+        for i in range(1, len(recs)):
+            if recs[i].get("model_before") != recs[i - 1].get("model_after"):
+                self.problem(i, "weights", "model_before differs from the previous model_after")
+        final = self._path("model_final.pt")
+        if os.path.exists(final):
+            state = torch.load(final, map_location="cpu", weights_only=True)
+            self.replayer.model.load_state_dict(state)
+            if self.replayer.weights_sha() != recs[-1].get("model_after"):
+                self.problem(len(recs) - 1, "weights",
+                             "model_final.pt is not the model the last record ends with")
+            self.replayer.load(self.init_state, None)
+        elif self.summary and self.summary.get("status") == "complete":
+            self.problem(None, "weights", "the run says it is complete but has no model_final.pt")
+
+    def check_checkpoints(self) -> dict:
+        """Checkpoints the ledger vouches for, by the iteration they come before."""
+        anchors = {}
+        for n, path in checkpoint.available(self._path("checkpoints")):
+            try:
+                ckpt = checkpoint.load(path)
+            except checkpoint.CheckpointError as e:
+                self.problem(n - 1, "checkpoint", str(e))
+                continue
+            why = rules.unvouched(n, ckpt["fingerprint"], ckpt["position"]["ledger_hash"],
+                                  self.records)
+            if why:
+                self.problem(n - 1, "checkpoint", f"{os.path.basename(path)} cannot be trusted: "
+                             f"{why}")
+            else:
+                anchors[n] = ckpt
+        return anchors
+
+    # ---- replay --------------------------------------------------------------------------------
+
+    def replay(self, targets: list, anchors: dict) -> dict:
+        rp, recs = self.replayer, self.records
+        outcomes, skipped, pos, broken = {}, [], None, None
+        starts = sorted({0, *anchors})
+        for t in targets:
+            if t in outcomes:
+                continue
+            best = max(a for a in starts if a <= t)
+            if broken is not None and best <= broken < t:
+                skipped.append(t)  # the weights before t are not known: no checkpoint since
+                continue
+            if pos is None or not best <= pos <= t:
+                if best == 0:
+                    rp.load(self.init_state, None)
+                else:
+                    rp.load(anchors[best]["model"], anchors[best]["optimizer"])
+                pos = best
+            while pos is not None and pos <= t:
+                try:
+                    out = rp.step(recs[pos])
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    out = Outcome(pos, in_sync=False, problems=[
+                        f"the record cannot be replayed: {type(e).__name__}: {e}"])
+                outcomes[pos] = out
+                for msg in out.problems:
+                    self.problem(pos, "replay", msg)
+                if not out.in_sync:
+                    broken, pos = pos, None
+                    break
+                nxt = anchors.get(pos + 1)
+                if nxt is not None and not rp.same_state(nxt["model"], nxt["optimizer"]):
+                    self.problem(pos, "checkpoint", f"checkpoint {pos + 1}'s weights or optimizer "
+                                 "state differ from the replayed ones")
+                pos += 1
+        return {"outcomes": outcomes, "skipped": skipped}
+
+    def attribute(self, outcomes: dict) -> list:
+        """Applied fragments that replay shows were not honest, with the rank that sent them."""
+        found = []
+        for it, out in sorted(outcomes.items()):
+            for f in out.fake_fragments:
+                caught = self.removed_at.get(f["rank"])
+                found.append({"iteration": it, **f, "removed_at": caught})
+                if caught is None or caught < it:
+                    what = "was never caught" if caught is None else f"was removed at {caught}"
+                    msg = (f"rank {f['rank']}'s gradient for lines {f['lines']} differs from the "
+                           f"replay, and the rank {what}")
+                    if self.cfg.compare == "exact":
+                        self.problem(it, "replay", msg)
+                    else:
+                        self.notes.append(f"iteration {it}: {msg} (tolerance mode: may be "
+                                          "hardware noise)")
+        return found
+
+    def unverified_from_removed(self, found: list, outcomes: dict) -> list:
+        """Fragments of later-removed ranks applied without a check, and what replay says."""
+        shown = {(f["iteration"], f["rank"]) for f in found}
+        out = []
+        for rec in self.records:
+            it, check = rec["iteration"], rec.get("check") or {}
+            verified = set(check.get("controls", [])) | {check.get("worker")} \
+                if check.get("verdict") == "agree" else set()
+            for lines, r in zip(rec.get("applied", []), rec.get("applied_from", []), strict=False):
+                caught = self.removed_at.get(r)
+                if caught is None or caught < it or r in verified:
+                    continue
+                replay = ("shown fake" if (it, r) in shown else
+                          "honest" if it in outcomes and outcomes[it].in_sync else "not replayed")
+                out.append({"iteration": it, "lines": lines, "rank": r, "removed_at": caught,
+                            "replay": replay})
+        return out
+
+    def check_credits(self) -> dict:
+        table = credits.from_ledger(self.records)
+        if self.summary is None:
+            self.notes.append("no summary.json (the run did not finish): credits not compared")
+            return table
+        if self.summary.get("ledger_head") != self.head():
+            self.problem(None, "summary", "summary.json's ledger_head is not the ledger's last "
+                         "hash: records were changed and the chain rebuilt, or cut")
+        for d in credits.differences(table, self.summary.get("credits", {})):
+            self.problem(None, "credits", f"summary.json and the ledger disagree: {d}")
+        return table
+
+    # ---- all of it -----------------------------------------------------------------------------
+
+    def head(self) -> str:
+        return self.records[-1].get("hash") if self.records else ledger.GENESIS
+
+    def check_head(self, expected: str) -> None:
+        """Against the head published from the job's log, which no edit of the files can reach."""
+        head = self.head()
+        if head != expected:
+            self.problem(None, "ledger_head", f"the ledger ends in {head}, not in the published "
+                         f"{expected}")
+
+    def run(self, sample: int | None = 10, seed: int = 0, expect_head: str | None = None) -> dict:
+        """`sample`: how many iterations to replay, None for all."""
+        if expect_head:
+            self.check_head(expect_head)
+        self.check_chain()
+        self.check_structure()
+        self.build(replays=sample != 0)
+        self.check_weights()
+        anchors = self.check_checkpoints()
+        n = len(self.records)
+        if sample is None or sample >= n:
+            targets = list(range(n))
+        else:
+            targets = sorted(np.random.default_rng(seed).choice(n, size=sample, replace=False).tolist())
+        rep = self.replay(targets, anchors)
+        outcomes = rep["outcomes"]
+        found = self.attribute(outcomes)
+        table = self.check_credits()
+        self.reader.close()
+        return {
+            "run": self.run_dir, "passed": not self.problems, "iterations": n,
+            "status": (self.summary or {}).get("status", "unfinished"),
+            "problems": self.problems, "notes": self.notes,
+            "replay": {
+                "targets": targets, "replayed": len(outcomes),
+                "verified": sum(o.in_sync for o in outcomes.values()),
+                "verdicts_confirmed": sum(bool(o.verdict_confirmed) for o in outcomes.values()),
+                "skipped": rep["skipped"], "checkpoints": sorted(anchors),
+            },
+            "removed": [{"rank": r, "iteration": it} for r, it in sorted(self.removed_at.items())],
+            "fake_contributions": found,
+            "unverified_from_removed": self.unverified_from_removed(found, outcomes),
+            "credits": table,
+        }
+
+
+def _record_problems(rec, i, plan, gone, cfg) -> list:
+    """Where one record departs from the protocol (see the module docstring)."""
+    out = []
+    if rec["iteration"] != i:
+        out.append(f"record {i} says it is iteration {rec['iteration']}")
+    want = plan.get(i)
+    if want is None:
+        out.append("the configuration's schedule has no such iteration")
+    elif (rec["epoch"], rec["block"], *rec["lines"]) != want:
+        out.append(f"epoch, block and lines {[rec['epoch'], rec['block'], rec['lines']]} are not "
+                   f"the schedule's {list(want)}")
+    workers = [a for a in rec["assignments"] if a["role"] == "worker"]
+    ctrl = [a for a in rec["assignments"] if a["role"] == "control"]
+    again = [a for a in rec["assignments"] if a["role"] == "recheck"]
+    ranks = [a["rank"] for a in rec["assignments"] if a["role"] != "recheck"]
+    if len(set(ranks)) != len(ranks) or len({a["rank"] for a in again}) != len(again):
+        out.append("a rank has two assignments")
+    for r in ranks:
+        if r in gone:
+            out.append(f"rank {r} was given work after its removal at iteration {gone[r]}")
+    bounds = [tuple(a["lines"]) for a in workers]
+    sizes = [e - s for s, e in bounds]
+    covered = bool(bounds) and bounds[0][0] == rec["lines"][0] and bounds[-1][1] == rec["lines"][1] \
+        and all(bounds[k][1] == bounds[k + 1][0] for k in range(len(bounds) - 1))
+    if not covered or max(sizes) - min(sizes) > 1:
+        out.append("the workers' fragments do not split the block evenly")
+    checks = credits.checks_of(rec)
+    expected = min(cfg.checks_per_iteration, len(workers)) if cfg.controls else 0
+    if len(checks) != expected:
+        out.append(f"{len(checks)} checks where the configuration makes {expected}")
+    frag = {a["rank"]: a["lines"] for a in workers}
+    fake, later = set(), {}
+    for check in checks:
+        mine = [a for a in ctrl if a["lines"] == check["lines"]]
+        redo = [a for a in again if a["lines"] == check["lines"]]
+        later[check["worker"]] = [*check["controls"], *(a["rank"] for a in redo)]
+        fake |= set(check["fake"])
+        if frag.get(check["worker"]) != check["lines"]:
+            out.append("the checked lines are not the checked worker's fragment")
+        if sorted(a["rank"] for a in mine) != sorted(check["controls"]) or \
+                len(check["controls"]) != cfg.controls:
+            out.append("the controls did not receive the checked fragment")
+        if (check["verdict"] == "fake") != bool(check["fake"]):
+            out.append(f"verdict {check['verdict']} with fake ranks {check['fake']}")
+        listed = (check.get("referee") or {}).get("rechecks", [])
+        if [a["rank"] for a in redo] != listed or \
+                {a["rank"] for a in redo} & {check["worker"], *check["controls"]}:
+            out.append("the dispute's rechecks are not the ones its check lists")
+    if len(ctrl) != sum(len(c["controls"]) for c in checks) or \
+            len(again) != sum(len((c.get("referee") or {}).get("rechecks", [])) for c in checks):
+        out.append("a control or recheck belongs to no check")
+    if sorted(rec["removed"]) != sorted(fake):
+        out.append(f"removed {rec['removed']} but the checks found {sorted(fake)} fake")
+    outcomes = [rules.Outcome(c["worker"], c["verdict"], tuple(c["fake"]),
+                              tuple(later[c["worker"]])) for c in checks]
+    kept = rules.applied([(a["rank"], a["lines"]) for a in workers], outcomes)
+    applied, source = [lines for lines, _ in kept], [r for _, r in kept]
+    if rec["applied"] != applied:
+        out.append("the applied fragments are not the accepted ones")
+    elif rec.get("applied_from") != source:
+        out.append(f"applied_from {rec.get('applied_from')} should be {source}")
+    return out
+
+
+def text(report: dict) -> str:
+    rp = report["replay"]
+    lines = [f"audit of {report['run']}: {'PASSED' if report['passed'] else 'FAILED'}",
+             f"  ledger: {report['iterations']} iterations, run {report['status']}",
+             f"  replay: {len(rp['targets'])} iterations asked, {rp['replayed']} replayed, "
+             f"{rp['verified']} reproduced bit for bit, {rp['verdicts_confirmed']} verdicts "
+             f"confirmed, {len(rp['skipped'])} not replayable; checkpoints vouched for: "
+             f"{len(rp['checkpoints'])}"]
+    removed = ", ".join(f"rank {r['rank']} at {r['iteration']}" for r in report["removed"])
+    lines.append(f"  removed: {removed or 'none'}")
+    u = report["unverified_from_removed"]
+    if u:
+        by = {k: sum(1 for x in u if x["replay"] == k) for k in ("shown fake", "honest", "not replayed")}
+        lines.append(f"  unverified contributions later shown to come from removed ranks: {len(u)} "
+                     f"({by['shown fake']} shown fake by replay, {by['honest']} honest, "
+                     f"{by['not replayed']} not replayed)")
+    for n in report["notes"]:
+        lines.append(f"  note: {n}")
+    for p in report["problems"][:50]:
+        where = f"iteration {p['iteration']}" if p["iteration"] is not None else "run"
+        lines.append(f"  PROBLEM {where} [{p['check']}]: {p['message']}")
+    if len(report["problems"]) > 50:
+        lines.append(f"  ... and {len(report['problems']) - 50} more (see --json)")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m podlt_mpi audit",
+                                description="Check a run from its files alone: hash chain, "
+                                "weights chain, checkpoints, replay, credits. Exit 0: all holds; "
+                                "1: something does not; 2: bad input.")
+    p.add_argument("run_dir", help="the run directory (--out of the run)")
+    p.add_argument("--data", help="training data file, if it moved since the run")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sample", type=int, default=10, help="replay this many iterations, "
+                     "chosen at random (each from its nearest checkpoint)")
+    how.add_argument("--all", action="store_true", help="replay every iteration")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing the sample")
+    p.add_argument("--expect-head", metavar="HASH", help="the ledger head printed at the end "
+                   "of the job's log: proves the files were not rewritten as a whole")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-': stdout)")
+    a = p.parse_args(argv)
+    try:
+        if a.sample < 0:
+            raise ConfigError(f"--sample must be >= 0, got {a.sample}")
+        report = Audit(a.run_dir, a.data).run(None if a.all else a.sample, a.seed,
+                                              a.expect_head)
+    except ConfigError as e:
+        print(f"podlt_mpi audit: error: {e}", file=sys.stderr)
+        return 2
+    if a.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(text(report))
+        if a.json:
+            from podlt_mpi.run.rundir import write_json
+            write_json(a.json, report)
+    return 0 if report["passed"] else 1

@@ -1,0 +1,157 @@
+"""Verification by replay: recompute iterations of a run from its ledger, in one process. No MPI.
+
+Starting from weights the ledger vouches for (model_init.pt, or a checkpoint whose fingerprint
+sits in the ledger), each iteration's applied fragments are recomputed from the logged line
+ranges and compared bit for bit with the gradients the ranks sent (`grad_sha256`); then the
+manager's update is redone and must give `model_after`. A fragment that differs from the
+recomputation is attributed to the rank whose gradient was applied. After such a fragment the
+run's weights are no longer known, so replay can only go on from the next checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.compute.losses import loss_function
+from podlt_mpi.core import credits, ledger, rates, verify
+from podlt_mpi.core.tasks import Task, classification
+from podlt_mpi.dist import messages
+from podlt_mpi.io.data import Reader
+
+
+@dataclass
+class Outcome:
+    """What replaying one iteration showed."""
+    iteration: int
+    in_sync: bool                    # the replayed weights equal model_after: replay can go on
+    problems: list = field(default_factory=list)       # unexplained: the audit fails
+    fake_fragments: list = field(default_factory=list)  # [{lines, rank}] applied, not honest
+    verdict_confirmed: bool | None = None
+
+
+class Replayer:
+    def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None):
+        """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
+        (default: one class per line, cross-entropy)."""
+        self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
+        self.task = task or classification()
+        self.loss_fn = loss_function(self.task)
+        self.layout = Layout(model)
+        self.opt = training.make_optimizer(cfg, self.layout)
+
+    def load(self, model_state: dict, optimizer_state: dict | None) -> None:
+        """Start from these weights and buffers (and optimizer state; None: a fresh one)."""
+        self.model.load_state_dict(model_state)
+        self.opt = training.make_optimizer(self.cfg, self.layout)
+        if optimizer_state is not None:
+            self.opt.load_state_dict(optimizer_state)
+
+    def weights_sha(self) -> str:
+        """The model's digest as the ledger writes it (weights and buffers)."""
+        return self.layout.digest()
+
+    def same_state(self, model_state: dict, optimizer_state: dict) -> bool:
+        """Bitwise equality of the replayed model and optimizer with a checkpoint's."""
+        return _equal(self.model.state_dict(), model_state) and \
+            _equal(self.opt.state_dict(), optimizer_state)
+
+    def _fragment(self, x, y, start: int, s: int, e: int, iteration: int) -> tuple:
+        xt = torch.from_numpy(x[s - start:e - start])
+        yt = torch.from_numpy(y[s - start:e - start])
+        seed = messages.fragment_seed(self.cfg.seed, iteration, s, e)
+        return training.gradient(self.model, xt, yt, seed, self.layout, self.loss_fn)
+
+    def step(self, rec: dict) -> Outcome:
+        """Replay `rec` from the current state, which must be the weights before it."""
+        it = rec["iteration"]
+        out = Outcome(it, in_sync=False)
+        if self.weights_sha() != rec["model_before"]:
+            out.problems.append("the weights before it are not the ones the ledger names")
+            return out
+        start, stop = rec["lines"]
+        x, y = self.reader.read(start, stop)
+        if ledger.sha256_arrays(x.reshape(len(y), -1), y) != rec.get("data_sha256"):
+            out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
+                                "(wrong --data file?)")
+            return out
+        sent = {(a["rank"], tuple(a["lines"])): a["grad_sha256"] for a in rec["assignments"]}
+        cache = {}
+
+        def fragment(s, e):
+            if (s, e) not in cache:
+                cache[(s, e)] = self._fragment(x, y, start, s, e, it)
+            return cache[(s, e)]
+
+        confirmed = []
+        for check in credits.checks_of(rec):
+            ok = _confirm(check, sent, fragment, out, self.cfg.compare)
+            if ok is not None:
+                confirmed.append(ok)
+        if confirmed:
+            out.verdict_confirmed = all(confirmed)
+
+        grads, losses, counts, lines, honest = [], [], [], [], True
+        for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
+            g, loss = fragment(s, e)
+            if ledger.sha256_array(g) != sent.get((r, (s, e))):
+                out.fake_fragments.append({"lines": [s, e], "rank": r})
+                honest = False
+            grads.append(g)
+            losses.append(loss)
+            counts.append(self.task.weight(y[s - start:e - start]))
+            lines.append(e - s)
+        if not honest:
+            return out  # the run applied something else: its weights after are unknown here
+        if grads:
+            cfg = self.cfg
+            training.apply_update(self.model, self.opt, self.layout, grads, counts,
+                                  rates.learning_rate(cfg, it, rec["epoch"], self.total),
+                                  cfg.clip_grad_norm, lines)
+            loss = ledger.finite_or_none(training.combined_loss(losses, counts))
+            if loss != rec["loss"]:
+                out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")
+        if self.weights_sha() != rec["model_after"]:
+            out.problems.append("the manager's update does not give the logged model_after")
+            return out
+        out.in_sync = True
+        return out
+
+
+def _confirm(check, sent, fragment, out, mode: str) -> bool | None:
+    """Re-derive one check's verdict from the hashes the ranks sent and the replayed gradient
+    (None where tolerance mode makes bits insufficient)."""
+    s, e = check["lines"]
+    ref = ledger.sha256_array(fragment(s, e)[0])
+    rechecks = (check.get("referee") or {}).get("rechecks", [])
+    votes = {r: sent.get((r, (s, e))) for r in (check["worker"], *check["controls"])}
+    extra = {r: sent.get((r, (s, e))) for r in rechecks}
+    if mode != "exact" and not all(h == ref for h in votes.values()):
+        return None
+    expected = verify.by_hashes(votes, ref)
+    if rechecks:  # a dispute: settled the way the manager settles it
+        every = {**votes, **extra}
+        expected = verify.settle(list(every), [r for r, h in every.items() if h == ref])
+    ok = expected.verdict == check["verdict"] and sorted(expected.fake) == sorted(check["fake"])
+    if not ok:
+        out.problems.append(f"the logged verdict {check['verdict']} (fake {check['fake']}) for "
+                            f"lines {check['lines']} does not follow from the gradients: replay "
+                            f"gives {expected.verdict} (fake {expected.fake})")
+    return ok
+
+
+def _equal(a, b) -> bool:
+    """Structural, bitwise equality of two state dicts."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.dtype == b.dtype and a.shape == b.shape
+                and np.array_equal(a.detach().cpu().reshape(-1).view(torch.uint8).numpy(),
+                                   b.detach().cpu().reshape(-1).view(torch.uint8).numpy()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b, strict=True))
+    return a == b
