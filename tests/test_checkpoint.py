@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from podlt_mpi.core import credits
+from podlt_mpi.core import credits, records
 from podlt_mpi.core.config import ConfigError, parse_args, resumed
 from podlt_mpi.run import checkpoint, resume
 
@@ -95,13 +95,13 @@ def test_resume_may_change_how_the_run_goes_on_but_not_its_numbers():
 
 
 def test_credits_from_records():
-    rec = {"iteration": 4, "removed": [3],
-           "assignments": [{"rank": 1, "role": "worker", "lines": [0, 5]},
-                           {"rank": 2, "role": "worker", "lines": [5, 10]},
-                           {"rank": 3, "role": "control", "lines": [5, 10]},
-                           {"rank": 4, "role": "control", "lines": [5, 10]}],
-           "check": {"worker": 2, "controls": [3, 4], "verdict": "fake", "fake": [3],
-                     "lines": [5, 10]}}
+    A = records.Assignment
+    rec = records.Record(
+        4, 0, 4, (0, 10), "d", "b",
+        (A(1, "worker", (0, 5), "g"), A(2, "worker", (5, 10), "g"), A(3, "control", (5, 10), "h"),
+         A(4, "control", (5, 10), "g")),
+        records.CheckRecord((5, 10), 2, (3, 4), "fake", (3,), (), None),
+        ((0, 5), (5, 10)), (1, 2), (3,), 0.5, "a")
     table = credits.from_ledger([rec])
     assert table["1"]["computed"] == 1 and table["1"]["verified"] == 0
     assert table["2"]["verified"] == 1 and table["2"]["verdicts"]["fake"] == 1

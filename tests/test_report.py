@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
 
+from podlt_mpi.core import records as ledger_records
 from podlt_mpi.tools import report
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def test_every_number_in_the_summary_is_the_runs(run_dir, reported):
 
 def test_timelines_follow_the_ledger(run_dir):
     records = read_jsonl(os.path.join(run_dir, "ledger.jsonl"))
-    tl = report.timelines(records)
+    tl = report.timelines(ledger_records.parse(records).records)
     # every rank that held the checked fragment, as worker, control or recheck, and no other
     want = {(a["rank"], rec["iteration"], a["role"]) for rec in records for a in rec["assignments"]
             if a["lines"] == rec["check"]["lines"]}

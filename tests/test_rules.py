@@ -1,7 +1,7 @@
 """The protocol rules that the manager, the audit, the simulator, the report and resume share."""
 import pytest
 
-from podlt_mpi.core import ledger, rules
+from podlt_mpi.core import ledger, records, rules
 from podlt_mpi.core.rules import Outcome
 
 
@@ -40,20 +40,30 @@ def test_the_role_of_a_removed_rank():
     assert rules.removed_role(7, {2}, (4, 5)) == "recheck"
 
 
+def minimal(i, **fields) -> records.Record:
+    """A record of iteration i without checks, enough for the rules on checkpoints."""
+    return records.Record(i, 0, i, (0, 10), "d", "before", (), None, (), (), (), None, "after",
+                          **fields)
+
+
 def chain(n):
-    recs, prev = [], ledger.GENESIS
+    raw, prev = [], ledger.GENESIS
     for i in range(n):
-        rec = ledger.seal({"iteration": i, **({"checkpoint": "fp"} if i == 1 else {})}, prev)
-        recs.append(rec)
+        rec = ledger.seal(minimal(i, checkpoint="fp" if i == 1 else None).to_json(), prev)
+        raw.append(rec)
         prev = rec["hash"]
-    return recs
+    return raw
 
 
 def test_a_checkpoint_is_vouched_for_by_its_record_its_position_and_the_chain():
-    recs = chain(4)
-    assert rules.unvouched(2, "fp", recs[1]["hash"], recs) is None
-    assert "does not hold" in rules.unvouched(5, "fp", recs[1]["hash"], recs)
-    assert "contents differ" in rules.unvouched(2, "other", recs[1]["hash"], recs)
-    assert "different ledger" in rules.unvouched(2, "fp", recs[0]["hash"], recs)
-    recs[0]["iteration"] = 9  # an edit before the checkpoint breaks what vouches for it
-    assert "chain is broken at iteration 0" in rules.unvouched(2, "fp", recs[1]["hash"], recs)
+    raw = chain(4)
+    recs, hashes = records.parse(raw), [r["hash"] for r in raw]
+    assert rules.unvouched(2, "fp", hashes[1], recs) is None
+    assert "does not hold" in rules.unvouched(5, "fp", hashes[1], recs)
+    assert "contents differ" in rules.unvouched(2, "other", hashes[1], recs)
+    assert "different ledger" in rules.unvouched(2, "fp", hashes[0], recs)
+    raw[0]["block"] = 9  # an edit before the checkpoint breaks what vouches for it
+    assert "chain is broken at iteration 0" in rules.unvouched(2, "fp", hashes[1],
+                                                               records.parse(raw))
+    raw[1]["loss"] = "low"  # a record that is not one vouches for nothing
+    assert "malformed" in rules.unvouched(2, "fp", hashes[1], records.parse(raw))

@@ -1,4 +1,4 @@
-"""Reward accounting, from ledger records alone. Pure, no MPI.
+"""Reward accounting, from ledger records (records.Record) alone. Pure, no MPI.
 
 The manager builds summary.json's credits by feeding this every record it seals, and the audit
 feeds it the ledger: the two tables agree unless one of the files was changed.
@@ -17,49 +17,43 @@ def table(ranks) -> dict:
     return {str(r): entry() for r in ranks}
 
 
-def checks_of(record: dict) -> list:
-    """Every check of an iteration: `check`, then `extra_checks` (--checks-per-iteration)."""
-    first = record.get("check")
-    return ([first] if first else []) + list(record.get("extra_checks", []))
-
-
-def check_of(a: dict, checks: list) -> dict | None:
+def check_of(a, checks: list):
     """The check an assignment took part in: as its checked worker, a control or a recheck of
     the same lines (the checked fragments of one iteration never overlap)."""
     for c in checks:
-        if a["role"] == "worker" and a["rank"] == c["worker"] or \
-                a["role"] in ("control", "recheck") and a["lines"] == c["lines"]:
+        if a.role == "worker" and a.rank == c.worker or \
+                a.role in ("control", "recheck") and a.lines == c.lines:
             return c
     return None
 
 
-def account(credits: dict, record: dict) -> None:
+def account(credits: dict, record) -> None:
     """Add one iteration. A fragment earns `computed` unless it took part in a check that
     rejected it or ended in a dispute; a rank caught this iteration earns nothing for it."""
-    checks = checks_of(record)
-    caught = set(record.get("removed", []))
-    for a in record["assignments"]:
-        c = credits.setdefault(str(a["rank"]), entry())
-        c["as_" + a["role"]] += 1
+    checks = record.checks
+    caught = set(record.removed)
+    for a in record.assignments:
+        c = credits.setdefault(str(a.rank), entry())
+        c["as_" + a.role] += 1
         check = check_of(a, checks)
         if check is not None:
-            c["verdicts"][check["verdict"]] += 1
-        if a["rank"] in caught:
+            c["verdicts"][check.verdict] += 1
+        if a.rank in caught:
             c["rejected"] += check is not None
         elif check is None:
             c["computed"] += 1
-        elif check["verdict"] != "dispute":
+        elif check.verdict != "dispute":
             c["computed"] += 1
             c["verified"] += 1
-    for r in record.get("removed", []):
-        credits.setdefault(str(r), entry())["removed_at"] = record["iteration"]
+    for r in record.removed:
+        credits.setdefault(str(r), entry())["removed_at"] = record.iteration
 
 
 def verdict_counts(records) -> dict:
     counts = {v: 0 for v in VERDICTS}
     for rec in records:
-        for c in checks_of(rec):
-            counts[c["verdict"]] += 1
+        for c in rec.checks:
+            counts[c.verdict] += 1
     return counts
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from podlt_mpi.core import ledger
-
 # ---- how many ranks -----------------------------------------------------------------------------
 
 def checks_made(controls: int, checks_per_iteration: int) -> int:
@@ -73,18 +71,20 @@ def removed_role(rank: int, checked_workers, controls) -> str:
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 
-def unvouched(iteration: int, fingerprint: str, ledger_hash: str, records: list) -> str | None:
+def unvouched(iteration: int, fingerprint: str, ledger_hash: str, kept) -> str | None:
     """Why a checkpoint written before `iteration` cannot be trusted, or None if the ledger
-    vouches for it: the record before it names its fingerprint, the checkpoint continues that
-    very record (`ledger_hash`), and the chain up to it is intact."""
-    if iteration < 1 or iteration > len(records):
+    (`kept`, a records.Ledger) vouches for it: the record before it names its fingerprint, the
+    checkpoint continues that very record (`ledger_hash`), and the chain up to it is intact."""
+    if iteration < 1 or iteration > len(kept):
         return f"it follows iteration {iteration - 1}, which the ledger does not hold"
-    rec = records[iteration - 1]
-    if rec.get("checkpoint") != fingerprint:
+    rec = kept.records[iteration - 1]
+    if rec is None:
+        return f"iteration {iteration - 1}'s ledger record is malformed"
+    if rec.checkpoint != fingerprint:
         return f"its contents differ from what iteration {iteration - 1}'s ledger record vouches for"
-    if ledger_hash != rec.get("hash"):
+    if ledger_hash != rec.hash:
         return f"it continues a different ledger than iteration {iteration - 1}'s record"
-    broken = ledger.check_chain(records[:iteration])
+    broken = kept.chain_problems(iteration)
     if broken:
         return f"the ledger's hash chain is broken at iteration {broken[0][0]}"
     return None

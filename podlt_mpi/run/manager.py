@@ -22,7 +22,16 @@ import torch
 from podlt_mpi.compute import kernels, training
 from podlt_mpi.compute import losses as task_losses
 from podlt_mpi.compute.layout import Layout, host
-from podlt_mpi.core import credits, ledger, rates, rules, schedule, timing, verify
+from podlt_mpi.core import (
+    credits,
+    ledger,
+    rates,
+    records,
+    rules,
+    schedule,
+    timing,
+    verify,
+)
 from podlt_mpi.core.config import RunConfig, min_active
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, preempt, tags
@@ -48,12 +57,12 @@ class Check:
         return rules.Outcome(self.checked, d.verdict, tuple(d.fake),
                              (*self.controls, *(a.rank for a in self.rechecks)))
 
-    def record(self) -> dict:
+    def record(self) -> records.CheckRecord:
         d = self.decision
-        return {"lines": list(self.lines), "worker": self.checked, "controls": list(self.controls),
-                "verdict": d.verdict, "fake": sorted(d.fake),
-                "rel_dist": [[a, b, ledger.finite_or_none(x)] for a, b, x in d.rel_dist],
-                "referee": d.referee}
+        return records.CheckRecord(
+            tuple(self.lines), self.checked, tuple(self.controls), d.verdict, tuple(sorted(d.fake)),
+            tuple((a, b, ledger.finite_or_none(x)) for a, b, x in d.rel_dist),
+            records.Referee.from_json(d.referee) if d.referee else None)
 
 FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
 MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
@@ -137,14 +146,14 @@ class Manager:
         self.elapsed_before = ckpt["position"]["elapsed_s"]
         self.protected = ckpt["position"]["protected"]
 
-    def checkpoint_due(self, record: dict, last: bool, stopping: bool) -> bool:
+    def checkpoint_due(self, record: records.Record, last: bool, stopping: bool) -> bool:
         every = self.cfg.checkpoint_every
         periodic = every > 0 and (self.next_iteration % every == 0 or last)
-        return periodic or stopping or bool(record["removed"])
+        return periodic or stopping or bool(record.removed)
 
-    def write_checkpoint(self, record_hash: str, records: int, elapsed: float) -> str:
+    def write_checkpoint(self, record_hash: str, written: int, elapsed: float) -> str:
         folder = os.path.join(self.out, "checkpoints")
-        position = {"ledger_records": records, "ledger_hash": record_hash, "elapsed_s": elapsed,
+        position = {"ledger_records": written, "ledger_hash": record_hash, "elapsed_s": elapsed,
                     "protected": self.protected}
         path = checkpoint.save(folder, self.next_iteration, self.model.state_dict(),
                                self.opt.state_dict(), self.proof(), position)
@@ -261,7 +270,7 @@ class Manager:
         fragments = [(a.rank, (a.start, a.stop)) for a in plan.assignments if a.role == "worker"]
         return [(s, e, r) for (s, e), r in rules.applied(fragments, [c.outcome() for c in checks])]
 
-    def step(self, iteration, epoch, block, start, stop, order) -> dict:
+    def step(self, iteration, epoch, block, start, stop, order) -> records.Record:
         cfg = self.cfg
         plan = schedule.plan_iteration(order, cfg.controls, start, stop, self.rng,
                                        cfg.checks_per_iteration)
@@ -295,24 +304,16 @@ class Manager:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
                                                          plan.controls))
         rechecks = [a for c in checks for a in c.rechecks]
-        records = [c.record() for c in checks]
+        done = [c.record() for c in checks]
         with cost.part("ledger"):  # hashing the block, the gradients and the weights
-            record = {
-                "iteration": iteration, "epoch": epoch, "block": block, "lines": [start, stop],
-                "data_sha256": ledger.sha256_arrays(bx, by),
-                "model_before": model_before,
-                "assignments": [{"rank": a.rank, "role": a.role, "lines": [a.start, a.stop],
-                                 "grad_sha256": ledger.sha256_array(grads[(a.rank, a.start, a.stop)])}
-                                for a in (*plan.assignments, *rechecks)],
-                "check": records[0] if records else None,
-                "applied": [[s, e] for s, e, _ in applied],
-                "applied_from": [r for _, _, r in applied],
-                "removed": fake,
-                "loss": ledger.finite_or_none(loss),
-                "model_after": self.layout.digest(frozen=self.frozen),
-            }
-        if len(records) > 1:
-            record["extra_checks"] = records[1:]  # --checks-per-iteration: the others in turn
+            record = records.Record(
+                iteration, epoch, block, (start, stop), ledger.sha256_arrays(bx, by), model_before,
+                tuple(records.Assignment(a.rank, a.role, (a.start, a.stop),
+                                         ledger.sha256_array(grads[(a.rank, a.start, a.stop)]))
+                      for a in (*plan.assignments, *rechecks)),
+                done[0] if done else None, tuple((s, e) for s, e, _ in applied),
+                tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
+                self.layout.digest(frozen=self.frozen), extra_checks=tuple(done[1:]))
         credits.account(self.credits, record)
         for c in checks:
             self.counts[c.decision.verdict] += 1
@@ -372,7 +373,9 @@ class Manager:
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
         writer, metrics = self.open_files()
-        records = self.next_iteration
+        # ranks removed before a resume still run: they get no work in this job, so stop them now
+        self.stop_ranks([r for r in range(1, self.comm.Get_size()) if r not in self.active])
+        written = self.next_iteration  # records in the ledger
         total = self.total
         progress = Progress(total, cfg.log_every, done=self.next_iteration)
         t_start = time.monotonic()
@@ -387,12 +390,12 @@ class Manager:
                 order = sorted(self.active) if it == 0 else schedule.shuffle(self.active, self.rng)
                 record = self.step(it, epoch, block, s, e, order)
                 self.next_iteration = it + 1
-                lines = sum(b - a for a, b in record["applied"])
+                lines = sum(b - a for a, b in record.applied)
                 self.useful += lines
-                self.last_loss = record["loss"] if record["loss"] is not None else self.last_loss
-                row = {"iteration": it, "epoch": epoch, "loss": record["loss"],
+                self.last_loss = record.loss if record.loss is not None else self.last_loss
+                row = {"iteration": it, "epoch": epoch, "loss": record.loss,
                        "lr": self.rate(it, epoch), "applied_lines": lines,
-                       "verdict": record["check"]["verdict"] if record["check"] else None}
+                       "verdict": record.check.verdict if record.check else None}
                 due = (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or \
                     it == last_epoch_iteration[epoch]
                 if due:
@@ -404,12 +407,12 @@ class Manager:
                 save = self.checkpoint_due(record, it + 1 == total, stop is not None)
                 with self.cost.part("ledger"):
                     if save:
-                        if record["removed"]:
+                        if record.removed:
                             self.protected.append(self.next_iteration)  # the audit restarts here
-                        record["checkpoint"] = checkpoint.fingerprint(
+                        record.checkpoint = checkpoint.fingerprint(
                             self.model.state_dict(), self.opt.state_dict(), self.proof())
-                    record = writer.append(record)
-                records += 1
+                    record = records.Record.from_json(writer.append(record.to_json()))
+                written += 1
                 dt = time.monotonic() - t0
                 row.update(seconds=dt, samples_per_s=lines / dt if dt > 0 else None,
                            **self.cost.row())
@@ -417,9 +420,9 @@ class Manager:
                 metrics.flush()
                 if save:
                     elapsed = self.elapsed_before + time.monotonic() - t_start
-                    self.write_checkpoint(record["hash"], records, elapsed)
+                    self.write_checkpoint(record.hash, written, elapsed)
                 self.deadline.note(time.monotonic() - t0)
-                progress.update(it, record["loss"] or float("nan"), self.counts, lines / max(dt, 1e-9))
+                progress.update(it, record.loss or float("nan"), self.counts, lines / max(dt, 1e-9))
                 if stop:
                     break
         finally:

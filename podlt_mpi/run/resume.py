@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from podlt_mpi.core import ledger, rules
+from podlt_mpi.core import ledger, records, rules
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.run import checkpoint
 
@@ -43,10 +43,10 @@ def saved_config(run_dir: str) -> dict:
         raise ConfigError(f"--resume {run_dir}: config.json cannot be read: {e}") from None
 
 
-def usable(ckpt: dict, records: list) -> str | None:
+def usable(ckpt: dict, kept: records.Ledger) -> str | None:
     """Why this checkpoint cannot be continued from, or None if the ledger vouches for it."""
     return rules.unvouched(ckpt["iteration"], ckpt["fingerprint"],
-                           ckpt["position"]["ledger_hash"], records)
+                           ckpt["position"]["ledger_hash"], kept)
 
 
 def active_ranks(proof: dict | None, world_size: int) -> tuple:
@@ -76,7 +76,7 @@ def active_ranks(proof: dict | None, world_size: int) -> tuple:
 def prepare(run_dir: str, world_size: int, need: int, changed: dict,
             history: list) -> Resume:
     """Choose the checkpoint to continue from; raise ConfigError if the run cannot continue."""
-    records, _ = ledger.read(os.path.join(run_dir, "ledger.jsonl"))
+    kept = records.load(os.path.join(run_dir, "ledger.jsonl"))
     found = None
     for _, path in reversed(checkpoint.available(os.path.join(run_dir, "checkpoints"))):
         try:
@@ -84,7 +84,7 @@ def prepare(run_dir: str, world_size: int, need: int, changed: dict,
         except checkpoint.CheckpointError as e:
             log.warning("skipping checkpoint: %s", e)
             continue
-        why = usable(ckpt, records)
+        why = usable(ckpt, kept)
         if why is None:
             found = ckpt
             break
@@ -101,6 +101,6 @@ def prepare(run_dir: str, world_size: int, need: int, changed: dict,
         notes.append(f"--{name.replace('_', '-')} changes from {before!r} to {now!r}")
     for note in notes:
         log.info("resume: %s", note)
-    prev = records[n - 1]["hash"] if n else ledger.GENESIS
+    prev = kept.records[n - 1].hash if n else ledger.GENESIS
     history = [*history, {"from_iteration": n, "world_size": world_size, "notes": notes}]
     return Resume(run_dir, found, n, prev, active, history)

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.core import credits, ledger, rules, schedule
+from podlt_mpi.core import credits, records, rules, schedule
 from podlt_mpi.core.config import RunConfig, model_kwargs, saved_options
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task
@@ -39,7 +39,7 @@ class Audit:
         try:
             with open(self._path("config.json"), encoding="utf-8") as f:
                 saved = json.load(f)
-            self.records, self.torn = ledger.read(self._path("ledger.jsonl"))
+            self.ledger = records.load(self._path("ledger.jsonl"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"{run_dir} is not a readable run directory: {e}") from None
         self.cfg = RunConfig(**saved_options(saved))
@@ -51,10 +51,11 @@ class Audit:
         if os.path.exists(self._path("summary.json")):
             with open(self._path("summary.json"), encoding="utf-8") as f:
                 self.summary = json.load(f)
+        self.records = self.ledger.records  # records.Record, None where unreadable
         self.removed_at = {}
-        for rec in self.records:
-            for r in rec.get("removed", []):
-                self.removed_at.setdefault(r, rec.get("iteration"))
+        for rec in self.ledger.readable():
+            for r in rec.removed:
+                self.removed_at.setdefault(r, rec.iteration)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -65,9 +66,9 @@ class Audit:
     # ---- the ledger alone --------------------------------------------------------------------
 
     def check_chain(self) -> None:
-        for where, msg in ledger.check_chain(self.records):
+        for where, msg in self.ledger.chain_problems():
             self.problem(where, "chain", msg)
-        if self.torn:
+        if self.ledger.torn:
             self.notes.append("the ledger's last line was cut off by a crash; it is not part of "
                               "the chain")
 
@@ -78,12 +79,12 @@ class Audit:
                                     schedule.shuffle_seed(cfg))}
         gone = {}
         for i, rec in enumerate(self.records):
-            try:
-                for msg in _record_problems(rec, i, plan, gone, cfg):
-                    self.problem(i, "structure", msg)
-            except (KeyError, TypeError, ValueError, IndexError) as e:
-                self.problem(i, "structure", f"the record is malformed ({type(e).__name__}: {e})")
-            for r in rec.get("removed", []) if isinstance(rec.get("removed"), list) else []:
+            if rec is None:
+                self.problem(i, "structure", f"the record is malformed: {self.ledger.errors[i]}")
+                continue
+            for msg in _record_problems(rec, i, plan, gone, cfg):
+                self.problem(i, "structure", msg)
+            for r in rec.removed:
                 gone.setdefault(r, i)
 
     # ---- weights and checkpoints --------------------------------------------------------------
@@ -123,7 +124,7 @@ class Audit:
 
     def check_weights(self) -> None:
         import torch
-        recs = self.records
+        recs = self.ledger.raw  # the digests are compared even where a record is malformed
         if not recs:
             return
         if self.replayer.weights_sha() != recs[0].get("model_before"):
@@ -152,7 +153,7 @@ class Audit:
                 self.problem(n - 1, "checkpoint", str(e))
                 continue
             why = rules.unvouched(n, ckpt["fingerprint"], ckpt["position"]["ledger_hash"],
-                                  self.records)
+                                  self.ledger)
             if why:
                 self.problem(n - 1, "checkpoint", f"{os.path.basename(path)} cannot be trusted: "
                              f"{why}")
@@ -180,11 +181,11 @@ class Audit:
                     rp.load(anchors[best]["model"], anchors[best]["optimizer"])
                 pos = best
             while pos is not None and pos <= t:
-                try:
+                if recs[pos] is None:
+                    out = Outcome(pos, in_sync=False, problems=["the record cannot be replayed: "
+                                                                "it is malformed"])
+                else:
                     out = rp.step(recs[pos])
-                except (KeyError, TypeError, ValueError, IndexError) as e:
-                    out = Outcome(pos, in_sync=False, problems=[
-                        f"the record cannot be replayed: {type(e).__name__}: {e}"])
                 outcomes[pos] = out
                 for msg in out.problems:
                     self.problem(pos, "replay", msg)
@@ -220,22 +221,22 @@ class Audit:
         """Fragments of later-removed ranks applied without a check, and what replay says."""
         shown = {(f["iteration"], f["rank"]) for f in found}
         out = []
-        for rec in self.records:
-            it, check = rec["iteration"], rec.get("check") or {}
-            verified = set(check.get("controls", [])) | {check.get("worker")} \
-                if check.get("verdict") == "agree" else set()
-            for lines, r in zip(rec.get("applied", []), rec.get("applied_from", []), strict=False):
+        for rec in self.ledger.readable():
+            it, check = rec.iteration, rec.check
+            verified = {*check.controls, check.worker} \
+                if check and check.verdict == "agree" else set()
+            for lines, r in zip(rec.applied, rec.applied_from, strict=False):
                 caught = self.removed_at.get(r)
                 if caught is None or caught < it or r in verified:
                     continue
                 replay = ("shown fake" if (it, r) in shown else
                           "honest" if it in outcomes and outcomes[it].in_sync else "not replayed")
-                out.append({"iteration": it, "lines": lines, "rank": r, "removed_at": caught,
+                out.append({"iteration": it, "lines": list(lines), "rank": r, "removed_at": caught,
                             "replay": replay})
         return out
 
     def check_credits(self) -> dict:
-        table = credits.from_ledger(self.records)
+        table = credits.from_ledger(self.ledger.readable())
         if self.summary is None:
             self.notes.append("no summary.json (the run did not finish): credits not compared")
             return table
@@ -249,7 +250,7 @@ class Audit:
     # ---- all of it -----------------------------------------------------------------------------
 
     def head(self) -> str:
-        return self.records[-1].get("hash") if self.records else ledger.GENESIS
+        return self.ledger.head
 
     def check_head(self, expected: str) -> None:
         """Against the head published from the job's log, which no edit of the files can reach."""
@@ -294,67 +295,64 @@ class Audit:
         }
 
 
-def _record_problems(rec, i, plan, gone, cfg) -> list:
+def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
     """Where one record departs from the protocol (see the module docstring)."""
     out = []
-    if rec["iteration"] != i:
-        out.append(f"record {i} says it is iteration {rec['iteration']}")
+    if rec.iteration != i:
+        out.append(f"record {i} says it is iteration {rec.iteration}")
     want = plan.get(i)
     if want is None:
         out.append("the configuration's schedule has no such iteration")
-    elif (rec["epoch"], rec["block"], *rec["lines"]) != want:
-        out.append(f"epoch, block and lines {[rec['epoch'], rec['block'], rec['lines']]} are not "
+    elif (rec.epoch, rec.block, *rec.lines) != want:
+        out.append(f"epoch, block and lines {[rec.epoch, rec.block, list(rec.lines)]} are not "
                    f"the schedule's {list(want)}")
-    workers = [a for a in rec["assignments"] if a["role"] == "worker"]
-    ctrl = [a for a in rec["assignments"] if a["role"] == "control"]
-    again = [a for a in rec["assignments"] if a["role"] == "recheck"]
-    ranks = [a["rank"] for a in rec["assignments"] if a["role"] != "recheck"]
-    if len(set(ranks)) != len(ranks) or len({a["rank"] for a in again}) != len(again):
+    workers, ctrl, again = rec.role_of("worker"), rec.role_of("control"), rec.role_of("recheck")
+    ranks = [a.rank for a in (*workers, *ctrl)]
+    if len(set(ranks)) != len(ranks) or len({a.rank for a in again}) != len(again):
         out.append("a rank has two assignments")
     for r in ranks:
         if r in gone:
             out.append(f"rank {r} was given work after its removal at iteration {gone[r]}")
-    bounds = [tuple(a["lines"]) for a in workers]
+    bounds = [a.lines for a in workers]
     sizes = [e - s for s, e in bounds]
-    covered = bool(bounds) and bounds[0][0] == rec["lines"][0] and bounds[-1][1] == rec["lines"][1] \
+    covered = bool(bounds) and bounds[0][0] == rec.lines[0] and bounds[-1][1] == rec.lines[1] \
         and all(bounds[k][1] == bounds[k + 1][0] for k in range(len(bounds) - 1))
     if not covered or max(sizes) - min(sizes) > 1:
         out.append("the workers' fragments do not split the block evenly")
-    checks = credits.checks_of(rec)
+    checks = rec.checks
     expected = min(cfg.checks_per_iteration, len(workers)) if cfg.controls else 0
     if len(checks) != expected:
         out.append(f"{len(checks)} checks where the configuration makes {expected}")
-    frag = {a["rank"]: a["lines"] for a in workers}
+    frag = {a.rank: a.lines for a in workers}
     fake, later = set(), {}
     for check in checks:
-        mine = [a for a in ctrl if a["lines"] == check["lines"]]
-        redo = [a for a in again if a["lines"] == check["lines"]]
-        later[check["worker"]] = [*check["controls"], *(a["rank"] for a in redo)]
-        fake |= set(check["fake"])
-        if frag.get(check["worker"]) != check["lines"]:
+        mine = [a for a in ctrl if a.lines == check.lines]
+        redo = [a for a in again if a.lines == check.lines]
+        later[check.worker] = [*check.controls, *(a.rank for a in redo)]
+        fake |= set(check.fake)
+        if frag.get(check.worker) != check.lines:
             out.append("the checked lines are not the checked worker's fragment")
-        if sorted(a["rank"] for a in mine) != sorted(check["controls"]) or \
-                len(check["controls"]) != cfg.controls:
+        if sorted(a.rank for a in mine) != sorted(check.controls) or \
+                len(check.controls) != cfg.controls:
             out.append("the controls did not receive the checked fragment")
-        if (check["verdict"] == "fake") != bool(check["fake"]):
-            out.append(f"verdict {check['verdict']} with fake ranks {check['fake']}")
-        listed = (check.get("referee") or {}).get("rechecks", [])
-        if [a["rank"] for a in redo] != listed or \
-                {a["rank"] for a in redo} & {check["worker"], *check["controls"]}:
+        if (check.verdict == "fake") != bool(check.fake):
+            out.append(f"verdict {check.verdict} with fake ranks {list(check.fake)}")
+        if tuple(a.rank for a in redo) != check.rechecks or \
+                {a.rank for a in redo} & {check.worker, *check.controls}:
             out.append("the dispute's rechecks are not the ones its check lists")
-    if len(ctrl) != sum(len(c["controls"]) for c in checks) or \
-            len(again) != sum(len((c.get("referee") or {}).get("rechecks", [])) for c in checks):
+    if len(ctrl) != sum(len(c.controls) for c in checks) or \
+            len(again) != sum(len(c.rechecks) for c in checks):
         out.append("a control or recheck belongs to no check")
-    if sorted(rec["removed"]) != sorted(fake):
-        out.append(f"removed {rec['removed']} but the checks found {sorted(fake)} fake")
-    outcomes = [rules.Outcome(c["worker"], c["verdict"], tuple(c["fake"]),
-                              tuple(later[c["worker"]])) for c in checks]
-    kept = rules.applied([(a["rank"], a["lines"]) for a in workers], outcomes)
-    applied, source = [lines for lines, _ in kept], [r for _, r in kept]
-    if rec["applied"] != applied:
+    if sorted(rec.removed) != sorted(fake):
+        out.append(f"removed {list(rec.removed)} but the checks found {sorted(fake)} fake")
+    outcomes = [rules.Outcome(c.worker, c.verdict, c.fake, tuple(later[c.worker]))
+                for c in checks]
+    kept = rules.applied([(a.rank, a.lines) for a in workers], outcomes)
+    applied, source = tuple(lines for lines, _ in kept), tuple(r for _, r in kept)
+    if rec.applied != applied:
         out.append("the applied fragments are not the accepted ones")
-    elif rec.get("applied_from") != source:
-        out.append(f"applied_from {rec.get('applied_from')} should be {source}")
+    elif rec.applied_from != source:
+        out.append(f"applied_from {list(rec.applied_from)} should be {list(source)}")
     return out
 
 

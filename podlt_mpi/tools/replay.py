@@ -17,7 +17,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.core import credits, ledger, rates, verify
+from podlt_mpi.core import ledger, rates, records, verify
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
@@ -65,20 +65,20 @@ class Replayer:
         seed = messages.fragment_seed(self.cfg.seed, iteration, s, e)
         return training.gradient(self.model, xt, yt, seed, self.layout, self.loss_fn)
 
-    def step(self, rec: dict) -> Outcome:
+    def step(self, rec: records.Record) -> Outcome:
         """Replay `rec` from the current state, which must be the weights before it."""
-        it = rec["iteration"]
+        it = rec.iteration
         out = Outcome(it, in_sync=False)
-        if self.weights_sha() != rec["model_before"]:
+        if self.weights_sha() != rec.model_before:
             out.problems.append("the weights before it are not the ones the ledger names")
             return out
-        start, stop = rec["lines"]
+        start, stop = rec.lines
         x, y = self.reader.read(start, stop)
-        if ledger.sha256_arrays(x.reshape(len(y), -1), y) != rec.get("data_sha256"):
+        if ledger.sha256_arrays(x.reshape(len(y), -1), y) != rec.data_sha256:
             out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
                                 "(wrong --data file?)")
             return out
-        sent = {(a["rank"], tuple(a["lines"])): a["grad_sha256"] for a in rec["assignments"]}
+        sent = {(a.rank, a.lines): a.grad_sha256 for a in rec.assignments}
         cache = {}
 
         def fragment(s, e):
@@ -87,7 +87,7 @@ class Replayer:
             return cache[(s, e)]
 
         confirmed = []
-        for check in credits.checks_of(rec):
+        for check in rec.checks:
             ok = _confirm(check, sent, fragment, out, self.cfg.compare)
             if ok is not None:
                 confirmed.append(ok)
@@ -95,7 +95,7 @@ class Replayer:
             out.verdict_confirmed = all(confirmed)
 
         grads, losses, counts, lines, honest = [], [], [], [], True
-        for (s, e), r in zip(rec["applied"], rec["applied_from"], strict=True):
+        for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
             if ledger.sha256_array(g) != sent.get((r, (s, e))):
                 out.fake_fragments.append({"lines": [s, e], "rank": r})
@@ -109,25 +109,25 @@ class Replayer:
         if grads:
             cfg = self.cfg
             training.apply_update(self.model, self.opt, self.layout, grads, counts,
-                                  rates.learning_rate(cfg, it, rec["epoch"], self.total),
+                                  rates.learning_rate(cfg, it, rec.epoch, self.total),
                                   cfg.clip_grad_norm, lines)
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
-            if loss != rec["loss"]:
-                out.problems.append(f"the logged loss {rec['loss']} differs from the replayed {loss}")
-        if self.weights_sha() != rec["model_after"]:
+            if loss != rec.loss:
+                out.problems.append(f"the logged loss {rec.loss} differs from the replayed {loss}")
+        if self.weights_sha() != rec.model_after:
             out.problems.append("the manager's update does not give the logged model_after")
             return out
         out.in_sync = True
         return out
 
 
-def _confirm(check, sent, fragment, out, mode: str) -> bool | None:
+def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str) -> bool | None:
     """Re-derive one check's verdict from the hashes the ranks sent and the replayed gradient
     (None where tolerance mode makes bits insufficient)."""
-    s, e = check["lines"]
+    s, e = check.lines
     ref = ledger.sha256_array(fragment(s, e)[0])
-    rechecks = (check.get("referee") or {}).get("rechecks", [])
-    votes = {r: sent.get((r, (s, e))) for r in (check["worker"], *check["controls"])}
+    rechecks = check.rechecks
+    votes = {r: sent.get((r, (s, e))) for r in (check.worker, *check.controls)}
     extra = {r: sent.get((r, (s, e))) for r in rechecks}
     if mode != "exact" and not all(h == ref for h in votes.values()):
         return None
@@ -135,10 +135,10 @@ def _confirm(check, sent, fragment, out, mode: str) -> bool | None:
     if rechecks:  # a dispute: settled the way the manager settles it
         every = {**votes, **extra}
         expected = verify.settle(list(every), [r for r, h in every.items() if h == ref])
-    ok = expected.verdict == check["verdict"] and sorted(expected.fake) == sorted(check["fake"])
+    ok = expected.verdict == check.verdict and sorted(expected.fake) == sorted(check.fake)
     if not ok:
-        out.problems.append(f"the logged verdict {check['verdict']} (fake {check['fake']}) for "
-                            f"lines {check['lines']} does not follow from the gradients: replay "
+        out.problems.append(f"the logged verdict {check.verdict} (fake {list(check.fake)}) for "
+                            f"lines {list(check.lines)} does not follow from the gradients: replay "
                             f"gives {expected.verdict} (fake {expected.fake})")
     return ok
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from podlt_mpi.compute import devices
-from podlt_mpi.core import credits, ledger, rules, schedule
+from podlt_mpi.core import credits, ledger, records, rules, schedule
 from podlt_mpi.core.tasks import FIGURES, figures_text
 from podlt_mpi.io import atomic
 
@@ -46,7 +46,9 @@ def load(run_dir: str) -> dict:
             raise ReportError(f"{run_dir} holds no {name}: not a run directory")
     run = {"dir": run_dir, "config": {}, "summary": None}
     try:
-        run["ledger"], run["skipped_ledger"] = read_rows(os.path.join(run_dir, "ledger.jsonl"))
+        kept = records.load(os.path.join(run_dir, "ledger.jsonl"))
+        run["ledger"] = kept.readable()
+        run["skipped_ledger"] = len(kept.errors) + int(kept.torn)
         run["metrics"], run["skipped_metrics"] = read_rows(os.path.join(run_dir, "metrics.jsonl"))
         for key in ("config", "summary"):  # both optional: a crash may leave no summary.json
             if os.path.exists(os.path.join(run_dir, key + ".json")):
@@ -65,14 +67,13 @@ def timelines(records) -> dict:
     for an unresolved check, else `agree` (it sided with the majority)."""
     out = {}
     for rec in records:
-        checks = credits.checks_of(rec)
-        for a in rec.get("assignments", []):
-            c = credits.check_of(a, checks)
+        for a in rec.assignments:
+            c = credits.check_of(a, rec.checks)
             if c is None:
                 continue
-            outcome = ("caught" if a["rank"] in c.get("fake", []) else
-                       "dispute" if c["verdict"] == "dispute" else "agree")
-            out.setdefault(a["rank"], []).append((rec["iteration"], a["role"], outcome))
+            outcome = ("caught" if a.rank in c.fake else
+                       "dispute" if c.verdict == "dispute" else "agree")
+            out.setdefault(a.rank, []).append((rec.iteration, a.role, outcome))
     return out
 
 
@@ -80,10 +81,10 @@ def removals(records) -> list:
     """[{rank, iteration, role}] from the ledger, as summary.json would list them."""
     out = []
     for rec in records:
-        checked = {c["worker"] for c in credits.checks_of(rec)}
-        controls = {a["rank"] for a in rec.get("assignments", []) if a["role"] == "control"}
-        for r in rec.get("removed", []):
-            out.append({"rank": r, "iteration": rec["iteration"],
+        checked = {c.worker for c in rec.checks}
+        controls = {a.rank for a in rec.role_of("control")}
+        for r in rec.removed:
+            out.append({"rank": r, "iteration": rec.iteration,
                         "role": rules.removed_role(r, checked, controls)})
     return out
 
@@ -273,9 +274,9 @@ def main(argv) -> int:
         return 2
     sm = summarise(run)
     rows, recs = run["metrics"], run["ledger"]
-    last = max([r.get("iteration", 0) for r in recs + rows] or [0])
-    ranks = sorted({int(r) for r in sm["credits"]} | {x["rank"] for rec in recs
-                                                       for x in rec.get("assignments", [])})
+    last = max([r.iteration for r in recs] + [r.get("iteration", 0) for r in rows] or [0])
+    ranks = sorted({int(r) for r in sm["credits"]} | {x.rank for rec in recs
+                                                       for x in rec.assignments})
     figures = [plot_loss(rows, os.path.join(out, "loss.png")),
                plot_checks(timelines(recs), sm["removed"], ranks, last,
                            os.path.join(out, "checks.png")),

@@ -1,0 +1,286 @@
+"""The ledger's records as types: the manager writes them, and the audit, replay, credits, the
+report and resume read them through `load`, the one reader. Pure, no MPI. docs/ledger.md
+describes the same layout for an independent auditor.
+
+Formats: a record of format 1, the layout of the first release, carries no `format` key; every
+later format writes `"format": N` into each record, inside its hash, so a ledger says record by
+record how to read it and runs written before keep being audited, resumed and reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from podlt_mpi.core import ledger
+
+FORMAT = 1         # what this version writes
+FORMATS = (1,)     # what it reads
+ROLES = ("worker", "control", "recheck")
+VERDICTS = ("agree", "fake", "dispute")
+
+
+class RecordError(ValueError):
+    """A ledger line that is not a record of any format this version reads (one sentence)."""
+
+
+# ---- reading JSON values by their type -----------------------------------------------------------
+
+def _int(v, what):
+    if type(v) is not int:
+        raise RecordError(f"{what} is {v!r}, not an integer")
+    return v
+
+
+def _str(v, what):
+    if not isinstance(v, str):
+        raise RecordError(f"{what} is {v!r}, not a string")
+    return v
+
+
+def _list(v, what):
+    if not isinstance(v, list):
+        raise RecordError(f"{what} is {v!r}, not a list")
+    return v
+
+
+def _ints(v, what) -> tuple:
+    return tuple(_int(x, what) for x in _list(v, what))
+
+
+def _lines(v, what) -> tuple:
+    pair = _ints(v, what)
+    if len(pair) != 2:
+        raise RecordError(f"{what} is {v!r}, not [start, stop]")
+    return pair
+
+
+def _float_or_none(v, what):
+    if v is not None and (type(v) not in (int, float)):
+        raise RecordError(f"{what} is {v!r}, not a number or null")
+    return v
+
+
+def _fields(d, cls, what, optional=()) -> dict:
+    if not isinstance(d, dict):
+        raise RecordError(f"{what} is {d!r}, not an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(names - set(d) - set(optional))
+    unknown = sorted(set(d) - names)
+    if missing:
+        raise RecordError(f"{what} lacks {', '.join(missing)}")
+    if unknown:
+        raise RecordError(f"{what} has fields format 1 does not know: {', '.join(unknown)}")
+    return d
+
+
+def _drop_none(d: dict, keys) -> dict:
+    """Optional keys are absent, not null, in the JSON (so older records keep their bytes)."""
+    return {k: v for k, v in d.items() if not (k in keys and v is None)}
+
+
+# ---- the record's parts ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assignment:
+    """Who computed which lines in which role, and the hash of the gradient it sent."""
+    rank: int
+    role: str          # worker | control | recheck
+    lines: tuple       # (start, stop): absolute line numbers in the training file
+    grad_sha256: str
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "role": self.role, "lines": list(self.lines),
+                "grad_sha256": self.grad_sha256}
+
+    @classmethod
+    def from_json(cls, d) -> Assignment:
+        _fields(d, cls, "an assignment")
+        role = _str(d["role"], "an assignment's role")
+        if role not in ROLES:
+            raise RecordError(f"an assignment's role is {role!r}, not one of {', '.join(ROLES)}")
+        return cls(_int(d["rank"], "an assignment's rank"), role,
+                   _lines(d["lines"], "an assignment's lines"),
+                   _str(d["grad_sha256"], "an assignment's grad_sha256"))
+
+
+@dataclass(frozen=True)
+class Referee:
+    """The manager's own recomputation of a check's fragment, where the votes disagreed."""
+    by: str                      # "manager"
+    agrees: tuple                # the votes equal to the manager's result
+    overturned: bool | None = None  # the referee changed who was found fake
+    rechecks: tuple | None = None   # a dispute's further ranks, in the order they were asked
+    resolved: bool | None = None    # the rechecks ended the dispute
+
+    OPTIONAL = ("overturned", "rechecks", "resolved")
+
+    def to_json(self) -> dict:
+        d = {"by": self.by, "agrees": list(self.agrees), "overturned": self.overturned,
+             "rechecks": None if self.rechecks is None else list(self.rechecks),
+             "resolved": self.resolved}
+        return _drop_none(d, self.OPTIONAL)
+
+    @classmethod
+    def from_json(cls, d) -> Referee:
+        _fields(d, cls, "a referee step", cls.OPTIONAL)
+        flag = {k: d.get(k) for k in ("overturned", "resolved")}
+        for k, v in flag.items():
+            if v is not None and type(v) is not bool:
+                raise RecordError(f"a referee step's {k} is {v!r}, not true or false")
+        rechecks = d.get("rechecks")
+        return cls(_str(d["by"], "a referee step's by"), _ints(d["agrees"], "a referee's agrees"),
+                   rechecks=None if rechecks is None else _ints(rechecks, "a referee's rechecks"),
+                   **flag)
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One checked worker: its controls' votes, the verdict and who was found fake."""
+    lines: tuple
+    worker: int
+    controls: tuple
+    verdict: str                 # agree | fake | dispute
+    fake: tuple
+    rel_dist: tuple              # ((rank_a, rank_b, distance or None), ...)
+    referee: Referee | None
+
+    @property
+    def rechecks(self) -> tuple:
+        return (self.referee.rechecks or ()) if self.referee else ()
+
+    def to_json(self) -> dict:
+        return {"lines": list(self.lines), "worker": self.worker, "controls": list(self.controls),
+                "verdict": self.verdict, "fake": list(self.fake),
+                "rel_dist": [list(t) for t in self.rel_dist],
+                "referee": self.referee.to_json() if self.referee else None}
+
+    @classmethod
+    def from_json(cls, d) -> CheckRecord:
+        _fields(d, cls, "a check")
+        verdict = _str(d["verdict"], "a check's verdict")
+        if verdict not in VERDICTS:
+            raise RecordError(f"a check's verdict is {verdict!r}, not one of "
+                              f"{', '.join(VERDICTS)}")
+        rel = []
+        for t in _list(d["rel_dist"], "a check's rel_dist"):
+            if not (isinstance(t, list) and len(t) == 3):
+                raise RecordError(f"a check's rel_dist holds {t!r}, not [rank, rank, distance]")
+            rel.append((_int(t[0], "a rel_dist rank"), _int(t[1], "a rel_dist rank"),
+                        _float_or_none(t[2], "a rel_dist distance")))
+        return cls(_lines(d["lines"], "a check's lines"), _int(d["worker"], "a check's worker"),
+                   _ints(d["controls"], "a check's controls"), verdict,
+                   _ints(d["fake"], "a check's fake"), tuple(rel),
+                   None if d["referee"] is None else Referee.from_json(d["referee"]))
+
+
+@dataclass
+class Record:
+    """One iteration of the run, as sealed into the ledger."""
+    iteration: int
+    epoch: int
+    block: int
+    lines: tuple                 # the block's (start, stop)
+    data_sha256: str             # the block's x then y bytes
+    model_before: str            # the weights' digest (layout.digest)
+    assignments: tuple           # Assignment, workers and controls in line order, then rechecks
+    check: CheckRecord | None    # the first check, None without controls
+    applied: tuple               # the lines of each fragment applied, in line order
+    applied_from: tuple          # the rank whose gradient was applied for each
+    removed: tuple               # ranks found fake in this iteration
+    loss: float | None           # the applied fragments' weighted mean loss; None if none
+    model_after: str
+    extra_checks: tuple = ()     # --checks-per-iteration: the other checks, in turn
+    checkpoint: str | None = None  # the fingerprint of the checkpoint written after it
+    prev: str | None = None      # the previous record's hash (sealing fills these two in)
+    hash: str | None = None
+    format: int = FORMAT
+
+    OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format")
+
+    @property
+    def checks(self) -> list:
+        """Every check of the iteration: `check`, then `extra_checks`."""
+        return ([self.check] if self.check else []) + list(self.extra_checks)
+
+    def role_of(self, role: str) -> list:
+        return [a for a in self.assignments if a.role == role]
+
+    def to_json(self) -> dict:
+        d = {"iteration": self.iteration, "epoch": self.epoch, "block": self.block,
+             "lines": list(self.lines), "data_sha256": self.data_sha256,
+             "model_before": self.model_before,
+             "assignments": [a.to_json() for a in self.assignments],
+             "check": self.check.to_json() if self.check else None,
+             "applied": [list(p) for p in self.applied], "applied_from": list(self.applied_from),
+             "removed": list(self.removed), "loss": self.loss, "model_after": self.model_after,
+             "extra_checks": [c.to_json() for c in self.extra_checks] or None,
+             "checkpoint": self.checkpoint, "prev": self.prev, "hash": self.hash,
+             "format": None if self.format == 1 else self.format}
+        return _drop_none(d, self.OPTIONAL)
+
+    @classmethod
+    def from_json(cls, d) -> Record:
+        if not isinstance(d, dict):
+            raise RecordError("the line is not a JSON object")
+        fmt = d.get("format", 1)
+        if fmt == 1 and "format" in d or fmt not in FORMATS:
+            raise RecordError(f"the record says it is format {fmt!r}; this version reads "
+                              f"format {', '.join(map(str, FORMATS))}")
+        _fields(d, cls, "the record", cls.OPTIONAL)
+        s = lambda k: _str(d[k], k)  # noqa: E731
+        extra = d.get("extra_checks", [])
+        loss = _float_or_none(d["loss"], "loss")
+        return cls(_int(d["iteration"], "iteration"), _int(d["epoch"], "epoch"),
+                   _int(d["block"], "block"), _lines(d["lines"], "lines"), s("data_sha256"),
+                   s("model_before"),
+                   tuple(Assignment.from_json(a) for a in _list(d["assignments"], "assignments")),
+                   None if d["check"] is None else CheckRecord.from_json(d["check"]),
+                   tuple(_lines(p, "applied") for p in _list(d["applied"], "applied")),
+                   _ints(d["applied_from"], "applied_from"), _ints(d["removed"], "removed"),
+                   loss, s("model_after"),
+                   tuple(CheckRecord.from_json(c) for c in _list(extra, "extra_checks")),
+                   d.get("checkpoint") and s("checkpoint"), d.get("prev") and s("prev"),
+                   d.get("hash") and s("hash"), fmt)
+
+
+# ---- the one reader -----------------------------------------------------------------------------
+
+@dataclass
+class Ledger:
+    """A run's ledger.jsonl: the lines as stored (the hash chain is over these) and each as a
+    typed record, or the sentence saying why it is not one."""
+    raw: list
+    records: list                # Record, or None where `errors` says why not
+    errors: dict                 # position -> sentence
+    torn: bool                   # the last line was cut off by a crash (never part of the chain)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def chain_problems(self, upto: int | None = None) -> list:
+        return ledger.check_chain(self.raw[:upto])
+
+    @property
+    def head(self) -> str:
+        return self.raw[-1].get("hash") if self.raw else ledger.GENESIS
+
+    def readable(self) -> list:
+        return [r for r in self.records if r is not None]
+
+
+def parse(raw: list) -> Ledger:
+    records, errors = [], {}
+    for i, d in enumerate(raw):
+        try:
+            records.append(Record.from_json(d))
+        except RecordError as e:
+            records.append(None)
+            errors[i] = str(e)
+    return Ledger(raw, records, errors, False)
+
+
+def load(path: str) -> Ledger:
+    raw, torn = ledger.read(path)
+    out = parse(raw)
+    out.torn = torn
+    return out

@@ -1,0 +1,140 @@
+"""The ledger's typed records (core/records.py): one schema for the writer and every reader, and
+runs written before it (tests/data/format1) still audited, reported and resumed."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_job
+
+from podlt_mpi.core import ledger, records
+
+OLD = os.path.join(ROOT, "tests", "data", "format1")
+HELPERS = os.path.join(ROOT, "tests", "helpers")
+
+
+@pytest.fixture
+def old_run(tmp_path):
+    """A copy of the run written before typed records (its config names train.h5 relatively)."""
+    shutil.copytree(OLD, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def tool(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "podlt_mpi", *args], cwd=cwd, timeout=300,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
+
+
+def audit_json(run) -> dict:
+    with open(os.path.join(run, "audit.json")) as f:
+        return json.load(f)
+
+
+def test_every_old_record_reads_and_writes_back_to_the_same_bytes():
+    kept = records.load(os.path.join(OLD, "run", "ledger.jsonl"))
+    assert kept.errors == {} and not kept.torn and len(kept) == 6
+    assert kept.chain_problems() == []
+    for raw, rec in zip(kept.raw, kept.records, strict=True):
+        assert rec.format == 1
+        assert ledger.canonical(rec.to_json()) == ledger.canonical(raw)
+    # the parts are typed: what the run did, read as attributes
+    first = kept.records[0]
+    assert first.removed == (2,) and first.check.verdict == "fake" and first.check.fake == (2,)
+    assert [c.verdict for r in kept.records[1:] for c in r.checks] == ["agree"] * 5
+    assert all(isinstance(a, records.Assignment) for r in kept.records for a in r.assignments)
+    assert [r.checkpoint is not None for r in kept.records] == [True, True, False, True, False,
+                                                                True]
+
+
+def base() -> dict:
+    return records.load(os.path.join(OLD, "run", "ledger.jsonl")).raw[0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("model_after"), "the record lacks model_after"),
+    (lambda d: d.update(surprise=1), "fields format 1 does not know: surprise"),
+    (lambda d: d.update(iteration="0"), "iteration is '0', not an integer"),
+    (lambda d: d.update(iteration=True), "iteration is True, not an integer"),
+    (lambda d: d.update(lines=[0, 1, 2]), "lines is [0, 1, 2], not [start, stop]"),
+    (lambda d: d.update(loss="low"), "loss is 'low', not a number or null"),
+    (lambda d: d["assignments"][0].update(role="boss"), "role is 'boss', not one of worker"),
+    (lambda d: d["check"].update(verdict="maybe"), "verdict is 'maybe', not one of agree"),
+    (lambda d: d["check"].update(referee={"by": "manager"}), "a referee step lacks agrees"),
+    (lambda d: d.update(format=2), "says it is format 2; this version reads format 1"),
+    (lambda d: d.update(format=1), "says it is format 1"),  # format 1 carries no key
+])
+def test_a_malformed_record_is_one_sentence(edit, message):
+    d = base()
+    edit(d)
+    with pytest.raises(records.RecordError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        records.Record.from_json(d)
+
+
+def test_optional_fields_are_absent_not_null():
+    """So that format 1's bytes never change: a record without extra checks, checkpoint or
+    format has none of those keys."""
+    d = base()
+    rec = records.Record.from_json(d)
+    rec.checkpoint, rec.prev, rec.hash = None, None, None
+    out = rec.to_json()
+    assert not {"extra_checks", "checkpoint", "prev", "hash", "format"} & set(out)
+    rec.format = 2
+    assert rec.to_json()["format"] == 2
+
+
+def test_a_record_of_an_unknown_format_is_reported_at_its_iteration(old_run):
+    """A ledger resealed with a record of a format this version does not read: the chain holds,
+    and the audit names the record and why, instead of failing on a missing key."""
+    path = os.path.join(old_run, "run", "ledger.jsonl")
+    raw = records.load(path).raw
+    raw[3]["format"] = 7
+    prev, lines = ledger.GENESIS, []
+    for d in raw:
+        d = ledger.seal(d, prev)
+        prev = d["hash"]
+        lines.append(ledger.canonical(d).decode())
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    r = tool("audit", "run", "--json", "audit.json", cwd=old_run)
+    assert r.returncode == 1, r.stderr
+    rep = audit_json(old_run)
+    structure = [p for p in rep["problems"] if p["check"] == "structure"]
+    assert structure and structure[0]["iteration"] == 3
+    assert "format 7; this version reads format 1" in structure[0]["message"]
+    assert not [p for p in rep["problems"] if p["check"] == "chain"]
+
+
+def test_an_old_run_is_audited_bit_for_bit_and_reported(old_run):
+    r = tool("audit", "run", "--all", "--json", "audit.json", cwd=old_run)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = audit_json(old_run)
+    assert rep["passed"] and rep["replay"]["verified"] == 6
+    assert rep["removed"] == [{"rank": 2, "iteration": 0}]
+    r = tool("report", "run", cwd=old_run)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(old_run, "run", "report", "summary.txt")) as f:
+        summary = f.read()
+    assert "rank 2 at iteration 0 (as worker)" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_old_run_is_resumed_and_its_records_kept(old_run):
+    """Into a second epoch. Rank 2, removed before, still runs in the new job: it is stopped at
+    once (before, it waited for work until its 600 s timeout)."""
+    before = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
+    r = run_job(5, ["--resume", "run", "--blocks", "10", "--epochs", "2"], cwd=old_run,
+                path=[HELPERS], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ranks [2] stay removed" in r.stderr
+    after = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
+    assert after.startswith(before) and after.count(b"\n") == 10
+    kept = records.load(os.path.join(old_run, "run", "ledger.jsonl"))
+    assert kept.errors == {} and kept.chain_problems() == []
+    assert all(2 not in {a.rank for a in rec.assignments} for rec in kept.records[6:])
+    r = tool("audit", "run", "--all", "--json", "audit.json", cwd=old_run)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert audit_json(old_run)["replay"]["verified"] == 10
