@@ -135,3 +135,15 @@ def test_core_loads_without_torch_or_mpi():
                          timeout=100, env={**os.environ, "PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_every_sub_package_is_a_package_that_git_keeps():
+    """A sub-package without __init__.py is not installed by a regular pip install, and a
+    .gitignore pattern like `dist/` once hid podlt_mpi/dist/ from commits."""
+    assert all(f"podlt_mpi.{p}" in MODULES for p in ALLOWED)
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    files = [os.path.relpath(p, ROOT) for p in MODULES.values()]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60).stdout.split()
+    assert ignored == []
