@@ -38,7 +38,6 @@ def pytest_generate_tests(metafunc):
 # `full`.
 FIRST_TIER_CASES = {
     "test_e2e_bad_input.py::test_bad_data_file": ("missing", "negative"),
-    "test_e2e_bad_input.py::test_bad_options": ("args0-", "args3-", "args7-"),
     "test_e2e_bad_input.py::test_device_options_that_cannot_work_are_bad_input": ("args0-",),
     "test_e2e_bad_input.py::test_a_user_model_that_cannot_train_is_bad_input": ("no_backward",),
     "test_e2e_bad_input.py::test_unwritable_out": (),

@@ -188,7 +188,7 @@ def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):
 def test_a_changed_checkpoint_is_found_and_refused_by_resume(honest, tmp_path):
     import torch
 
-    from podlt_mpi.core import ledger
+    from podlt_mpi.core import records
     from podlt_mpi.run import checkpoint, resume
     run = str(tmp_path / "run")
     shutil.copytree(honest, run)
@@ -199,8 +199,8 @@ def test_a_changed_checkpoint_is_found_and_refused_by_resume(honest, tmp_path):
     torch.save(blob, path)
     rep = audit(run, sample=0)
     assert {(p["iteration"], p["check"]) for p in rep["problems"]} == {(7, "checkpoint")}
-    records, _ = ledger.read(os.path.join(run, "ledger.jsonl"))
-    assert "differ from what iteration 7" in resume.usable(checkpoint.load(path), records)
+    kept = records.load(os.path.join(run, "ledger.jsonl"))
+    assert "differ from what iteration 7" in resume.usable(checkpoint.load(path), kept)
 
 
 def test_credits_in_the_summary_must_match_the_ledger(honest, tmp_path):

@@ -96,6 +96,9 @@ def test_time_limit_stops_in_time_and_resume_completes(small_data, tmp_path, ref
     assert_equals_reference(out, reference)
 
 
+# wallclock: the rank timeout is max(20 s, 10 x the slowest exchange); exchanges here take well
+# under a second, so a lost rank is found at about 20 s and the job aborted within 30 s
+@pytest.mark.wallclock
 @pytest.mark.parametrize("role", ["worker", "control"])
 def test_kill_9_ends_the_job_quickly_and_resume_completes(role, small_data, tmp_path, reference):
     at = 7
@@ -115,6 +118,7 @@ def test_kill_9_ends_the_job_quickly_and_resume_completes(role, small_data, tmp_
     assert_equals_reference(out, reference)
 
 
+@pytest.mark.wallclock  # the same bound as above
 def test_a_hanging_rank_ends_the_job_within_30_s(small_data, tmp_path):
     out, stamp = str(tmp_path / "run"), str(tmp_path / "stamp")
     r = run_job(RANKS, base(small_data, out) + CHAOS, path=[HELPERS],

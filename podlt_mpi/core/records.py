@@ -230,6 +230,10 @@ class Record:
         s = lambda k: _str(d[k], k)  # noqa: E731
         extra = d.get("extra_checks", [])
         loss = _float_or_none(d["loss"], "loss")
+        if isinstance(d["applied"], list) and isinstance(d["applied_from"], list) and \
+                len(d["applied"]) != len(d["applied_from"]):
+            raise RecordError(f"applied has {len(d['applied'])} fragments but applied_from "
+                              f"{len(d['applied_from'])} ranks")
         return cls(_int(d["iteration"], "iteration"), _int(d["epoch"], "epoch"),
                    _int(d["block"], "block"), _lines(d["lines"], "lines"), s("data_sha256"),
                    s("model_before"),

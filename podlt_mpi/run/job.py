@@ -15,10 +15,12 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 
 from podlt_mpi import __version__
 from podlt_mpi.compute import devices
 from podlt_mpi.core.config import (
+    RunConfig,
     build_parser,
     check_world,
     min_active,
@@ -67,77 +69,134 @@ def run(argv) -> int:
         return 1
 
 
+class _Exit(Exception):
+    """A phase ends the job on every rank: `code`, and a sentence rank 0 prints (if any)."""
+
+    def __init__(self, code: int, message: str | None = None):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class _Inputs:
+    """What rank 0 found before any rank built a model, shared with every rank."""
+    cfg: RunConfig
+    ds: data.Dataset
+    out: str
+    resumed_kind: str | None = None  # the device kind the resumed run computed on
+    changed: dict = field(default_factory=dict)   # options a resume changes
+    history: list = field(default_factory=list)   # earlier resumes of the run
+
+
+@dataclass
+class _Built:
+    """Every rank's model and fault behaviour, and rank 0's resume plan."""
+    model: object
+    layout: object
+    faker: object
+    placed: list                 # every rank's device, in rank order
+    plan: object = None          # resume.Resume on rank 0 when resuming
+    created: bool = False        # rank 0 made the run directory (removed again on bad input)
+
+
 def _run(comm, argv, started: float) -> int:
+    """The job's phases: options, inputs, models, devices, then each rank's role."""
+    rank = comm.Get_rank()
+    try:
+        cfg = _options(comm, argv)
+        if cfg is None:
+            return 0  # --help
+        waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
+        inputs = _inputs(comm, cfg, argv, waiter)
+        built = _build(comm, inputs, waiter)
+    except _Exit as e:
+        if e.message:
+            _say(rank, e.message)
+        return e.code
+    _warn_about_devices(rank, inputs.cfg, built.placed)
+    if rank == 0:
+        code = _manage(comm, inputs, built, waiter, started)
+    else:
+        from podlt_mpi.run import worker
+        cfg = inputs.cfg
+        worker.run(comm, built.model, built.layout, inputs.ds.line_shape, built.faker, waiter,
+                   idle_timeout=cfg.rank_timeout, cuda_aware=cfg.cuda_aware_mpi,
+                   task=inputs.ds.task)
+        code = 0
+    _finish(comm, waiter, inputs.out)
+    return code
+
+
+def _options(comm, argv) -> RunConfig | None:
+    """The command line, the same on every rank, so its errors need no communication."""
     rank, size = comm.Get_rank(), comm.Get_size()
     lone = launcher.lone_worlds(size, os.environ, mpi.library())
     if lone:  # N copies of the job, each its own manager: refuse, said once
         if lone[1]:
             print(f"podlt_mpi: error: {lone[0]}", file=sys.stderr, flush=True)
-        return 2
+        raise _Exit(2)
     if "-h" in argv or "--help" in argv:
         if rank == 0:
             build_parser().print_help()
-        return 0
-    # Identical argv on every rank gives identical errors: no communication needed yet.
+        return None
     try:
-        cfg = parse_args(argv)
-        if not cfg.resume:  # a resumed run's configuration is read from its directory below
-            check_world(cfg, size)
+        return options(argv, size)
     except ConfigError as e:
-        _say(rank, str(e))
-        return 2
-    waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
+        raise _Exit(2, str(e)) from None
 
-    # Rank 0 prepares and validates the data and the run directory while the others sleep.
-    error, shared, created, changed, history, saved = None, None, False, {}, [], None
-    if rank == 0:
+
+def options(argv, size: int) -> RunConfig:
+    """The options for a world of `size` ranks. Raises ConfigError."""
+    cfg = parse_args(argv)
+    if not cfg.resume:  # a resumed run's configuration is read from its directory
+        check_world(cfg, size)
+    return cfg
+
+
+def _inputs(comm, cfg, argv, waiter) -> _Inputs:
+    """Rank 0 prepares and validates the data and the run directory while the others sleep."""
+    error, found = None, None
+    if comm.Get_rank() == 0:
         try:
-            if cfg.resume:
-                saved = resume.saved_config(cfg.resume)
-                history = saved.get("resumed", [])
-                cfg, changed = resumed(saved, cfg, argv)
-                check_world(cfg, size)
-                out = cfg.resume
-            else:
-                out = cfg.out or rundir.default_out()
-                rundir.check(out)
-            if cfg.uses_default_data:
-                data.ensure_default_data()
-            ds = data.resolve(cfg)
-            shared = (cfg, ds, out, saved and saved.get("device_kind", "cpu"))
+            found = inputs(cfg, argv, comm.Get_size())
         except ConfigError as e:
             error = str(e)
     error = mpi.fail_together(comm, error, waiter)
     if error:
-        _say(rank, error)
-        return 2
-    cfg, ds, out, resumed_kind = mpi.bcast(comm, shared)
+        raise _Exit(2, error)
+    return mpi.bcast(comm, found)
 
-    # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
-    # and bad input should be reported in seconds.
-    from podlt_mpi.compute import models, training
-    from podlt_mpi.compute.faults import Faker
-    from podlt_mpi.compute.layout import Layout
-    from podlt_mpi.core import schedule
-    training.set_determinism(cfg.threads, exact=cfg.compare == "exact")
 
-    # Every rank builds the model and its fault behaviour; any of them may fail on user code.
-    model = faker = plan = None
-    stochastic = False
-    dev, node_rank = "cpu", mpi.node_position(comm)[0]
+def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
+    """The run to continue or the directory to write, and the data. Raises ConfigError."""
+    changed, history, kind = {}, [], None
+    if cfg.resume:
+        saved = resume.saved_config(cfg.resume)
+        history, kind = saved.get("resumed", []), saved.get("device_kind", "cpu")
+        cfg, changed = resumed(saved, cfg, argv)
+        check_world(cfg, size)
+        out = cfg.resume
+    else:
+        out = cfg.out or rundir.default_out()
+        rundir.check(out)
+    if cfg.uses_default_data:
+        data.ensure_default_data()
+    return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history)
+
+
+def _build(comm, inputs: _Inputs, waiter) -> _Built:
+    """Every rank builds its parts; then every rank learns every rank's device, so all reach
+    the same verdict on them without a word."""
+    cfg, out, rank, size = inputs.cfg, inputs.out, comm.Get_rank(), comm.Get_size()
+    built, error, stochastic, dev = None, None, False, "cpu"
     try:
-        dev = devices.place(cfg.device, rank, node_rank)
-        model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed,
-                                          ds.task, model_kwargs(cfg.model_args)), cfg.model, dev)
-        smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
-        stochastic = models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
-                                  min(smallest, 8), exact=cfg.compare == "exact", task=ds.task)
-        layout = Layout(model)
-        faker = Faker(cfg, rank, layout, ds.task)
+        dev = devices.place(cfg.device, rank, mpi.node_position(comm)[0])
+        built, stochastic = rank_parts(inputs, rank, size, dev)
         if rank == 0 and cfg.resume:
-            plan = resume.prepare(out, size, min_active(cfg), changed, history)
+            built.plan = resume.prepare(out, size, min_active(cfg), inputs.changed,
+                                        inputs.history)
         elif rank == 0:
-            created = not os.path.exists(out)
+            built.created = not os.path.exists(out)
             os.makedirs(out, exist_ok=True)
     except ConfigError as e:
         error = str(e)
@@ -145,16 +204,38 @@ def _run(comm, argv, started: float) -> int:
         error = f"--out {out} cannot be created: {e.strerror}"
     error = mpi.fail_together(comm, error, waiter)
     if not error:
-        # Every rank gets every rank's device, so all reach the same verdict without a word.
-        placed = comm.allgather(devices.describe(dev))
+        built.placed = comm.allgather(devices.describe(dev))
         stochastic = any(comm.allgather(stochastic))
-        error = devices.check_kinds(placed, cfg.compare, resumed_kind, cfg.cuda_aware_mpi,
-                                    stochastic)
+        error = devices.check_kinds(built.placed, cfg.compare, inputs.resumed_kind,
+                                    cfg.cuda_aware_mpi, stochastic)
     if error:
-        if rank == 0 and created:
+        if rank == 0 and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
-        _say(rank, error)
-        return 2
+        raise _Exit(2, error)
+    return built
+
+
+def rank_parts(inputs: _Inputs, rank: int, size: int, dev) -> tuple:
+    """(_Built, stochastic): one rank's model on `dev`, probed with a training pass, and its
+    fault behaviour. Any of it may fail on user code: raises ConfigError."""
+    # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
+    # and bad input should be reported in seconds.
+    from podlt_mpi.compute import models, training
+    from podlt_mpi.compute.faults import Faker
+    from podlt_mpi.compute.layout import Layout
+    from podlt_mpi.core import schedule
+    cfg, ds = inputs.cfg, inputs.ds
+    training.set_determinism(cfg.threads, exact=cfg.compare == "exact")
+    model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed,
+                                      ds.task, model_kwargs(cfg.model_args)), cfg.model, dev)
+    smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
+    stochastic = models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
+                              min(smallest, 8), exact=cfg.compare == "exact", task=ds.task)
+    layout = Layout(model)
+    return _Built(model, layout, Faker(cfg, rank, layout, ds.task), []), stochastic
+
+
+def _warn_about_devices(rank: int, cfg, placed: list) -> None:
     gpus = devices.gpu_models(placed)
     if rank == 0 and cfg.compare == "exact" and len(gpus) > 1:
         log.warning("GPU models differ (%s): under --compare exact their ranks may disagree on "
@@ -165,38 +246,40 @@ def _run(comm, argv, started: float) -> int:
                     "rank then crashes in a send or receive, drop --cuda-aware-mpi",
                     mpi.library())
 
-    if rank == 0:
-        from podlt_mpi.run.manager import TOO_FEW, Manager
-        meta = {"data": ds.train.path, "test_data": ds.test.path if ds.test and ds.test.path != ds.train.path else None,
-                "train_lines": [ds.train.start, ds.train.stop],
-                "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
-                "out": out, "world_size": size, "wait_mode": waiter.mode,
-                "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
-                "task": ds.task.to_meta(),
-                "n_params": sum(p.numel() for p in model.parameters()),
-                "n_trainable": layout.n_grad, "state_size": layout.state_size,
-                "answer_size": layout.answer_size,
-                "buffers": layout.floats + layout.counters, "devices": placed,
-                "device_kind": devices.kinds(placed),
-                "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
-                             "python": platform.python_version(), "mpi": mpi.library()}}
-        log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters "
-                 "(%d trainable, %d buffer values), out %s", size, waiter.mode,
-                 devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],
-                 layout.n_grad, layout.n_float + layout.n_count, out)
-        summary = Manager(comm, cfg, ds, model, out, waiter, meta, plan, started).run()
-        code = 1 if summary["stopped_by"] == TOO_FEW else 0
-    else:
-        from podlt_mpi.run import worker
-        worker.run(comm, model, layout, ds.line_shape, faker, waiter, idle_timeout=cfg.rank_timeout,
-                   cuda_aware=cfg.cuda_aware_mpi, task=ds.task)
-        code = 0
+
+def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int:
+    """Rank 0's role: the run's description for config.json, then the manager."""
+    from podlt_mpi.compute import models
+    from podlt_mpi.run.manager import TOO_FEW, Manager
+    cfg, ds, out, layout, placed = inputs.cfg, inputs.ds, inputs.out, built.layout, built.placed
+    meta = {"data": ds.train.path,
+            "test_data": ds.test.path if ds.test and ds.test.path != ds.train.path else None,
+            "train_lines": [ds.train.start, ds.train.stop],
+            "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
+            "out": out, "world_size": comm.Get_size(), "wait_mode": waiter.mode,
+            "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
+            "task": ds.task.to_meta(),
+            "n_params": sum(p.numel() for p in built.model.parameters()),
+            "n_trainable": layout.n_grad, "state_size": layout.state_size,
+            "answer_size": layout.answer_size,
+            "buffers": layout.floats + layout.counters, "devices": placed,
+            "device_kind": devices.kinds(placed),
+            "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
+                         "python": platform.python_version(), "mpi": mpi.library()}}
+    log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters "
+             "(%d trainable, %d buffer values), out %s", comm.Get_size(), waiter.mode,
+             devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],
+             layout.n_grad, layout.n_float + layout.n_count, out)
+    summary = Manager(comm, cfg, ds, built.model, out, waiter, meta, built.plan, started).run()
+    return 1 if summary["stopped_by"] == TOO_FEW else 0
+
+
+def _finish(comm, waiter, out: str) -> None:
     # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
     mpi.quiet_barrier(comm, waiter)
     peaks = comm.gather(peak_rss_mb(), root=0)
-    if rank == 0 and os.path.exists(os.path.join(out, "summary.json")):
+    if comm.Get_rank() == 0 and os.path.exists(os.path.join(out, "summary.json")):
         rundir.add_to_json(os.path.join(out, "summary.json"), peak_rss_mb=peaks)
-    return code
 
 
 def peak_rss_mb() -> float:

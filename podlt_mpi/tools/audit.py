@@ -181,11 +181,14 @@ class Audit:
                     rp.load(anchors[best]["model"], anchors[best]["optimizer"])
                 pos = best
             while pos is not None and pos <= t:
-                if recs[pos] is None:
-                    out = Outcome(pos, in_sync=False, problems=["the record cannot be replayed: "
-                                                                "it is malformed"])
-                else:
+                try:
+                    if recs[pos] is None:
+                        raise ValueError("it is malformed")
                     out = rp.step(recs[pos])
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    # a record can be well-formed yet name lines or ranks the run never had
+                    out = Outcome(pos, in_sync=False, problems=[
+                        f"the record cannot be replayed: {e}"])
                 outcomes[pos] = out
                 for msg in out.problems:
                     self.problem(pos, "replay", msg)

@@ -11,7 +11,7 @@ from mpi4py import MPI
 from podlt_mpi.compute import models
 from podlt_mpi.compute.faults import Faker
 from podlt_mpi.compute.layout import Layout, host
-from podlt_mpi.core import schedule, timing
+from podlt_mpi.core import schedule
 from podlt_mpi.core.config import RunConfig
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import tags
@@ -35,18 +35,14 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
     waiter = mpi.Waiter("sleep", timeout=60)
     seen = []
     if rank == 0:
-        from podlt_mpi.run.manager import Manager
-        m = Manager.__new__(Manager)  # only the exchange is exercised: no files, no data file
-        m.comm, m.model, m.waiter, m.out = comm, model, waiter, "-"
-        m.layout = Layout(model)
-        m.cfg, m.slowest_exchange, m.notice = RunConfig(rank_timeout=60), None, None
-        m.cost = timing.IterationCost()
+        from podlt_mpi.run.exchange import Exchange
+        exchange = Exchange(comm, waiter, Layout(model).answer_size, seed=0, rank_timeout=60)
         rng = np.random.default_rng(3)
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
         by = (np.arange(30) % 3).astype(np.int64)
-        grads, _ = m.exchange(plan, 0, host(m.layout.state()), bx, by)
-        m.stop_ranks(range(1, size))
+        grads, _ = exchange(plan, 0, host(Layout(model).state()), bx, by)
+        exchange.stop(range(1, size))
         info = (plan.checked, list(plan.controls), [r for r in plan.workers if r != plan.checked])
     else:
         worker.run(comm, model, Layout(model), LINE_SHAPE, Faker(RunConfig(), rank), waiter,

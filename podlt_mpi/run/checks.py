@@ -1,0 +1,120 @@
+"""The manager's checks: compare each checked worker with its controls, referee a disagreement
+with the manager's own recomputation, and settle a dispute with rechecks on further ranks.
+
+The verdicts are verify.py's (pure); this module supplies what they need from the running job:
+the manager's reference gradient and, for a dispute, more votes through the exchange.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core import ledger, records, rules, schedule, verify
+from podlt_mpi.dist import messages
+
+
+@dataclass
+class Check:
+    """One checked worker, its controls, what they decided and who rechecked a dispute."""
+    checked: int
+    controls: tuple
+    lines: tuple
+    decision: verify.Decision
+    rechecks: list
+
+    def outcome(self) -> rules.Outcome:
+        """The check as rules.applied reads it: the votes in the order they were taken."""
+        d = self.decision
+        return rules.Outcome(self.checked, d.verdict, tuple(d.fake),
+                             (*self.controls, *(a.rank for a in self.rechecks)))
+
+    def record(self) -> records.CheckRecord:
+        d = self.decision
+        return records.CheckRecord(
+            tuple(self.lines), self.checked, tuple(self.controls), d.verdict, tuple(sorted(d.fake)),
+            tuple((a, b, ledger.finite_or_none(x)) for a, b, x in d.rel_dist),
+            records.Referee.from_json(d.referee) if d.referee else None)
+
+
+@dataclass
+class Round:
+    """One iteration as the checks see it. `grads` and `losses`, by (rank, start, stop), gain
+    the rechecks' answers."""
+    plan: schedule.Plan
+    iteration: int
+    weights: object   # the flat state every rank computed from
+    bx: object        # the block's lines, flat
+    by: object
+    grads: dict
+    losses: dict
+
+    def lines(self, s: int, e: int) -> tuple:
+        a, b = s - self.plan.start, e - self.plan.start
+        return self.bx[a:b], self.by[a:b]
+
+
+class Checker:
+    def __init__(self, model, line_shape, loss_fn, three_way, exchange, rng, compare: str,
+                 rtol: float, atol: float, seed: int):
+        self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
+        self.referee_layout = Layout(self.referee_model)
+        self.line_shape, self.loss_fn, self.three_way = line_shape, loss_fn, three_way
+        self.exchange, self.rng = exchange, rng
+        self.compare_mode, self.rtol, self.atol, self.seed = compare, rtol, atol, seed
+
+    def same(self, a, b) -> bool:
+        return verify.compare(a, b, self.compare_mode, self.rtol, self.atol).same
+
+    def __call__(self, rnd: Round, active) -> list:
+        """One Check per checked worker of the plan."""
+        return [self.check_one(rnd, c, ctrl, active) for c, ctrl in rnd.plan.checks]
+
+    def reference(self, rnd: Round, s: int, e: int):
+        """The manager's own gradient for lines [s, e), from the weights the ranks had."""
+        self.referee_layout.load_state(rnd.weights)
+        bx, by = rnd.lines(s, e)
+        x = torch.from_numpy(bx).view(e - s, *self.line_shape)
+        seed = messages.fragment_seed(self.seed, rnd.iteration, s, e)
+        grad, _ = training.gradient(self.referee_model, x, torch.from_numpy(by), seed,
+                                    self.referee_layout, self.loss_fn)
+        return grad
+
+    def check_one(self, rnd: Round, checked: int, controls, active) -> Check:
+        s, e = rnd.plan.fragment_of(checked)
+        votes = {r: rnd.grads[(r, s, e)] for r in (checked, *controls)}
+        decision = verify.decide(votes, self.compare_mode, self.rtol, self.atol, self.three_way)
+        done = Check(checked, tuple(controls), (s, e), decision, [])
+        if decision.verdict == "agree":
+            return done
+        reference = self.reference(rnd, s, e)
+        if decision.verdict == "fake":
+            done.decision = verify.referee(decision, votes, reference, self.compare_mode,
+                                           self.rtol, self.atol)
+        if done.decision.verdict == "dispute":
+            self.resolve(rnd, done, votes, reference, active)
+        return done
+
+    def resolve(self, rnd: Round, done: Check, votes: dict, reference, active) -> None:
+        """A dispute: the fragment goes to further ranks, drawn at random among those not yet
+        involved, until two ranks agree with the manager's own result; every other vote loses.
+        Each recruited rank receives an ordinary work message: it cannot tell whose lines."""
+        s, e = done.lines
+        agrees = [r for r in votes if self.same(votes[r], reference)]
+        for r in schedule.shuffle([r for r in active if r not in votes], self.rng):
+            if len(agrees) >= 2:
+                break
+            one = schedule.Plan(rnd.plan.start, rnd.plan.stop, (), (), None,
+                                (schedule.Assignment(r, "recheck", s, e),))
+            got, loss = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by)
+            votes[r] = rnd.grads[(r, s, e)] = got[r]
+            rnd.losses[(r, s, e)] = loss[r]
+            done.rechecks.append(one.assignments[0])
+            if self.same(got[r], reference):
+                agrees.append(r)
+        step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in done.rechecks]}
+        done.decision = verify.settle(list(votes), agrees, done.decision.rel_dist, step)
+        step["resolved"] = done.decision.verdict == "fake"

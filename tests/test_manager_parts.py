@@ -1,0 +1,184 @@
+"""The manager's parts, built directly without MPI: the checks (with a stand-in exchange), the
+run state that checkpoints save, and the run files."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from podlt_mpi.compute import losses, models, training
+from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.core import ledger, records, schedule, tasks
+from podlt_mpi.dist import messages
+from podlt_mpi.run.checks import Checker, Round
+from podlt_mpi.run.files import RunFiles
+from podlt_mpi.run.resume import Resume
+from podlt_mpi.run.state import RunState
+
+SHAPE, SEED, IT = (6,), 5, 3
+
+
+class World:
+    """An iteration's block and plan, and what an honest rank answers for any lines."""
+
+    def __init__(self, ranks=6):
+        torch.manual_seed(0)
+        self.model = models.build("mlp", SHAPE, 3, seed=0)
+        self.layout = Layout(self.model)
+        self.loss_fn = losses.loss_function(tasks.classification(3))
+        rng = np.random.default_rng(1)
+        self.bx = rng.standard_normal((30, 6)).astype(np.float32)
+        self.by = (np.arange(30) % 3).astype(np.int64)
+        self.plan = schedule.plan_iteration(list(range(1, ranks)), 2, 100, 130,
+                                            np.random.default_rng(2))
+        self.weights = host(self.layout.state())
+        self.recruited = []
+
+    def honest(self, s, e):
+        x = torch.from_numpy(self.bx[s - 100:e - 100])
+        seed = messages.fragment_seed(SEED, IT, s, e)
+        return training.gradient(models.build("mlp", SHAPE, 3, seed=0), x,
+                                 torch.from_numpy(self.by[s - 100:e - 100]), seed,
+                                 None, self.loss_fn)
+
+    def round(self, lie=lambda rank, g: g) -> Round:
+        grads, loss = {}, {}
+        for a in self.plan.assignments:
+            g, l_ = self.honest(a.start, a.stop)
+            grads[(a.rank, a.start, a.stop)] = lie(a.rank, g)
+            loss[(a.rank, a.start, a.stop)] = l_
+        return Round(self.plan, IT, self.weights, self.bx, self.by, grads, loss)
+
+    def exchange(self, plan, iteration, weights, bx, by):
+        """A recheck: the recruited rank answers honestly."""
+        (a,) = plan.assignments
+        assert a.role == "recheck" and iteration == IT and weights is self.weights
+        self.recruited.append(a.rank)
+        g, l_ = self.honest(a.start, a.stop)
+        return {a.rank: g}, {a.rank: l_}
+
+    def checker(self, rng_seed=7) -> Checker:
+        return Checker(self.model, SHAPE, self.loss_fn, None, self.exchange,
+                       np.random.default_rng(rng_seed), "exact", 0.0, 0.0, SEED)
+
+
+def off(g):
+    return g + np.float32(1e-3)
+
+
+def test_honest_votes_agree_without_the_referee():
+    w = World()
+    (check,) = w.checker()(w.round(), list(range(1, 6)))
+    assert check.decision.verdict == "agree" and check.rechecks == [] and w.recruited == []
+    assert check.lines == w.plan.fragment_of(w.plan.checked)
+    rec = check.record()
+    assert rec.worker == w.plan.checked and rec.controls == w.plan.controls and rec.fake == ()
+
+
+def test_a_lying_control_is_found_and_the_referee_confirms_it():
+    w = World()
+    liar = w.plan.controls[0]
+    (check,) = w.checker()(w.round(lambda r, g: off(g) if r == liar else g), list(range(1, 6)))
+    d = check.decision
+    assert d.verdict == "fake" and d.fake == [liar]
+    assert sorted(d.referee["agrees"]) == sorted([w.plan.checked, w.plan.controls[1]])
+    assert check.outcome().voters == w.plan.controls
+
+
+def test_colluders_are_overturned_by_the_managers_recomputation():
+    """The checked worker and a control send the same wrong gradient: they outvote the honest
+    control two to one, and the manager's own gradient overturns the majority."""
+    w = World()
+    bad = {w.plan.checked, w.plan.controls[0]}
+    (check,) = w.checker()(w.round(lambda r, g: off(g) if r in bad else g), list(range(1, 6)))
+    d = check.decision
+    assert d.verdict == "fake" and sorted(d.fake) == sorted(bad) and d.referee["overturned"]
+
+
+def test_a_dispute_recruits_further_ranks_until_two_agree_with_the_manager():
+    """All three votes differ: the fragment goes to ranks outside the check, in the order the
+    manager's generator draws, each by an ordinary work message, until two agree."""
+    w = World(ranks=8)
+    voters = [w.plan.checked, *w.plan.controls]
+    rnd = w.round(lambda r, g: g + np.float32(1e-3 * (1 + voters.index(r)))
+                  if r in voters else g)
+    active = list(range(1, 8))
+    (check,) = w.checker()(rnd, active)
+    d = check.decision
+    others = schedule.shuffle([r for r in active if r not in voters], np.random.default_rng(7))
+    assert w.recruited == others[:2]                      # the generator's order, two needed
+    assert [a.rank for a in check.rechecks] == others[:2]
+    assert d.verdict == "fake" and sorted(d.fake) == sorted(voters)
+    assert d.referee["rechecks"] == others[:2] and d.referee["resolved"]
+    s, e = check.lines
+    assert all((r, s, e) in rnd.grads and (r, s, e) in rnd.losses for r in others[:2])
+    assert check.outcome().voters == (*w.plan.controls, *others[:2])
+
+
+def test_the_run_state_round_trips_through_a_checkpoint():
+    st = RunState.fresh(6, seed=3)
+    st.rng.random(5)
+    st.next_iteration, st.useful, st.last_loss, st.test = 4, 120, 0.5, {"test_loss": 0.7}
+    st.removed.append({"rank": 2, "iteration": 1, "role": "control"})
+    st.active.remove(2)
+    st.protected.append(2)
+    figures = ["test_loss", "test_accuracy"]
+    ckpt = {"proof": json.loads(json.dumps(st.proof(figures))),
+            "position": st.position(4, "h", 9.5)}
+    back = RunState.fresh(6, seed=99)
+    back.restore(ckpt, [1, 3, 4, 5], figures)
+    assert back.proof(figures) == st.proof(figures)
+    assert back.rng.random() == st.rng.random()  # the schedule goes on where it stopped
+    assert back.elapsed_before == 9.5 and back.protected == [2]
+    assert back.test == {"test_loss": 0.7}       # figures the run never had stay absent
+
+
+def minimal(i) -> records.Record:
+    return records.Record(i, 0, i, (10 * i, 10 * i + 10), "d", "b", (), None, (), (), (), 0.5,
+                          "a")
+
+
+def test_run_files_write_a_run_and_a_resume_cuts_it_back(tmp_path):
+    model = models.build("mlp", SHAPE, 3, seed=0)
+    files = RunFiles(str(tmp_path))
+    files.open({"seed": 1}, model)
+    sealed = [files.append(minimal(i)) for i in range(3)]
+    for i in range(3):
+        files.metric({"iteration": i})
+    files.checkpoint(1, model.state_dict(), {}, {"next_iteration": 1},
+                     {"ledger_records": 1, "ledger_hash": sealed[0].hash, "elapsed_s": 0.0,
+                      "protected": []}, keep=2, protected=())
+    files.close()
+    files.finish({"status": "complete"}, model)
+    kept = records.load(os.path.join(tmp_path, "ledger.jsonl"))
+    assert [r.hash for r in kept.records] == [r.hash for r in sealed]
+    assert kept.chain_problems() == [] and files.written == 3 and files.head == sealed[-1].hash
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "ledger.jsonl",
+                                            "metrics.jsonl", "model_final.pt", "model_init.pt",
+                                            "summary.json"]
+    again = RunFiles(str(tmp_path))
+    again.open({"seed": 1}, model, Resume(str(tmp_path), None, 1, sealed[0].hash, [1], ["x"]))
+    assert again.written == 1 and again.head == sealed[0].hash
+    assert again.append(minimal(1)).prev == sealed[0].hash
+    again.close()
+    assert len(records.load(os.path.join(tmp_path, "ledger.jsonl"))) == 2
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        assert [json.loads(line)["iteration"] for line in f] == [0]
+    assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
+    assert not os.path.exists(os.path.join(tmp_path, "model_final.pt"))
+    with open(os.path.join(tmp_path, "config.json")) as f:
+        assert json.load(f)["resumed"] == ["x"]
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_sealing_matches_the_ledgers_own(tmp_path, first):
+    """RunFiles.append is ledger.seal of the record's JSON, whatever came before."""
+    files = RunFiles(str(tmp_path))
+    files.open({}, models.build("mlp", SHAPE, 3, seed=0))
+    prev = ledger.GENESIS
+    for i in range(first + 1):
+        got = files.append(minimal(i))
+        assert got.to_json() == ledger.seal(minimal(i).to_json(), prev)
+        prev = got.hash
+    files.close()
