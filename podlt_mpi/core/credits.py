@@ -5,7 +5,7 @@ feeds it the ledger: the two tables agree unless one of the files was changed.
 """
 from __future__ import annotations
 
-VERDICTS = ("agree", "fake", "dispute")
+from podlt_mpi.core.records import VERDICTS
 
 
 def entry() -> dict:

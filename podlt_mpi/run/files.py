@@ -3,6 +3,7 @@ on resume, everything after the checkpoint cut back), the ledger and metrics.jso
 checkpoints, and model_final.pt and summary.json at the end. docs/ledger.md describes them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -45,9 +46,9 @@ class RunFiles:
 
     def append(self, record: records.Record) -> records.Record:
         """Seal the record into the ledger (synced); return it with `prev` and `hash`."""
-        sealed = records.Record.from_json(self.ledger.append(record.to_json()))
+        sealed = self.ledger.append(record.to_json())
         self.written += 1
-        return sealed
+        return dataclasses.replace(record, prev=sealed["prev"], hash=sealed["hash"])
 
     def metric(self, row: dict) -> None:
         self.metrics.write(json.dumps(row) + "\n")
