@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = mpi_impls.ROOT
+# the models and data helpers that jobs load as user plugins; tests import some of them too
+sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
 RUN_TIMEOUT = 240  # seconds; every subprocess has one, so a hang fails instead of blocking CI
 
 # tests/mpi/ run inside an MPI world (python -m mpi4py -m pytest --with-mpi); plain pytest

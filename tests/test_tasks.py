@@ -6,7 +6,7 @@ else, and resume after a signal is byte-identical."""
 
 import pytest
 import single_process
-import taskdata  # noqa: E402  (tests/helpers, on the path through user_runs)
+import taskdata  # tests/helpers, on the path through conftest
 import torch
 from conftest import read_json, read_jsonl
 from user_runs import audit_all, job, made_once, protocol_records
