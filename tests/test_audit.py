@@ -116,7 +116,7 @@ def _set(key, value):
 
 FIELD_EDITS = {
     "iteration": _set("iteration", 99), "epoch": _set("epoch", 1), "block": _set("block", 0),
-    "lines": _set("lines", [0, 200]), "data_sha256": _set("data_sha256", "0" * 64),
+    "lines": _set("lines", [0, 200]), "data_digest": _set("data_digest", "0" * 64),
     "model_before": _set("model_before", "1" * 64),
     "assignments": lambda rec: rec["assignments"][0].update(  # another rank, already busy
         rank=rec["assignments"][1]["rank"]),
@@ -125,6 +125,7 @@ FIELD_EDITS = {
     "removed": _set("removed", [3]), "loss": _set("loss", 0.5),
     "model_after": _set("model_after", "2" * 64), "prev": _set("prev", "3" * 64),
     "hash": _set("hash", "4" * 64), "checkpoint": _set("checkpoint", "5" * 64),
+    "format": _set("format", 3), "digest": _set("digest", "sha256"),
 }
 
 
@@ -138,7 +139,8 @@ def test_editing_any_field_of_a_record_is_found_at_its_iteration(field, honest, 
 
 @pytest.mark.parametrize("field,check", [
     ("loss", "replay"), ("model_after", "weights"), ("applied", "structure"),
-    ("removed", "structure"), ("lines", "structure"), ("data_sha256", "replay"),
+    ("removed", "structure"), ("lines", "structure"), ("data_digest", "replay"),
+    ("digest", "replay"),
     ("assignments", "structure"),
 ])
 def test_a_resealed_chain_does_not_hide_an_edit(field, check, honest, tmp_path):
@@ -179,7 +181,7 @@ def test_checkpoints_left_on_the_old_chain_betray_a_resealed_ledger(honest, tmp_
 
 def test_a_forged_gradient_hash_is_found_by_replay(honest, tmp_path):
     def forge(rec):
-        rec["assignments"][1]["grad_sha256"] = "6" * 64
+        rec["assignments"][1]["grad_digest"] = "6" * 64
     run = edited(honest, str(tmp_path / "run"), 5, forge, reseal=True)
     rep = audit(run)
     assert any(p["check"] == "replay" and p["iteration"] == 5 for p in rep["problems"])

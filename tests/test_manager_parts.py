@@ -2,6 +2,7 @@
 run state that checkpoints save, and the run files."""
 import json
 import os
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from podlt_mpi.compute import losses, models, training
 from podlt_mpi.compute.layout import Layout, host
-from podlt_mpi.core import ledger, records, schedule, tasks
+from podlt_mpi.core import digests, ledger, records, schedule, tasks
 from podlt_mpi.dist import messages
 from podlt_mpi.run.checks import Checker, Round
 from podlt_mpi.run.files import RunFiles
@@ -43,12 +44,13 @@ class World:
                                  None, self.loss_fn)
 
     def round(self, lie=lambda rank, g: g) -> Round:
-        grads, loss = {}, {}
+        grads, loss, digest = {}, {}, {}
         for a in self.plan.assignments:
             g, l_ = self.honest(a.start, a.stop)
             grads[(a.rank, a.start, a.stop)] = lie(a.rank, g)
             loss[(a.rank, a.start, a.stop)] = l_
-        return Round(self.plan, IT, self.weights, self.bx, self.by, grads, loss)
+            digest[(a.rank, a.start, a.stop)] = hashed(grads[(a.rank, a.start, a.stop)])
+        return Round(self.plan, IT, self.weights, self.bx, self.by, grads, loss, digest)
 
     def exchange(self, plan, iteration, weights, bx, by):
         """A recheck: the recruited rank answers honestly."""
@@ -56,11 +58,18 @@ class World:
         assert a.role == "recheck" and iteration == IT and weights is self.weights
         self.recruited.append(a.rank)
         g, l_ = self.honest(a.start, a.stop)
-        return {a.rank: g}, {a.rank: l_}
+        return {a.rank: g}, {a.rank: l_}, {a.rank: hashed(g)}
 
     def checker(self, rng_seed=7) -> Checker:
         return Checker(self.model, SHAPE, self.loss_fn, None, self.exchange,
                        np.random.default_rng(rng_seed), "exact", 0.0, 0.0, SEED)
+
+
+def hashed(g) -> Future:
+    """The exchange's digest future, already done."""
+    f = Future()
+    f.set_result(digests.of_arrays(digests.WRITTEN, g))
+    return f
 
 
 def off(g):

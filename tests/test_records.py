@@ -1,5 +1,6 @@
 """The ledger's typed records (core/records.py): one schema for the writer and every reader, and
 runs written before it (tests/data/format1) still audited, reported and resumed."""
+import dataclasses
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT, run_job
 
-from podlt_mpi.core import ledger, records
+from podlt_mpi.core import digests, ledger, records
 
 OLD = os.path.join(ROOT, "tests", "data", "format1")
 HELPERS = os.path.join(ROOT, "tests", "helpers")
@@ -63,7 +64,8 @@ def base() -> dict:
     (lambda d: d["assignments"][0].update(role="boss"), "role is 'boss', not one of worker"),
     (lambda d: d["check"].update(verdict="maybe"), "verdict is 'maybe', not one of agree"),
     (lambda d: d["check"].update(referee={"by": "manager"}), "a referee step lacks agrees"),
-    (lambda d: d.update(format=2), "says it is format 2; this version reads format 1"),
+    (lambda d: d.update(format=3), "says it is format 3; this version reads format 1, 2"),
+    (lambda d: d.update(digest="blake3"), "a format 1 record has no digest field"),
     (lambda d: d.update(format=1), "says it is format 1"),  # format 1 carries no key
 ])
 def test_a_malformed_record_is_one_sentence(edit, message):
@@ -73,6 +75,35 @@ def test_a_malformed_record_is_one_sentence(edit, message):
         records.Record.from_json(d)
 
 
+def format2() -> dict:
+    """The old run's first record as this version writes it: BLAKE3, under format 2's keys."""
+    rec = records.Record.from_json(base())
+    return dataclasses.replace(rec, format=2, digest=digests.BLAKE3).to_json()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("digest"), "the record lacks digest"),
+    (lambda d: d.update(digest="md5"), "the record's digest is 'md5', not one of sha256, blake3"),
+    (lambda d: d.update(data_sha256=d.pop("data_digest")), "the record lacks data_digest"),
+    (lambda d: d["assignments"][0].update(grad_sha256="0"), "format 2 does not know: grad_sha256"),
+])
+def test_a_malformed_format_2_record_is_one_sentence(edit, message):
+    d = format2()
+    assert records.Record.from_json(d).to_json() == d  # as written, it reads back
+    edit(d)
+    with pytest.raises(records.RecordError, match=message):
+        records.Record.from_json(d)
+
+
+def test_format_2_names_its_hash_and_its_digests_for_what_they_are():
+    d = format2()
+    assert d["format"] == 2 and d["digest"] == "blake3"
+    assert "data_digest" in d and "data_sha256" not in d
+    assert all("grad_digest" in a and "grad_sha256" not in a for a in d["assignments"])
+    with pytest.raises(records.RecordError, match="format 1 digests with sha256"):
+        dataclasses.replace(records.Record.from_json(base()), digest=digests.BLAKE3)
+
+
 def test_optional_fields_are_absent_not_null():
     """So that format 1's bytes never change: a record without extra checks, checkpoint or
     format has none of those keys."""
@@ -80,7 +111,7 @@ def test_optional_fields_are_absent_not_null():
     rec = records.Record.from_json(d)
     rec.checkpoint, rec.prev, rec.hash = None, None, None
     out = rec.to_json()
-    assert not {"extra_checks", "checkpoint", "prev", "hash", "format"} & set(out)
+    assert not {"extra_checks", "checkpoint", "prev", "hash", "format", "digest"} & set(out)
     rec.format = 2
     assert rec.to_json()["format"] == 2
 
@@ -103,7 +134,7 @@ def test_a_record_of_an_unknown_format_is_reported_at_its_iteration(old_run):
     rep = audit_json(old_run)
     structure = [p for p in rep["problems"] if p["check"] == "structure"]
     assert structure and structure[0]["iteration"] == 3
-    assert "format 7; this version reads format 1" in structure[0]["message"]
+    assert "format 7; this version reads format 1, 2" in structure[0]["message"]
     assert not [p for p in rep["problems"] if p["check"] == "chain"]
 
 
@@ -135,6 +166,8 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
     kept = records.load(os.path.join(old_run, "run", "ledger.jsonl"))
     assert kept.errors == {} and kept.chain_problems() == []
     assert all(2 not in {a.rank for a in rec.assignments} for rec in kept.records[6:])
+    # it goes on in the format of the record it continues: one hash along the chain of weights
+    assert {(rec.format, rec.digest) for rec in kept.records} == {(1, "sha256")}
     r = tool("audit", "run", "--all", "--json", "audit.json", cwd=old_run)
     assert r.returncode == 0, r.stdout + r.stderr
     assert audit_json(old_run)["replay"]["verified"] == 10

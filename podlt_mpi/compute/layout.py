@@ -17,11 +17,11 @@ their hashes.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 from torch import nn
+
+from podlt_mpi.core import digests
 
 
 def host(t: torch.Tensor) -> np.ndarray:
@@ -133,18 +133,18 @@ class Layout:
 
     # ---- the digest ----------------------------------------------------------------------------
 
-    def frozen_hash(self):
-        """sha256 over the frozen parameters, to continue with a state (`digest`)."""
-        h = hashlib.sha256()
+    def frozen_hash(self, alg: str = digests.SHA256, threads: int = 1):
+        """A hasher over the frozen parameters, to continue with a state (`digest`)."""
+        h = digests.new(alg, threads)
         for p in self.frozen:
             h.update(_bytes(p))
         return h
 
-    def digest(self, state: np.ndarray | None = None, frozen=None) -> str:
-        """The model's sha256 for the ledger: frozen parameters, then the state vector.
-        `state`: the host state vector if the caller has it; `frozen`: a `frozen_hash()` kept
-        from before (frozen parameters never change)."""
-        h = (frozen or self.frozen_hash()).copy()
-        h.update(np.ascontiguousarray(state if state is not None
-                                      else host(self.state())).tobytes())
+    def digest(self, state: np.ndarray | None = None, frozen=None, alg: str = digests.SHA256,
+               threads: int = 1) -> str:
+        """The model's digest for the ledger (`alg`: the record's hash): frozen parameters, then
+        the state vector. `state`: the host state vector if the caller has it; `frozen`: a
+        `frozen_hash()` kept from before (frozen parameters never change; it sets the hash)."""
+        h = (frozen or self.frozen_hash(alg, threads)).copy()
+        digests.update(h, state if state is not None else host(self.state()))
         return h.hexdigest()

@@ -11,21 +11,7 @@ import json
 import math
 import os
 
-import numpy as np
-
 GENESIS = "0" * 64
-
-
-def sha256_array(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def sha256_arrays(*arrays) -> str:
-    """One hash over several arrays' bytes, in order (a block's x and y)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 def finite_or_none(x):

@@ -5,16 +5,20 @@ describes the same layout for an independent auditor.
 Formats: a record of format 1, the layout of the first release, carries no `format` key; every
 later format writes `"format": N` into each record, inside its hash, so a ledger says record by
 record how to read it and runs written before keep being audited, resumed and reported.
+
+  1  arrays digested with sha256: `data_sha256`, `grad_sha256`, `model_before`/`model_after`.
+  2  `digest` names the arrays' hash (digests.py; BLAKE3 when written by this version), under
+     the keys `data_digest` and `grad_digest`; `model_before`/`model_after` use it too.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from podlt_mpi.core import ledger
+from podlt_mpi.core import digests, ledger
 
-FORMAT = 1         # what this version writes
-FORMATS = (1,)     # what it reads
+FORMAT = 2         # what this version writes
+FORMATS = (1, 2)   # what it reads
 ROLES = ("worker", "control", "recheck")
 VERDICTS = ("agree", "fake", "dispute")
 
@@ -60,16 +64,24 @@ def _float_or_none(v, what):
     return v
 
 
-def _fields(d, cls, what, optional=()) -> dict:
+def _keys(fmt: int) -> dict:
+    """The JSON key of each field whose name changed with the format (format 1 named digests
+    after sha256)."""
+    if fmt == 1:
+        return {"data_digest": "data_sha256", "grad_digest": "grad_sha256"}
+    return {}
+
+
+def _fields(d, cls, what, optional=(), fmt=1) -> dict:
     if not isinstance(d, dict):
         raise RecordError(f"{what} is {d!r}, not an object")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {_keys(fmt).get(f.name, f.name) for f in dataclasses.fields(cls)}
     missing = sorted(names - set(d) - set(optional))
     unknown = sorted(set(d) - names)
     if missing:
         raise RecordError(f"{what} lacks {', '.join(missing)}")
     if unknown:
-        raise RecordError(f"{what} has fields format 1 does not know: {', '.join(unknown)}")
+        raise RecordError(f"{what} has fields format {fmt} does not know: {', '.join(unknown)}")
     return d
 
 
@@ -82,25 +94,26 @@ def _drop_none(d: dict, keys) -> dict:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Who computed which lines in which role, and the hash of the gradient it sent."""
+    """Who computed which lines in which role, and the digest of the answer it sent."""
     rank: int
     role: str          # worker | control | recheck
     lines: tuple       # (start, stop): absolute line numbers in the training file
-    grad_sha256: str
+    grad_digest: str
 
-    def to_json(self) -> dict:
+    def to_json(self, fmt: int = FORMAT) -> dict:
         return {"rank": self.rank, "role": self.role, "lines": list(self.lines),
-                "grad_sha256": self.grad_sha256}
+                _keys(fmt).get("grad_digest", "grad_digest"): self.grad_digest}
 
     @classmethod
-    def from_json(cls, d) -> Assignment:
-        _fields(d, cls, "an assignment")
+    def from_json(cls, d, fmt: int = FORMAT) -> Assignment:
+        _fields(d, cls, "an assignment", fmt=fmt)
         role = _str(d["role"], "an assignment's role")
         if role not in ROLES:
             raise RecordError(f"an assignment's role is {role!r}, not one of {', '.join(ROLES)}")
+        key = _keys(fmt).get("grad_digest", "grad_digest")
         return cls(_int(d["rank"], "an assignment's rank"), role,
                    _lines(d["lines"], "an assignment's lines"),
-                   _str(d["grad_sha256"], "an assignment's grad_sha256"))
+                   _str(d[key], f"an assignment's {key}"))
 
 
 @dataclass(frozen=True)
@@ -121,8 +134,8 @@ class Referee:
         return _drop_none(d, self.OPTIONAL)
 
     @classmethod
-    def from_json(cls, d) -> Referee:
-        _fields(d, cls, "a referee step", cls.OPTIONAL)
+    def from_json(cls, d, fmt: int = FORMAT) -> Referee:
+        _fields(d, cls, "a referee step", cls.OPTIONAL, fmt)
         flag = {k: d.get(k) for k in ("overturned", "resolved")}
         for k, v in flag.items():
             if v is not None and type(v) is not bool:
@@ -155,8 +168,8 @@ class CheckRecord:
                 "referee": self.referee.to_json() if self.referee else None}
 
     @classmethod
-    def from_json(cls, d) -> CheckRecord:
-        _fields(d, cls, "a check")
+    def from_json(cls, d, fmt: int = FORMAT) -> CheckRecord:
+        _fields(d, cls, "a check", fmt=fmt)
         verdict = _str(d["verdict"], "a check's verdict")
         if verdict not in VERDICTS:
             raise RecordError(f"a check's verdict is {verdict!r}, not one of "
@@ -170,7 +183,7 @@ class CheckRecord:
         return cls(_lines(d["lines"], "a check's lines"), _int(d["worker"], "a check's worker"),
                    _ints(d["controls"], "a check's controls"), verdict,
                    _ints(d["fake"], "a check's fake"), tuple(rel),
-                   None if d["referee"] is None else Referee.from_json(d["referee"]))
+                   None if d["referee"] is None else Referee.from_json(d["referee"], fmt))
 
 
 @dataclass
@@ -180,7 +193,7 @@ class Record:
     epoch: int
     block: int
     lines: tuple                 # the block's (start, stop)
-    data_sha256: str             # the block's x then y bytes
+    data_digest: str             # the block's x then y bytes
     model_before: str            # the weights' digest (layout.digest)
     assignments: tuple           # Assignment, workers and controls in line order, then rechecks
     check: CheckRecord | None    # the first check, None without controls
@@ -194,8 +207,13 @@ class Record:
     prev: str | None = None      # the previous record's hash (sealing fills these two in)
     hash: str | None = None
     format: int = FORMAT
+    digest: str = digests.WRITTEN  # the arrays' hash; format 1: sha256, and no key for it
 
-    OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format")
+    OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format", "digest")
+
+    def __post_init__(self):
+        if self.format == 1 and self.digest != digests.SHA256:
+            raise RecordError(f"format 1 digests with sha256, not {self.digest}")
 
     @property
     def checks(self) -> list:
@@ -206,16 +224,18 @@ class Record:
         return [a for a in self.assignments if a.role == role]
 
     def to_json(self) -> dict:
+        fmt = self.format
         d = {"iteration": self.iteration, "epoch": self.epoch, "block": self.block,
-             "lines": list(self.lines), "data_sha256": self.data_sha256,
+             "lines": list(self.lines),
+             _keys(fmt).get("data_digest", "data_digest"): self.data_digest,
              "model_before": self.model_before,
-             "assignments": [a.to_json() for a in self.assignments],
+             "assignments": [a.to_json(fmt) for a in self.assignments],
              "check": self.check.to_json() if self.check else None,
              "applied": [list(p) for p in self.applied], "applied_from": list(self.applied_from),
              "removed": list(self.removed), "loss": self.loss, "model_after": self.model_after,
              "extra_checks": [c.to_json() for c in self.extra_checks] or None,
              "checkpoint": self.checkpoint, "prev": self.prev, "hash": self.hash,
-             "format": None if self.format == 1 else self.format}
+             "format": None if fmt == 1 else fmt, "digest": None if fmt == 1 else self.digest}
         return _drop_none(d, self.OPTIONAL)
 
     @classmethod
@@ -226,7 +246,14 @@ class Record:
         if fmt == 1 and "format" in d or fmt not in FORMATS:
             raise RecordError(f"the record says it is format {fmt!r}; this version reads "
                               f"format {', '.join(map(str, FORMATS))}")
-        _fields(d, cls, "the record", cls.OPTIONAL)
+        optional = cls.OPTIONAL if fmt == 1 else tuple(k for k in cls.OPTIONAL if k != "digest")
+        _fields(d, cls, "the record", optional, fmt)
+        if fmt == 1 and "digest" in d:
+            raise RecordError("a format 1 record has no digest field")
+        alg = d.get("digest", digests.SHA256)
+        if alg not in digests.ALGORITHMS:
+            raise RecordError(f"the record's digest is {alg!r}, not one of "
+                              f"{', '.join(digests.ALGORITHMS)}")
         s = lambda k: _str(d[k], k)  # noqa: E731
         extra = d.get("extra_checks", [])
         loss = _float_or_none(d["loss"], "loss")
@@ -235,16 +262,17 @@ class Record:
             raise RecordError(f"applied has {len(d['applied'])} fragments but applied_from "
                               f"{len(d['applied_from'])} ranks")
         return cls(_int(d["iteration"], "iteration"), _int(d["epoch"], "epoch"),
-                   _int(d["block"], "block"), _lines(d["lines"], "lines"), s("data_sha256"),
-                   s("model_before"),
-                   tuple(Assignment.from_json(a) for a in _list(d["assignments"], "assignments")),
-                   None if d["check"] is None else CheckRecord.from_json(d["check"]),
+                   _int(d["block"], "block"), _lines(d["lines"], "lines"),
+                   s(_keys(fmt).get("data_digest", "data_digest")), s("model_before"),
+                   tuple(Assignment.from_json(a, fmt)
+                         for a in _list(d["assignments"], "assignments")),
+                   None if d["check"] is None else CheckRecord.from_json(d["check"], fmt),
                    tuple(_lines(p, "applied") for p in _list(d["applied"], "applied")),
                    _ints(d["applied_from"], "applied_from"), _ints(d["removed"], "removed"),
                    loss, s("model_after"),
-                   tuple(CheckRecord.from_json(c) for c in _list(extra, "extra_checks")),
+                   tuple(CheckRecord.from_json(c, fmt) for c in _list(extra, "extra_checks")),
                    d.get("checkpoint") and s("checkpoint"), d.get("prev") and s("prev"),
-                   d.get("hash") and s("hash"), fmt)
+                   d.get("hash") and s("hash"), fmt, alg)
 
 
 # ---- the one reader -----------------------------------------------------------------------------

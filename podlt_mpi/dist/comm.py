@@ -87,13 +87,29 @@ class Waiter:
     def __init__(self, mode: str, timeout: float | None = None):
         self.mode, self.timeout = mode, timeout
 
-    def wait(self, reqs, who=None) -> None:
-        """Complete all requests. `who` names each request's peer for the timeout message."""
-        if self.mode == "spin" and self.timeout is None:
+    def wait(self, reqs, who=None, done=None) -> None:
+        """Complete all requests. `who` names each request's peer for the timeout message;
+        `done(i)`, if given, is called for each request i as soon as it completes (the manager
+        hashes an answer while the others still arrive)."""
+        reqs = list(reqs)  # completed requests become null in place
+        if self.mode == "spin" and self.timeout is None and done is None:
             MPI.Request.Waitall(reqs)
             return
-        start, delay = time.monotonic(), SLEEP_MIN
-        while not MPI.Request.Testall(reqs):
+        start, delay, left = time.monotonic(), SLEEP_MIN, len(reqs)
+        while left:
+            if done is None:
+                finished = range(left) if MPI.Request.Testall(reqs) else ()
+            elif self.mode == "spin" and self.timeout is None:
+                finished = MPI.Request.Waitsome(reqs) or ()
+            else:
+                finished = MPI.Request.Testsome(reqs) or ()
+            for i in finished:
+                left -= 1
+                if done is not None:
+                    done(i)
+            if finished:
+                delay = SLEEP_MIN
+                continue
             if self.timeout is not None and time.monotonic() - start > self.timeout:
                 # Testall completes all or nothing: ask each request to find the late peers.
                 late = sorted({w for r, w in zip(reqs, who or [None] * len(reqs), strict=True)

@@ -42,8 +42,8 @@ class Check:
 
 @dataclass
 class Round:
-    """One iteration as the checks see it. `grads` and `losses`, by (rank, start, stop), gain
-    the rechecks' answers."""
+    """One iteration as the checks see it. `grads`, `losses` and `digests` (futures of the
+    answers' ledger digests), by (rank, start, stop), gain the rechecks' answers."""
     plan: schedule.Plan
     iteration: int
     weights: object   # the flat state every rank computed from
@@ -51,6 +51,7 @@ class Round:
     by: object
     grads: dict
     losses: dict
+    digests: dict
 
     def lines(self, s: int, e: int) -> tuple:
         a, b = s - self.plan.start, e - self.plan.start
@@ -109,9 +110,10 @@ class Checker:
                 break
             one = schedule.Plan(rnd.plan.start, rnd.plan.stop, (), (), None,
                                 (schedule.Assignment(r, "recheck", s, e),))
-            got, loss = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by)
+            got, loss, digest = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by)
             votes[r] = rnd.grads[(r, s, e)] = got[r]
             rnd.losses[(r, s, e)] = loss[r]
+            rnd.digests[(r, s, e)] = digest[r]
             done.rechecks.append(one.assignments[0])
             if self.same(got[r], reference):
                 agrees.append(r)

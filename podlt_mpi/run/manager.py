@@ -19,7 +19,16 @@ from dataclasses import asdict
 from podlt_mpi.compute import kernels, training
 from podlt_mpi.compute import losses as task_losses
 from podlt_mpi.compute.layout import Layout, host
-from podlt_mpi.core import credits, ledger, rates, records, rules, schedule, timing
+from podlt_mpi.core import (
+    credits,
+    digests,
+    ledger,
+    rates,
+    records,
+    rules,
+    schedule,
+    timing,
+)
 from podlt_mpi.core.config import RunConfig, min_active
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import preempt
@@ -44,12 +53,17 @@ class Manager:
         self.loss_fn = task_losses.loss_function(ds.task)
         self.layout = Layout(model)
         self.opt = training.make_optimizer(cfg, self.layout)
-        self.frozen = self.layout.frozen_hash()  # frozen parameters never change: hashed once
+        # The ledger's digests: a resumed run goes on in the format of the record it continues
+        self.format, self.digest = ((resume.format, resume.digest) if resume is not None
+                                    else (records.FORMAT, digests.WRITTEN))
+        self.pool = digests.Pool(self.digest, mpi.cores())
+        self.frozen = self.frozen_hash()  # frozen parameters never change: hashed once
+        self.weights_digest = None  # the last model_after: the next model_before, hashed once
         self.total = schedule.total_iterations(len(ds.train), cfg.block_lines, cfg.epochs,
                                                cfg.blocks)  # the run's length: fixed per job
         self.state = RunState.fresh(comm.Get_size(), cfg.seed)
         self.exchange = Exchange(comm, waiter, self.layout.answer_size, cfg.seed,
-                                 cfg.rank_timeout, out)
+                                 cfg.rank_timeout, out, self.pool)
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
@@ -59,6 +73,13 @@ class Manager:
         self.deadline = preempt.Deadline(cfg.time_limit, started)
         if resume is not None and resume.checkpoint is not None:
             self.restore(resume.checkpoint, resume.active)
+
+    def frozen_hash(self):
+        return self.layout.frozen_hash(self.digest, self.pool.threads)
+
+    def weights_now(self, state=None) -> str:
+        """The model's digest as the ledger writes it, over all the pool's threads."""
+        return self.layout.digest(state, self.frozen, threads=self.pool.threads)
 
     @property
     def cost(self) -> timing.IterationCost:
@@ -85,7 +106,7 @@ class Manager:
     def restore(self, ckpt: dict, active: list) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.frozen = self.layout.frozen_hash()
+        self.frozen, self.weights_digest = self.frozen_hash(), None
         self.state.restore(ckpt, active, self.task.figures())
 
     def checkpoint_due(self, record: records.Record, last: bool, stopping: bool) -> bool:
@@ -119,15 +140,16 @@ class Manager:
                                        cfg.checks_per_iteration)
         weights = host(self.layout.state())
         with cost.part("ledger"):
-            model_before = self.layout.digest(weights, self.frozen)
+            model_before = self.weights_digest or self.weights_now(weights)
         with cost.part("read"):
             bx, by = self.train.read(start, stop)
             bx = bx.reshape(len(by), -1)
-        sent, losses = self.exchange(plan, iteration, weights, bx, by)
+        data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
+        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
-                    {(a.rank, a.start, a.stop): sent[a.rank] for a in plan.assignments},
-                    {(a.rank, a.start, a.stop): losses[a.rank] for a in plan.assignments})
+                    *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments}
+                      for got in (sent, losses, hashed)))
         with cost.part("verify"):
             checks = self.checker(rnd, st.active)
         applied = self.accepted(plan, checks)
@@ -138,15 +160,17 @@ class Manager:
                                                          plan.controls))
         done = [c.record() for c in checks]
         rechecks = [a for c in checks for a in c.rechecks]
-        with cost.part("ledger"):  # hashing the block, the gradients and the weights
+        with cost.part("ledger"):  # the weights' digest; the rest is mostly done by now
+            self.weights_digest = self.weights_now()
             record = records.Record(
-                iteration, epoch, block, (start, stop), ledger.sha256_arrays(bx, by), model_before,
+                iteration, epoch, block, (start, stop), data_digest.result(), model_before,
                 tuple(records.Assignment(a.rank, a.role, (a.start, a.stop),
-                                         ledger.sha256_array(rnd.grads[(a.rank, a.start, a.stop)]))
+                                         rnd.digests[(a.rank, a.start, a.stop)].result())
                       for a in (*plan.assignments, *rechecks)),
                 done[0] if done else None, tuple((s, e) for s, e, _ in applied),
                 tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
-                self.layout.digest(frozen=self.frozen), extra_checks=tuple(done[1:]))
+                self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
+                digest=self.digest)
         credits.account(st.credits, record)
         for c in checks:
             st.counts[c.decision.verdict] += 1
@@ -213,6 +237,7 @@ class Manager:
         summary = self.summary(stop, st.elapsed_before + time.monotonic() - t_start)
         files.finish(summary, self.model if stop is None else None)
         self.train.close()
+        self.pool.close()
         self.say_how_it_ended(stop, summary)
         return summary
 

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from podlt_mpi.core import ledger, records, rules
+from podlt_mpi.core import digests, ledger, records, rules
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.run import checkpoint
 
@@ -27,6 +27,8 @@ class Resume:
     prev: str                # hash the ledger continues from
     active: list             # active ranks in this world
     history: list = field(default_factory=list)  # config.json "resumed": one entry per resume
+    format: int = records.FORMAT      # the ledger goes on in the format of the record it
+    digest: str = digests.WRITTEN     # continues, so its chain of digests stays one hash
 
 
 def saved_config(run_dir: str) -> dict:
@@ -103,4 +105,6 @@ def prepare(run_dir: str, world_size: int, need: int, changed: dict,
         log.info("resume: %s", note)
     prev = kept.records[n - 1].hash if n else ledger.GENESIS
     history = [*history, {"from_iteration": n, "world_size": world_size, "notes": notes}]
-    return Resume(run_dir, found, n, prev, active, history)
+    last = kept.records[n - 1] if n else None
+    return Resume(run_dir, found, n, prev, active, history,
+                  *((last.format, last.digest) if last else (records.FORMAT, digests.WRITTEN)))

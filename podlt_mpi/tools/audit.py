@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.core import credits, records, rules, schedule
+from podlt_mpi.core import credits, digests, records, rules, schedule
 from podlt_mpi.core.config import RunConfig, model_kwargs, saved_options
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task
@@ -127,7 +127,7 @@ class Audit:
         recs = self.ledger.raw  # the digests are compared even where a record is malformed
         if not recs:
             return
-        if self.replayer.weights_sha() != recs[0].get("model_before"):
+        if self.replayer.weights_digest(_alg(recs[0])) != recs[0].get("model_before"):
             self.problem(0, "weights", "model_init.pt is not the model the first record starts from")
         for i in range(1, len(recs)):
             if recs[i].get("model_before") != recs[i - 1].get("model_after"):
@@ -136,7 +136,7 @@ class Audit:
         if os.path.exists(final):
             state = torch.load(final, map_location="cpu", weights_only=True)
             self.replayer.model.load_state_dict(state)
-            if self.replayer.weights_sha() != recs[-1].get("model_after"):
+            if self.replayer.weights_digest(_alg(recs[-1])) != recs[-1].get("model_after"):
                 self.problem(len(recs) - 1, "weights",
                              "model_final.pt is not the model the last record ends with")
             self.replayer.load(self.init_state, None)
@@ -417,3 +417,10 @@ def main(argv) -> int:
             from podlt_mpi.run.rundir import write_json
             write_json(a.json, report)
     return 0 if report["passed"] else 1
+
+
+def _alg(raw: dict) -> str:
+    """The hash of a raw record's digests (a malformed record's: sha256; its parse error is
+    reported on its own)."""
+    alg = raw.get("digest", digests.SHA256)
+    return alg if alg in digests.ALGORITHMS else digests.SHA256

@@ -2,7 +2,7 @@
 
 Starting from weights the ledger vouches for (model_init.pt, or a checkpoint whose fingerprint
 sits in the ledger), each iteration's applied fragments are recomputed from the logged line
-ranges and compared bit for bit with the gradients the ranks sent (`grad_sha256`); then the
+ranges and compared bit for bit with the gradients the ranks sent (their digests); then the
 manager's update is redone and must give `model_after`. A fragment that differs from the
 recomputation is attributed to the rank whose gradient was applied. After such a fragment the
 run's weights are no longer known, so replay can only go on from the next checkpoint.
@@ -17,7 +17,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.core import ledger, rates, records, verify
+from podlt_mpi.core import digests, ledger, rates, records, verify
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
@@ -50,9 +50,9 @@ class Replayer:
         if optimizer_state is not None:
             self.opt.load_state_dict(optimizer_state)
 
-    def weights_sha(self) -> str:
-        """The model's digest as the ledger writes it (weights and buffers)."""
-        return self.layout.digest()
+    def weights_digest(self, alg: str) -> str:
+        """The model's digest as the ledger writes it (weights and buffers), with hash `alg`."""
+        return self.layout.digest(alg=alg)
 
     def same_state(self, model_state: dict, optimizer_state: dict) -> bool:
         """Bitwise equality of the replayed model and optimizer with a checkpoint's."""
@@ -69,16 +69,17 @@ class Replayer:
         """Replay `rec` from the current state, which must be the weights before it."""
         it = rec.iteration
         out = Outcome(it, in_sync=False)
-        if self.weights_sha() != rec.model_before:
+        alg = rec.digest
+        if self.weights_digest(alg) != rec.model_before:
             out.problems.append("the weights before it are not the ones the ledger names")
             return out
         start, stop = rec.lines
         x, y = self.reader.read(start, stop)
-        if ledger.sha256_arrays(x.reshape(len(y), -1), y) != rec.data_sha256:
+        if digests.of_arrays(alg, x.reshape(len(y), -1), y) != rec.data_digest:
             out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
                                 "(wrong --data file?)")
             return out
-        sent = {(a.rank, a.lines): a.grad_sha256 for a in rec.assignments}
+        sent = {(a.rank, a.lines): a.grad_digest for a in rec.assignments}
         cache = {}
 
         def fragment(s, e):
@@ -88,7 +89,7 @@ class Replayer:
 
         confirmed = []
         for check in rec.checks:
-            ok = _confirm(check, sent, fragment, out, self.cfg.compare)
+            ok = _confirm(check, sent, fragment, out, self.cfg.compare, alg)
             if ok is not None:
                 confirmed.append(ok)
         if confirmed:
@@ -97,7 +98,7 @@ class Replayer:
         grads, losses, counts, lines, honest = [], [], [], [], True
         for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
-            if ledger.sha256_array(g) != sent.get((r, (s, e))):
+            if digests.of_arrays(alg, g) != sent.get((r, (s, e))):
                 out.fake_fragments.append({"lines": [s, e], "rank": r})
                 honest = False
             grads.append(g)
@@ -114,18 +115,19 @@ class Replayer:
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec.loss:
                 out.problems.append(f"the logged loss {rec.loss} differs from the replayed {loss}")
-        if self.weights_sha() != rec.model_after:
+        if self.weights_digest(alg) != rec.model_after:
             out.problems.append("the manager's update does not give the logged model_after")
             return out
         out.in_sync = True
         return out
 
 
-def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str) -> bool | None:
+def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
+             alg: str) -> bool | None:
     """Re-derive one check's verdict from the hashes the ranks sent and the replayed gradient
     (None where tolerance mode makes bits insufficient)."""
     s, e = check.lines
-    ref = ledger.sha256_array(fragment(s, e)[0])
+    ref = digests.of_arrays(alg, fragment(s, e)[0])
     rechecks = check.rechecks
     votes = {r: sent.get((r, (s, e))) for r in (check.worker, *check.controls)}
     extra = {r: sent.get((r, (s, e))) for r in rechecks}

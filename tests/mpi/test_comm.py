@@ -29,6 +29,30 @@ def test_point_to_point_round_trip(waiter):
         waiter.wait([mpi.isend(comm, np.full(5, rank, np.float32), 0, 7)])
 
 
+@pytest.mark.parametrize("mode,timeout", [("spin", None), ("spin", 30), ("sleep", 30)])
+def test_done_sees_each_request_once_as_it_completes(mode, timeout):
+    """The manager hashes each answer from `done`: it must run once per request, after the
+    request's buffer is filled, whichever way the rank waits."""
+    import time
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if rank == 0:
+        bufs = [np.zeros(3, np.float32) for _ in range(1, size)]
+        seen = []
+
+        def done(i):
+            seen.append((i, bufs[i].copy()))
+        mpi.Waiter(mode, timeout).wait([mpi.irecv(comm, b, r, 8) for r, b in
+                                        zip(range(1, size), bufs, strict=True)], done=done)
+        assert sorted(i for i, _ in seen) == list(range(size - 1))
+        for i, got in seen:
+            np.testing.assert_array_equal(got, np.full(3, i + 1, np.float32))
+    else:
+        time.sleep(0.05 * (size - rank))  # the last rank answers first
+        mpi.Waiter("sleep").wait([mpi.isend(comm, np.full(3, rank, np.float32), 0, 8)])
+    mpi.quiet_barrier(comm, mpi.Waiter("sleep"))
+
+
 def test_fail_together_spreads_one_ranks_error(waiter):
     comm = MPI.COMM_WORLD
     mine = "rank 2 is unhappy" if comm.Get_rank() == 2 else None

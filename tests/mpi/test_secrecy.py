@@ -41,7 +41,7 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
         by = (np.arange(30) % 3).astype(np.int64)
-        grads, _ = exchange(plan, 0, host(Layout(model).state()), bx, by)
+        grads, _, _ = exchange(plan, 0, host(Layout(model).state()), bx, by)
         exchange.stop(range(1, size))
         info = (plan.checked, list(plan.controls), [r for r in plan.workers if r != plan.checked])
     else:
