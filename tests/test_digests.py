@@ -8,7 +8,6 @@ import pytest
 from podlt_mpi.core import digests
 
 
-
 def test_sha256_is_hashlibs_over_the_c_order_bytes():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     b = np.arange(3, dtype=np.int64)
