@@ -56,9 +56,5 @@ class Pool:
         """The digest of `arrays`, later; the arrays must not change until it is done."""
         return self._pool.submit(of_arrays, self.alg, *arrays)
 
-    def now(self, *arrays) -> str:
-        """The digest of one large input now, over all the pool's threads where the hash can."""
-        return of_arrays(self.alg, *arrays, threads=self.threads)
-
     def close(self) -> None:
         self._pool.shutdown(wait=True)

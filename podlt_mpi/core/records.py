@@ -64,18 +64,17 @@ def _float_or_none(v, what):
     return v
 
 
-def _keys(fmt: int) -> dict:
-    """The JSON key of each field whose name changed with the format (format 1 named digests
-    after sha256)."""
+def _key(field: str, fmt: int) -> str:
+    """A field's JSON key in format `fmt` (format 1 named the digests after sha256)."""
     if fmt == 1:
-        return {"data_digest": "data_sha256", "grad_digest": "grad_sha256"}
-    return {}
+        return {"data_digest": "data_sha256", "grad_digest": "grad_sha256"}.get(field, field)
+    return field
 
 
 def _fields(d, cls, what, optional=(), fmt=1) -> dict:
     if not isinstance(d, dict):
         raise RecordError(f"{what} is {d!r}, not an object")
-    names = {_keys(fmt).get(f.name, f.name) for f in dataclasses.fields(cls)}
+    names = {_key(f.name, fmt) for f in dataclasses.fields(cls)}
     missing = sorted(names - set(d) - set(optional))
     unknown = sorted(set(d) - names)
     if missing:
@@ -102,7 +101,7 @@ class Assignment:
 
     def to_json(self, fmt: int = FORMAT) -> dict:
         return {"rank": self.rank, "role": self.role, "lines": list(self.lines),
-                _keys(fmt).get("grad_digest", "grad_digest"): self.grad_digest}
+                _key("grad_digest", fmt): self.grad_digest}
 
     @classmethod
     def from_json(cls, d, fmt: int = FORMAT) -> Assignment:
@@ -110,7 +109,7 @@ class Assignment:
         role = _str(d["role"], "an assignment's role")
         if role not in ROLES:
             raise RecordError(f"an assignment's role is {role!r}, not one of {', '.join(ROLES)}")
-        key = _keys(fmt).get("grad_digest", "grad_digest")
+        key = _key("grad_digest", fmt)
         return cls(_int(d["rank"], "an assignment's rank"), role,
                    _lines(d["lines"], "an assignment's lines"),
                    _str(d[key], f"an assignment's {key}"))
@@ -227,7 +226,7 @@ class Record:
         fmt = self.format
         d = {"iteration": self.iteration, "epoch": self.epoch, "block": self.block,
              "lines": list(self.lines),
-             _keys(fmt).get("data_digest", "data_digest"): self.data_digest,
+             _key("data_digest", fmt): self.data_digest,
              "model_before": self.model_before,
              "assignments": [a.to_json(fmt) for a in self.assignments],
              "check": self.check.to_json() if self.check else None,
@@ -263,7 +262,7 @@ class Record:
                               f"{len(d['applied_from'])} ranks")
         return cls(_int(d["iteration"], "iteration"), _int(d["epoch"], "epoch"),
                    _int(d["block"], "block"), _lines(d["lines"], "lines"),
-                   s(_keys(fmt).get("data_digest", "data_digest")), s("model_before"),
+                   s(_key("data_digest", fmt)), s("model_before"),
                    tuple(Assignment.from_json(a, fmt)
                          for a in _list(d["assignments"], "assignments")),
                    None if d["check"] is None else CheckRecord.from_json(d["check"], fmt),

@@ -78,8 +78,9 @@ class Manager:
         return self.layout.frozen_hash(self.digest, self.pool.threads)
 
     def weights_now(self, state=None) -> str:
-        """The model's digest as the ledger writes it, over all the pool's threads."""
-        return self.layout.digest(state, self.frozen, threads=self.pool.threads)
+        """The model's digest as the ledger writes it, continuing `self.frozen` (its hash and
+        the pool's threads)."""
+        return self.layout.digest(state, self.frozen)
 
     @property
     def cost(self) -> timing.IterationCost:
