@@ -125,7 +125,10 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     assert config["state_size"] == config["answer_size"] == n  # the mlp has no buffers
     for rec, row in zip(ledger, read_jsonl(os.path.join(out, "metrics.jsonl")), strict=True):
         lines = [e - s for s, e in (a["lines"] for a in rec["assignments"])]
-        assert row["bytes_out"] == sum(4 * 8 + 4 * n + k * (4 * line + 8) for k in lines)
+        # one copy of the weights (the group's broadcast), a header and lines for each rank;
+        # first, each of the 5 ranks learns the group: a header and the 6 members
+        regroup = 5 * (4 * 8 + 4 * 6) if rec["iteration"] == 0 else 0
+        assert row["bytes_out"] == regroup + 4 * n + sum(4 * 8 + k * (4 * line + 8) for k in lines)
         assert row["bytes_in"] == len(lines) * (4 * n + 3 * 8)
         assert {"exchange", "verify", "update", "ledger", "read"} <= set(row["time"])
         assert 0 < row["compute_max"] <= row["time"]["exchange"] <= row["seconds"]

@@ -30,6 +30,26 @@ def test_messages_have_the_same_form_for_every_role():
         assert msgs[k][0][1].tobytes() == msgs[c][0][1].tobytes()  # same lines, same draws
 
 
+def test_shared_weights_leave_the_messages_and_idle_ranks_get_a_header():
+    # 3 lines for 5 workers: two workers idle; the weights go by broadcast, not in any message
+    plan = schedule.plan_iteration(range(1, 8), 2, 0, 3, np.random.default_rng(5))
+    bx, by = np.zeros((3, 4), np.float32), np.arange(3, dtype=np.int64)
+    msgs = messages.messages_for_plan(plan, 4, 9, None, bx, by, everyone=range(1, 8))
+    assert set(msgs) == set(range(1, 8))
+    busy = {a.rank for a in plan.assignments}
+    assert len(busy) == 5  # three workers with a line each and the two controls
+    for r, m in msgs.items():
+        assert messages.tags.WEIGHTS not in [t for t, _ in m]
+        if r in busy:
+            assert [t for t, _ in m] == [messages.tags.HEADER, messages.tags.X, messages.tags.Y]
+            assert m[0][1][0] == messages.SHARED and m[0][1][2] == 1
+        else:
+            assert [(t, a.tolist()) for t, a in m] == [(messages.tags.HEADER,
+                                                        [messages.SHARED, 4, 0, 0])]
+    head, members = messages.regroup([0, 2, 5])
+    assert head[1].tolist() == [messages.REGROUP, -1, 3, 0] and members[1].tolist() == [0, 2, 5]
+
+
 def test_fragment_seed_depends_on_run_iteration_and_lines_only():
     seeds = {messages.fragment_seed(s, it, a, b)
              for s, it, a, b in [(0, 0, 0, 10), (1, 0, 0, 10), (0, 1, 0, 10), (0, 0, 1, 10),

@@ -129,6 +129,21 @@ def irecv(comm, buffer, source: int, tag: int):
     return comm.Irecv(buffer, source=source, tag=tag)
 
 
+def ibcast(group, buffer, root: int = 0):
+    """A non-blocking broadcast over `group`, waited on like any other request."""
+    return group.Ibcast(buffer, root=root)
+
+
+def subgroup(comm, members, old=None):
+    """A communicator of the world ranks `members` (in that order: the first is its rank 0),
+    replacing `old`. Collective over the members only (MPI_Comm_create_group): ranks outside,
+    removed ones that have already left their loop included, take no part."""
+    new = comm.Create_group(comm.Get_group().Incl([int(m) for m in members]))
+    if old is not None:
+        old.Free()
+    return new
+
+
 def quiet_barrier(comm, waiter: Waiter) -> None:
     """A barrier whose waiting ranks sleep, for when one rank does long work (data generation)."""
     waiter.wait([comm.Ibarrier()])

@@ -1,7 +1,9 @@
 """What travels between the manager and a rank, as plain arrays. Pure, no MPI.
 
 Secrecy lives here: a rank receives a header (command, iteration, line count, the fragment's
-random seed), the weights and its slice of the data. Nothing says whether it is a worker, a
+random seed), the weights and its slice of the data. In an iteration's plan the weights reach
+every active rank by one broadcast over the group of active ranks (SHARED); a recheck sends
+them with the work (WORK). A rank learns the group from a REGROUP header and its member list. Nothing says whether it is a worker, a
 control, or the checked worker, and no line numbers are sent, so a control cannot tell which
 worker it is shadowing: the seed is a hash of the lines, equal for everyone who computes them and
 telling no more than the lines' own bytes.
@@ -14,7 +16,7 @@ import numpy as np
 
 from podlt_mpi.dist import tags
 
-STOP, WORK = 0, 1
+STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
 HEADER_LEN = 4  # [command, iteration, lines, seed of the fragment's random generators]
 ANSWER_LEN = 3  # float64 [loss, stop signal seen (0: none), seconds spent computing], with the gradient
 
@@ -36,18 +38,30 @@ def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
     return np.array([loss, signal, seconds], np.float64)
 
 
-def work_messages(iteration: int, seed: int, weights: np.ndarray, x: np.ndarray,
+def regroup(members) -> list:
+    """The messages that name a new broadcast group: world ranks, the manager first."""
+    members = np.asarray(members, np.int32)
+    return [(tags.HEADER, header(REGROUP, -1, len(members))), (tags.MEMBERS, members)]
+
+
+def work_messages(iteration: int, seed: int, weights: np.ndarray | None, x: np.ndarray,
                   y: np.ndarray) -> list:
     """The (tag, array) messages for one rank's slice x, y, in the order they are sent. x and y
-    travel in the types data.Reader gives them (float32 or int64; int64 or float32)."""
-    return [(tags.HEADER, header(WORK, iteration, len(y), seed)), (tags.WEIGHTS, weights),
-            (tags.X, np.ascontiguousarray(x)), (tags.Y, np.ascontiguousarray(y))]
+    travel in the types data.Reader gives them (float32 or int64; int64 or float32). Without
+    `weights` the rank takes them from the group's broadcast (SHARED)."""
+    if weights is None:
+        msgs = [(tags.HEADER, header(SHARED, iteration, len(y), seed))]
+    else:
+        msgs = [(tags.HEADER, header(WORK, iteration, len(y), seed)), (tags.WEIGHTS, weights)]
+    return msgs + [(tags.X, np.ascontiguousarray(x)), (tags.Y, np.ascontiguousarray(y))]
 
 
-def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray, block_x,
-                      block_y) -> dict:
-    """rank -> its messages for this iteration, slicing the block [plan.start, plan.stop)."""
-    out = {}
+def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray | None, block_x,
+                      block_y, everyone=()) -> dict:
+    """rank -> its messages for this iteration, slicing the block [plan.start, plan.stop).
+    weights None: they go by broadcast to `everyone` (the active ranks), and those without work
+    in this plan get a SHARED header of 0 lines, to take part in the broadcast."""
+    out = {r: [(tags.HEADER, header(SHARED, iteration))] for r in everyone}
     for a in plan.assignments:
         s, e = a.start - plan.start, a.stop - plan.start
         seed = fragment_seed(run_seed, iteration, a.start, a.stop)

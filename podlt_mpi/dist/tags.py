@@ -1,6 +1,8 @@
 """Message tags between the manager and a rank (named, so every send and receive can be matched).
 
-Every WORK header is followed by WEIGHTS, X and Y; every rank given work answers with GRAD, then
-LOSS ([loss, number of a stop signal it received or 0]). A STOP header is followed by nothing.
+Every WORK header is followed by WEIGHTS, X and Y; a SHARED header by the group's broadcast of
+the weights, then X and Y if it has lines; every rank given lines answers with GRAD, then LOSS
+([loss, number of a stop signal it received or 0, seconds computing]). A REGROUP header is
+followed by MEMBERS; a STOP header by nothing.
 """
-HEADER, WEIGHTS, X, Y, GRAD, LOSS = 1, 2, 3, 4, 5, 6
+HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS = 1, 2, 3, 4, 5, 6, 7

@@ -1,7 +1,9 @@
 """The manager's side of the transport: send each assigned rank its work, gather the answers.
 
 Every rank of a plan gets the same form of message (dist/messages.py); a recheck is one more
-plan of one assignment. Each answer is handed to the digest pool the moment it arrives, so its
+plan of one assignment. An iteration's plan sends the weights once, by a non-blocking broadcast
+over a communicator of the manager and the active ranks, rebuilt whenever the active ranks change
+(a removal, a resume); a recheck sends them point to point with its lines. Each answer is handed to the digest pool the moment it arrives, so its
 ledger digest is computed while the other answers are still on their way. The exchange also keeps
 the automatic rank timeout (ten times the slowest exchange so far) and the first stop signal a
 worker reported with its answer.
@@ -31,6 +33,7 @@ class Exchange:
         self.slowest = None             # seconds of the slowest exchange so far
         self.notice = None              # a stop signal that a worker reported with its loss
         self.cost = timing.IterationCost()  # the current iteration's, set by the manager
+        self.group, self.members = None, ()  # the broadcast's communicator and its world ranks
 
     def timeout(self) -> float:
         if self.rank_timeout:
@@ -39,18 +42,46 @@ class Exchange:
             return FIRST_TIMEOUT
         return max(MIN_TIMEOUT, 10 * self.slowest)
 
-    def __call__(self, plan, iteration: int, weights, bx, by) -> tuple:
-        """Send every assigned rank its messages; return (grads, losses, digests) by rank, the
-        digests as futures of the answers' hex digests."""
-        reqs, who, grads, losses, hashed = [], [], {}, {}, {}
-        cost = self.cost
-        t_start = time.monotonic()
-        outgoing = messages.messages_for_plan(plan, iteration, self.seed, weights, bx, by)
+    def regroup(self, active) -> None:
+        """Make the broadcast's communicator the manager and `active`, if it is not already."""
+        members = (0, *sorted(active))
+        if members == self.members:
+            return
+        self.send({r: messages.regroup(members) for r in active})
+        self.group, self.members = mpi.subgroup(self.comm, members, self.group), members
+
+    def send(self, outgoing: dict) -> None:
+        reqs = self.post(outgoing, [], [])
+        self.waiter.wait(reqs)
+
+    def post(self, outgoing: dict, reqs: list, who: list) -> list:
+        """Post the sends of {rank: [(tag, array)...]}, counting their bytes."""
         for rank, msgs in outgoing.items():
             for tag, arr in msgs:
                 reqs.append(mpi.isend(self.comm, arr, rank, tag))
                 who.append(rank)
-                cost.bytes_out += arr.nbytes
+                self.cost.bytes_out += arr.nbytes
+        return reqs
+
+    def __call__(self, plan, iteration: int, weights, bx, by, everyone=None) -> tuple:
+        """Send every assigned rank its messages; return (grads, losses, digests) by rank, the
+        digests as futures of the answers' hex digests. `everyone` (the active ranks): the
+        weights go to all of them by the group's broadcast; None: with each rank's lines."""
+        reqs, who, grads, losses, hashed = [], [], {}, {}, {}
+        cost = self.cost
+        t_start = time.monotonic()
+        if everyone is not None:
+            self.regroup(everyone)
+        outgoing = messages.messages_for_plan(plan, iteration, self.seed,
+                                              None if everyone is not None else weights, bx, by,
+                                              everyone or ())
+        self.post(outgoing, reqs, who)
+        if everyone is not None:  # one copy of the weights out, whatever the number of ranks
+            reqs.append(mpi.ibcast(self.group, weights))
+            who.append(None)
+            cost.bytes_out += weights.nbytes
+        for a in plan.assignments:
+            rank = a.rank
             grads[rank] = np.empty(self.answer_size, np.float32)
             losses[rank] = np.empty(messages.ANSWER_LEN, np.float64)
             hashed[len(reqs)] = rank  # the answer's request: hash it once it is in
@@ -81,5 +112,4 @@ class Exchange:
 
     def stop(self, ranks) -> None:
         """Tell `ranks` the run is over for them (a STOP header; nothing else follows)."""
-        stop = messages.header(messages.STOP)
-        self.waiter.wait([mpi.isend(self.comm, stop, r, tags.HEADER) for r in ranks])
+        self.send({r: [(tags.HEADER, messages.header(messages.STOP))] for r in ranks})

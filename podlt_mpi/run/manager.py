@@ -146,7 +146,7 @@ class Manager:
             bx, by = self.train.read(start, stop)
             bx = bx.reshape(len(by), -1)
         data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
-        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by)
+        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
                     *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments}

@@ -1,5 +1,6 @@
 """Every rank but 0: receive the model's state and a slice, return the answer (gradient and
-buffers, layout.py), until told to stop.
+buffers, layout.py), until told to stop. The state comes by the group's broadcast or, for a
+recheck, with the lines (dist/messages.py).
 
 A rank does not know its role; it computes whatever it is sent. A removed rank is sent STOP.
 """
@@ -43,7 +44,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware
                else np.empty(layout.state_size, np.float32))
     head = np.empty(messages.HEADER_LEN, np.int64)
-    pending, done, longest = [], 0, 0.0
+    pending, done, longest, group = [], 0, 0.0, None
     while True:
         # Wait for the next header while our last answer drains: the manager may still be
         # receiving it, and the buffers it reads must stay alive until it has.
@@ -64,14 +65,26 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         command, iteration, lines, seed = (int(v) for v in head)
         if command == messages.STOP:
             return done
+        if command == messages.REGROUP:
+            members = np.empty(lines, np.int32)
+            waiter.wait([mpi.irecv(comm, members, 0, tags.MEMBERS)])
+            if on_message:
+                on_message(tags.MEMBERS, members.copy())
+            group = mpi.subgroup(comm, members, group)
+            continue
         x = np.empty((lines, line_size), task.x_dtype)
         y = np.empty((lines, *task.target_shape), task.y_dtype)
-        waiter.wait([mpi.irecv(comm, weights, 0, tags.WEIGHTS), mpi.irecv(comm, x, 0, tags.X),
-                     mpi.irecv(comm, y, 0, tags.Y)])
+        reqs = [mpi.ibcast(group, weights) if command == messages.SHARED
+                else mpi.irecv(comm, weights, 0, tags.WEIGHTS)]
+        if lines:
+            reqs += [mpi.irecv(comm, x, 0, tags.X), mpi.irecv(comm, y, 0, tags.Y)]
+        waiter.wait(reqs)
         if on_message:
             seen = host(weights) if cuda_aware else weights
-            for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y)):
+            for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y))[:len(reqs)]:
                 on_message(tag, arr.copy())
+        if not lines:  # no work in this plan: it only took part in the weights' broadcast
+            continue
         layout.load_state(weights)
         xt = torch.from_numpy(x).view(lines, *line_shape).to(dev)
         yt = torch.from_numpy(y).to(dev)

@@ -41,7 +41,7 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
         plan = schedule.plan_iteration(range(1, size), 2, 0, 30, rng)
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
         by = (np.arange(30) % 3).astype(np.int64)
-        grads, _, _ = exchange(plan, 0, host(Layout(model).state()), bx, by)
+        grads, _, _ = exchange(plan, 0, host(Layout(model).state()), bx, by, range(1, size))
         exchange.stop(range(1, size))
         info = (plan.checked, list(plan.controls), [r for r in plan.workers if r != plan.checked])
     else:
@@ -58,7 +58,9 @@ def test_checked_worker_and_controls_receive_the_same_form(tmp_path_factory):
             assert forms[r] == reference, (r, forms[r], reference)
         # a header holds only (command, iteration, lines, the fragment's seed): no role, no line
         # numbers; the controls' headers are the checked worker's
-        assert [t for t, _, _ in reference] == [tags.HEADER, tags.WEIGHTS, tags.X, tags.Y, tags.HEADER]
+        # the group's members, then the work, the weights by the group's broadcast
+        assert [t for t, _, _ in reference] == [tags.HEADER, tags.MEMBERS, tags.HEADER,
+                                                tags.WEIGHTS, tags.X, tags.Y, tags.HEADER]
         # the controls really did receive the checked worker's lines
         assert all(contents[r] == contents[checked] for r in controls)
         assert all(heads[r] == heads[checked] for r in controls)
