@@ -3,6 +3,7 @@
 Every case's sentence is unit-tested without MPI in test_bad_input.py, through the job's own
 phases; the cases here prove the exit path of each phase (options, rank 0's inputs, every rank's
 model and fault behaviour, the devices)."""
+import json
 import os
 
 import h5py
@@ -50,6 +51,9 @@ def bad_files(tmp):
 
 CASES = ["missing", "unreadable", "no x", "no y", "empty", "lengths", "negative", "nan target",
          "non-finite"]
+# found when the block holding the line is read, not at start-up: the file declares nothing that
+# needs them (float features, float targets), so start-up reads none of their values
+LINE_CASES = ["nan target", "non-finite"]
 E2E_DATA_CASES = ["missing", "negative"]
 
 
@@ -69,6 +73,24 @@ def test_bad_data_file(case, tmp_path):
     out = tmp_path / "run"
     r = run_job(4, ["--data", path, "--out", out, "--block-lines", "10"], timeout=60)
     assert_clean_exit_2(r, message, out)
+
+
+def test_a_bad_line_ends_the_run_when_its_block_is_read(tmp_path):
+    # start-up reads no feature values (float features): the NaN is found in its block, after
+    # the iterations before it, which stay whole in the ledger
+    x = good_x()
+    x[25, 3] = np.nan
+    out = tmp_path / "run"
+    r = run_job(4, ["--data", h5(tmp_path / "late.h5", x=x, y=good_y()), "--out", out,
+                    "--block-lines", "10", "--no-shuffle-blocks"], timeout=120)
+    assert_clean_exit_2(r, "'x' has a non-finite value at line 25 (read for iteration 2;")
+    with open(out / "ledger.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [rec["lines"] for rec in records] == [[0, 10], [10, 20]]
+    # a bad first block: not one iteration, so no run directory is left behind
+    r = run_job(4, ["--data", h5(tmp_path / "all.h5", x=np.full((40, 8), np.inf, np.float32),
+                                 y=good_y()), "--out", tmp_path / "run2"], timeout=120)
+    assert_clean_exit_2(r, "non-finite value at line", tmp_path / "run2")
 
 
 BAD_OPTIONS = [

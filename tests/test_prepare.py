@@ -27,6 +27,7 @@ def test_prepare_writes_the_layout_deterministically(tmp_path):
         assert np.array_equal(a["x"][:], b["x"][:]) and np.array_equal(a["y"][:], b["y"][:])
         assert 0 <= a["x"][:].min() and a["x"][:].max() <= 1
         assert len(np.unique(a["y"][:])) >= 5  # labels spread over the classes
+        assert a.attrs["classes"] == 10  # declared, so the job's start-up reads no values
     with h5py.File(tmp_path / "a-test.h5") as t, h5py.File(tmp_path / "a.h5") as a:
         assert t["x"].shape == (50, 1, 28, 28)
         assert not np.array_equal(t["x"][:10], a["x"][:10])  # a different stream, same task
@@ -172,3 +173,19 @@ def test_debians_fashion_mnist_converts_and_trains(tmp_path):
                     "--out", out])
     assert r.returncode == 0, r.stdout + r.stderr
     assert read_json(out / "summary.json")["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_prepare_check_validates_every_value(tmp_path):
+    def check(path):
+        return subprocess.run([sys.executable, "-m", "podlt_mpi", "prepare", "check", "--data",
+                               str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert prepare(tmp_path / "a.h5", "--lines", "300", "--test-lines", "0").returncode == 0
+    r = check(tmp_path / "a.h5")
+    assert r.returncode == 0 and "300 lines of float features [1, 28, 28]" in r.stdout, r.stderr
+    assert "10 classes declared" in r.stdout
+    # a NaN the job's start-up would not read (the classes are declared): check finds it
+    with h5py.File(tmp_path / "a.h5", "r+") as f:
+        f["x"][217, 0, 3, 4] = np.nan
+    r = check(tmp_path / "a.h5")
+    assert r.returncode == 2 and "non-finite value at line 217" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -58,8 +58,8 @@ def test_token_sequences_with_padding_make_a_language_model_task(tmp_path):
 def test_the_files_classes_attribute_wins_and_bounds_the_labels(tmp_path):
     x, y = np.zeros((8, 3), np.float32), np.arange(8) % 3
     assert resolve(h5(tmp_path / "a.h5", {"classes": 5}, x=x, y=y)).n_classes == 5
-    with pytest.raises(ConfigError, match=r"integers in \[0, 2\) \(the file's classes\)"):
-        resolve(h5(tmp_path / "b.h5", {"classes": 2}, x=x, y=y))
+    with pytest.raises(ConfigError, match=r"integers in \[0, 2\) or --ignore-index -100, line 2"):
+        resolve_and_read(h5(tmp_path / "b.h5", {"classes": 2}, x=x, y=y))
     assert resolve(h5(tmp_path / "c.h5", x=x, y=y)).n_classes == 3
 
 
@@ -82,15 +82,51 @@ def test_float_targets_are_regression_with_mse(tmp_path):
     (np.zeros((2, 2), np.float32), np.array(["a", "b"], dtype="S1"), "must hold integers or floats"),
 ])
 def test_bad_values_are_one_sentence(tmp_path, x, y, message):
+    path = h5(tmp_path / "bad.h5", x=x, y=y)
     with pytest.raises(ConfigError, match=None) as e:
-        resolve(h5(tmp_path / "bad.h5", x=x, y=y))
+        resolve_and_read(path)
+    assert message in str(e.value)
+    with pytest.raises(ConfigError, match=None) as e:  # what `prepare check` does
+        data.inspect(path, "x", "y")
     assert message in str(e.value)
 
 
+def resolve_and_read(path, *extra, block=2):
+    """resolve, then check every block of the training lines as the manager reads them."""
+    ds = resolve(path, *extra)
+    reader = data.Reader(path, "x", "y")
+    for s in range(ds.train.start, ds.train.stop, block):
+        ds.rules.check(*reader.read(s, min(s + block, ds.train.stop)), s)
+    reader.close()
+    return ds
+
+
 def test_a_token_beyond_the_declared_vocabulary_is_refused(tmp_path):
-    x = np.array([[1, 2], [3, 9]])
-    with pytest.raises(ConfigError, match="token id 9 is outside the file's vocab_size 8"):
-        resolve(h5(tmp_path / "v.h5", {"vocab_size": 8}, x=x, y=x % 8))
+    x = np.array([[1, 2], [3, 4], [5, 6], [3, 9]])
+    path = h5(tmp_path / "v.h5", {"vocab_size": 8}, x=x, y=x % 8)
+    resolve(path)  # start-up reads no token: the file declares its vocabulary
+    with pytest.raises(ConfigError, match="token id 9 at line 3 of 'x' is outside the "
+                                          "vocabulary of 8"):
+        resolve_and_read(path, "--holdout", "0")
+
+
+def test_start_up_reads_only_the_values_the_task_needs(tmp_path):
+    # float features and declared classes: no value is read at start-up, so a bad line (a NaN
+    # feature, a class beyond the declared 3) is found only in its block, with its line number
+    x, y = np.zeros((8, 2), np.float32), np.arange(8) % 3
+    x[5, 1] = np.nan
+    path = h5(tmp_path / "lazy.h5", {"classes": 3}, x=x, y=y)
+    assert resolve(path, "--holdout", "0").n_classes == 3
+    with pytest.raises(ConfigError, match="'x' has a non-finite value at line 5"):
+        resolve_and_read(path, "--holdout", "0")
+    y[6] = 3
+    path = h5(tmp_path / "lazy2.h5", {"classes": 3}, x=np.zeros((8, 2), np.float32), y=y)
+    with pytest.raises(ConfigError, match=r"integers in \[0, 3\).*line 6 has 3"):
+        resolve_and_read(path, "--holdout", "0")
+    # undeclared classes: the targets are read at start-up, the features still are not
+    with pytest.raises(ConfigError, match="line 6 has -1"):
+        resolve(h5(tmp_path / "neg.h5", x=x, y=np.where(np.arange(8) == 6, -1, y)))
+    assert resolve(h5(tmp_path / "ok.h5", x=x, y=y), "--holdout", "0").n_classes == 4
 
 
 def test_the_test_file_must_pose_the_same_task(tmp_path):

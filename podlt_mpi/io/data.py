@@ -57,6 +57,59 @@ def first_bad_label(y: np.ndarray, classes: int | None = None, ignore: int | Non
     return int(np.argmax(bad)) if bad.any() else None
 
 
+@dataclass(frozen=True)
+class LineRules:
+    """What every line's values must be. The job checks each block as it reads it, so a bad line
+    ends the run (exit 2, its line number) before anything of its block is applied; `inspect`
+    applies the same rules to a whole file."""
+    where: str           # "data file PATH", for the messages
+    x_key: str
+    y_key: str
+    inputs: str          # "float" or "tokens"
+    targets: str         # "classes" or "values"
+    classes: int | None  # class targets lie in [0, classes) (None: any integer >= 0)
+    vocab: int | None    # token ids lie in [0, vocab) (None: any id >= 0)
+    ignore: int          # a class target of this value does not count
+
+    def check(self, x, y, first: int) -> tuple:
+        """Raise ConfigError at the first bad line of x and y (either may be None: not
+        checked), numbering the lines from `first`; return (top token id, top counted class
+        target) of these lines, -1 where there are none."""
+        top_token = top_label = -1
+        if x is not None and self.inputs == "float":
+            bad = first_nonfinite_line(x)
+            if bad is not None:
+                raise ConfigError(f"{self.where}: {self.x_key!r} has a non-finite value at line "
+                                  f"{first + bad}")
+        elif x is not None and len(x):
+            flat = x.reshape(len(x), -1)
+            low, high = flat.min(1), flat.max(1)
+            if (low < 0).any():
+                bad = int(np.argmax(low < 0))
+                raise ConfigError(f"{self.where}: token ids must be >= 0, line {first + bad} of "
+                                  f"{self.x_key!r} has {int(low[bad])}")
+            if self.vocab is not None and (high >= self.vocab).any():
+                bad = int(np.argmax(high >= self.vocab))
+                raise ConfigError(f"{self.where}: token id {int(high[bad])} at line {first + bad}"
+                                  f" of {self.x_key!r} is outside the vocabulary of {self.vocab}")
+            top_token = int(high.max())
+        if y is None:
+            return top_token, top_label
+        if self.targets == "values":
+            bad = first_nonfinite_line(y)
+            if bad is not None:
+                raise ConfigError(f"{self.where}: {self.y_key!r} has a non-finite target at line "
+                                  f"{first + bad}")
+            return top_token, top_label
+        bad = first_bad_label(y, self.classes, self.ignore)
+        if bad is not None:
+            rule = (f"integers in [0, {self.classes})" if self.classes else "integers >= 0")
+            raise ConfigError(f"{self.where}: class targets must be {rule} or --ignore-index "
+                              f"{self.ignore}, line {first + bad} has {y[bad].tolist()}")
+        counted = y[y != self.ignore]
+        return top_token, int(counted.max()) if counted.size else -1
+
+
 @dataclass
 class Inspection:
     """What validating one file found."""
@@ -66,8 +119,8 @@ class Inspection:
     targets: str         # "classes" or "values"
     target_shape: tuple
     classes: int | None  # from the file's `classes` or `vocab_size` attribute
-    top_label: int       # the largest class target (-1: none, or float targets)
-    top_token: int       # the largest token id (-1: float inputs)
+    top_label: int       # the largest class target (-1: none seen, or float targets)
+    top_token: int       # the largest token id (-1: none seen, or float inputs)
     bytes_per_token: float | None
 
 
@@ -79,8 +132,11 @@ def _attribute(f, *names):
 
 
 def inspect(path: str, x_key: str, y_key: str, role: str = "data",
-            ignore: int = -100) -> Inspection:
-    """Validate a whole file (shapes, types, every value). Raises ConfigError."""
+            ignore: int = -100, full: bool = True) -> Inspection:
+    """Validate a file: its layout, shapes and types, and its values: every value (`full`), or
+    only those the task cannot be known without (the class targets where the file declares no
+    `classes`, the token ids where it declares no `vocab_size`), so that a file that declares
+    them starts in the same time whatever its size. Raises ConfigError."""
     with _open(path, role) as f:
         for key, opt in ((x_key, "--x-key"), (y_key, "--y-key")):
             if key not in f or not isinstance(f[key], h5py.Dataset):
@@ -108,48 +164,25 @@ def inspect(path: str, x_key: str, y_key: str, role: str = "data",
                                   f"is {d.dtype}")
         inputs = "tokens" if kinds[0] == "int" else "float"
         targets = "classes" if kinds[1] == "int" else "values"
+        for name in ("classes", "vocab_size"):
+            v = f.attrs.get(name)
+            if v is not None and (not np.issubdtype(np.asarray(v).dtype, np.integer)
+                                  or int(v) < 1):
+                raise ConfigError(f"{role} file {path}: its {name!r} attribute must be a "
+                                  f"positive integer, it is {v!r}")
         classes = _attribute(f, "classes", "vocab_size")
-        if classes is not None:
-            if not np.issubdtype(np.asarray(classes).dtype, np.integer) or int(classes) < 1:
-                raise ConfigError(f"{role} file {path}: its 'classes' (or 'vocab_size') attribute "
-                                  f"must be a positive integer, it is {classes!r}")
-            classes = int(classes)
+        classes = None if classes is None else int(classes)
+        vocab = int(f.attrs["vocab_size"]) if "vocab_size" in f.attrs else None
+        rules = LineRules(f"{role} file {path}", x_key, y_key, inputs, targets, classes, vocab,
+                          ignore)
+        scan_x = full or (inputs == "tokens" and vocab is None)
+        scan_y = full or (targets == "classes" and classes is None)
         bpt = _attribute(f, "bytes_per_token")
         n, top_label, top_token = x.shape[0], -1, -1
-        for s in range(0, n, SCAN_LINES):
-            xs, ys = x[s:s + SCAN_LINES], y[s:s + SCAN_LINES]
-            if inputs == "float":
-                bad = first_nonfinite_line(xs)
-                if bad is not None:
-                    raise ConfigError(f"{role} file {path}: {x_key!r} has a non-finite value at "
-                                      f"line {s + bad}")
-            else:
-                low = xs.reshape(len(xs), -1).min(1)
-                if (low < 0).any():
-                    bad = int(np.argmax(low < 0))
-                    raise ConfigError(f"{role} file {path}: token ids must be >= 0, line "
-                                      f"{s + bad} of {x_key!r} has {int(low[bad])}")
-                top_token = max(top_token, int(xs.max()))
-            if targets == "values":
-                bad = first_nonfinite_line(ys)
-                if bad is not None:
-                    raise ConfigError(f"{role} file {path}: {y_key!r} has a non-finite target at "
-                                      f"line {s + bad}")
-                continue
-            bad = first_bad_label(ys, classes, ignore)
-            if bad is not None:
-                shown = ys[bad].tolist()
-                rule = (f"integers in [0, {classes}) (the file's classes)" if classes
-                        else "integers >= 0")
-                raise ConfigError(f"{role} file {path}: class targets must be {rule} or "
-                                  f"--ignore-index {ignore}, line {s + bad} has {shown}")
-            counted = ys[ys != ignore]
-            if counted.size:
-                top_label = max(top_label, int(counted.max()))
-        if classes is not None and inputs == "tokens" and top_token >= classes \
-                and "vocab_size" in f.attrs:
-            raise ConfigError(f"{role} file {path}: token id {top_token} is outside the file's "
-                              f"vocab_size {classes}")
+        for s in range(0, n if scan_x or scan_y else 0, SCAN_LINES):
+            tops = rules.check(x[s:s + SCAN_LINES] if scan_x else None,
+                               y[s:s + SCAN_LINES] if scan_y else None, s)
+            top_token, top_label = max(top_token, tops[0]), max(top_label, tops[1])
         return Inspection(n, tuple(x.shape[1:]), inputs, targets, tuple(y.shape[1:]), classes,
                           top_label, top_token, None if bpt is None else float(bpt))
 
@@ -183,6 +216,7 @@ class Dataset:
     test: Split | None
     line_shape: tuple
     task: Task
+    rules: LineRules  # what each line of the training file must hold: checked as it is read
 
     @property
     def n_classes(self) -> int:
@@ -192,7 +226,7 @@ class Dataset:
 def resolve(cfg: RunConfig) -> Dataset:
     """Validate the training (and test) files named by the configuration, and find the task
     they pose. Raises ConfigError."""
-    found = inspect(cfg.data_path, cfg.x_key, cfg.y_key, "data", cfg.ignore_index)
+    found = inspect(cfg.data_path, cfg.x_key, cfg.y_key, "data", cfg.ignore_index, full=False)
     train, test, seen = Split(cfg.data_path, 0, found.lines), None, [found]
     test_path = cfg.test_data or (DEFAULT_TEST_DATA if cfg.uses_default_data else None)
     if test_path:
@@ -212,7 +246,10 @@ def resolve(cfg: RunConfig) -> Dataset:
         if held >= 1 and found.lines - held >= 1:
             train = Split(cfg.data_path, 0, found.lines - held)
             test = Split(cfg.data_path, found.lines - held, found.lines)
-    return Dataset(train, test, found.line_shape, _task(cfg, seen))
+    task = _task(cfg, seen)
+    rules = LineRules(f"data file {cfg.data_path}", cfg.x_key, cfg.y_key, task.inputs,
+                      task.targets, task.n_classes or None, task.vocab or None, cfg.ignore_index)
+    return Dataset(train, test, found.line_shape, task, rules)
 
 
 def _task(cfg: RunConfig, seen: list) -> Task:
@@ -285,11 +322,11 @@ def test_path_for(path: str) -> str:
 
 def prepare_synthetic(path: str, lines: int = 100_000, test_lines: int = 10_000) -> list:
     """Write the training file and, if test_lines, its `-test.h5` companion. Returns the paths."""
-    written = []
-    write_h5(path, *synthetic(lines, 0))
+    written, attrs = [], {"classes": SYNTH_CLASSES}  # declared: start-up reads no values
+    write_h5(path, *synthetic(lines, 0), attrs)
     written.append(path)
     if test_lines:
-        write_h5(test_path_for(path), *synthetic(test_lines, 1))
+        write_h5(test_path_for(path), *synthetic(test_lines, 1), attrs)
         written.append(test_path_for(path))
     return written
 

@@ -3,7 +3,8 @@
 usage:: mpiexec -n 50 python -m podlt_mpi [options]
 
 Bad input is found before the first protocol message and makes every rank exit 2, with one line
-from rank 0. After that, an exception on any rank aborts the whole job (exit 1) so that no rank
+from rank 0; so is a bad line of the training file, found when its block is read (every rank is
+told to stop, the run's files end at the iteration before). After that, an exception on any rank aborts the whole job (exit 1) so that no rank
 is left waiting for one that died.
 """
 from __future__ import annotations
@@ -115,7 +116,13 @@ def _run(comm, argv, started: float) -> int:
         return e.code
     _warn_about_devices(rank, inputs.cfg, built.placed)
     if rank == 0:
-        code = _manage(comm, inputs, built, waiter, started)
+        try:
+            code = _manage(comm, inputs, built, waiter, started)
+        except ConfigError as e:  # a bad line met in a block: every rank has been told to stop
+            _say(rank, str(e))
+            code = 2
+            if built.created and not os.path.getsize(os.path.join(inputs.out, "ledger.jsonl")):
+                shutil.rmtree(inputs.out, ignore_errors=True)  # not one iteration: no run
     else:
         from podlt_mpi.run import worker
         cfg = inputs.cfg

@@ -30,6 +30,7 @@ from podlt_mpi.core import (
     timing,
 )
 from podlt_mpi.core.config import RunConfig, min_active
+from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import preempt
 from podlt_mpi.io.data import Dataset, Reader
@@ -144,6 +145,7 @@ class Manager:
             model_before = self.weights_digest or self.weights_now(weights)
         with cost.part("read"):
             bx, by = self.train.read(start, stop)
+            self.ds.rules.check(bx, by, start)  # a bad line ends the run before it is used
             bx = bx.reshape(len(by), -1)
         data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
         sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active)
@@ -207,6 +209,8 @@ class Manager:
             x, y = reader.read(t.start, t.stop)
         finally:
             reader.close()
+        if t.path == self.ds.train.path:  # held-out lines: a separate test file was read whole
+            self.ds.rules.check(x, y, t.start)
         self.model.eval()
         result = task_losses.evaluate(self.model, self.task, x, y)
         self.model.train()
@@ -231,6 +235,12 @@ class Manager:
                                       t_start, progress)
                 if stop:
                     break
+        except ConfigError as e:  # a bad line: the ledger ends at the last complete iteration
+            self.exchange.stop(st.active)
+            self.train.close()
+            self.pool.close()
+            raise ConfigError(f"{e} (read for iteration {st.next_iteration}; the run's files "
+                              f"end at the iteration before)") from None
         finally:
             progress.close()
             files.close()

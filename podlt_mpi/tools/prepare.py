@@ -5,6 +5,11 @@
   prepare csv           --source F --out FILE.h5    one line per row, the label in one column
   prepare npz           --source F --out FILE.h5    NumPy arrays x and y
   prepare text          --source PATH... --seq-len T --out DIR   byte-level language model (text.py)
+  prepare check         --data FILE.h5    validate every value of a file, before a long run
+
+The job checks a file's layout up front and each block's values as it reads them; it reads
+values at start-up only where the task needs them (class targets without a `classes`
+attribute, token ids without `vocab_size`). The files written here declare them.
 
 Every output is written whole or not at all (data.write_h5), and bad input is one ConfigError.
 """
@@ -81,7 +86,7 @@ def fashion_mnist(source: str, out: str) -> list:
     written = []
     for split, (x, y) in splits.items():
         path = os.path.join(out, f"{split}.h5")
-        data.write_h5(path, x, y)
+        data.write_h5(path, x, y, {"classes": 10})
         written.append(path)
     return written
 
@@ -181,6 +186,17 @@ def from_npz(source: str, out: str, x_key: str, y_key: str, shape: tuple | None,
     return [out]
 
 
+def check(path: str, x_key: str, y_key: str, ignore: int) -> str:
+    """Every value of the file, as the job's blocks would check them; one line on what it holds."""
+    f = data.inspect(path, x_key, y_key, ignore=ignore, full=True)
+    inputs = "token ids" if f.inputs == "tokens" else "float features"
+    targets = (f"class targets up to {f.top_label}" if f.targets == "classes"
+               else f"float targets of shape {list(f.target_shape)}")
+    declared = "" if f.classes is None else f", {f.classes} classes declared"
+    return f"{path}: {f.lines} lines of {inputs} {list(f.line_shape)}, {targets}{declared}: " \
+           "every value is good"
+
+
 def _shape(text: str) -> tuple:
     try:
         dims = tuple(int(v) for v in text.split(","))
@@ -221,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--x-key", default="x", help="array of features (default: x)")
             c.add_argument("--y-key", default="y", help="array of labels (default: y)")
+    k = kinds.add_parser("check", help="validate every value of a file the job would read")
+    k.add_argument("--data", required=True, help="HDF5 file to check")
+    k.add_argument("--x-key", default="x", help="dataset of inputs (default: x)")
+    k.add_argument("--y-key", default="y", help="dataset of targets (default: y)")
+    k.add_argument("--ignore-index", type=int, default=-100,
+                   help="class target that does not count (default: %(default)s)")
     t = kinds.add_parser("text", help="byte-level language-model data from text files")
     t.add_argument("--source", required=True, nargs="+", metavar="PATH",
                    help="text files, or folders read recursively")
@@ -239,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     a = _parser().parse_args(argv)
     try:
+        if a.kind == "check":
+            print(check(a.data, a.x_key, a.y_key, a.ignore_index))
+            return 0
         if a.kind == "synthetic":
             if a.lines < 1 or a.test_lines < 0:
                 raise ConfigError("--lines must be at least 1 and --test-lines at least 0")
