@@ -5,8 +5,10 @@ the torch, numpy and random generators seeded with the fragment's seed, the buff
 manager sent them, the fragment's mean loss, zeros for parameters without a gradient) and takes
 the step the README says the manager takes: the gradients weighted by what each fragment's loss
 averages over (counted targets for cross-entropy, lines otherwise), the buffers by lines, summed
-in the ledger's order with the same float32 operations on vectors of the same length, so the
-result can be compared bit for bit. It shares no code with the job but the model's factory, the
+in the manager's order with the same float32 operations on vectors of the same length, so the
+result can be compared bit for bit. Ledger format 3 (docs/ledger.md) sums weight x vector over
+the unchecked fragments in line order, then the checked ones, and divides once; formats 1 and 2
+add weight/total x vector in line order. It shares no code with the job but the model's factory, the
 seed's formula and the learning-rate formula.
 """
 import importlib
@@ -63,6 +65,11 @@ def train(model, opt, x, y, records, cfg, total):
         n_weight = sum(weight_of(y[s:e]) for s, e in applied)
         grad_sum = buf_sum = None
         steps = []
+        folded = rec.get("format", 1) >= 3
+        if folded:  # the unchecked fragments as they streamed in, then the checked ones
+            checked = [c["lines"] for c in [rec["check"], *rec.get("extra_checks", [])] if c]
+            applied = ([f for f in applied if f not in checked] +
+                       [f for f in applied if f in checked])
         for s, e in applied:
             for n in before:
                 buffers[n].data.copy_(before[n])
@@ -75,14 +82,19 @@ def train(model, opt, x, y, records, cfg, total):
             loss_of(out, torch.from_numpy(y[s:e])).backward()
             g = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
             grad_sum = torch.zeros_like(g) if grad_sum is None else grad_sum
-            grad_sum.add_(g, alpha=weight_of(y[s:e]) / n_weight)
+            w = weight_of(y[s:e])
+            if w:
+                grad_sum.add_(g, alpha=w if folded else w / n_weight)
             if floats:
                 change = flat([buffers[n] for n in floats]) - flat([before[n] for n in floats])
                 buf_sum = torch.zeros_like(change) if buf_sum is None else buf_sum
-                buf_sum.add_(change, alpha=(e - s) / n_lines)
+                buf_sum.add_(change, alpha=(e - s) if folded else (e - s) / n_lines)
             steps.append([int(buffers[n]) - int(before[n]) for n in counters])
         for n in before:
             buffers[n].data.copy_(before[n])
+        if folded:  # one division by the totals
+            grad_sum = grad_sum / n_weight if n_weight else torch.zeros_like(grad_sum)
+            buf_sum = None if buf_sum is None else buf_sum / n_lines
         i = 0
         for p in params:
             p.grad = grad_sum[i:i + p.numel()].view_as(p).clone()

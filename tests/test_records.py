@@ -3,6 +3,7 @@ runs written before it (tests/data/format1) still audited, reported and resumed.
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,14 +14,24 @@ from conftest import ROOT, run_job
 from podlt_mpi.core import digests, ledger, records
 
 OLD = os.path.join(ROOT, "tests", "data", "format1")
+# runs written by earlier versions, by ledger format: (folder, the arrays' hash)
+OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3")}
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 
 
-@pytest.fixture
-def old_run(tmp_path):
-    """A copy of the run written before typed records (its config names train.h5 relatively)."""
-    shutil.copytree(OLD, tmp_path, dirs_exist_ok=True)
-    return tmp_path
+@pytest.fixture(params=sorted(OLD_RUNS), ids=lambda f: f"format{f}")
+def old_run(request, tmp_path):
+    """A copy of a run an earlier version wrote (its config names train.h5 relatively); its
+    format as `old_run.format`."""
+    shutil.copytree(os.path.join(ROOT, "tests", "data", OLD_RUNS[request.param][0]), tmp_path,
+                    dirs_exist_ok=True)
+    run = OldRun(tmp_path)
+    run.format = request.param
+    return run
+
+
+class OldRun(type(pathlib.Path())):
+    """A folder that knows the ledger format of the run it holds."""
 
 
 def tool(*args, cwd):
@@ -64,7 +75,7 @@ def base() -> dict:
     (lambda d: d["assignments"][0].update(role="boss"), "role is 'boss', not one of worker"),
     (lambda d: d["check"].update(verdict="maybe"), "verdict is 'maybe', not one of agree"),
     (lambda d: d["check"].update(referee={"by": "manager"}), "a referee step lacks agrees"),
-    (lambda d: d.update(format=3), "says it is format 3; this version reads format 1, 2"),
+    (lambda d: d.update(format=4), "says it is format 4; this version reads format 1, 2, 3"),
     (lambda d: d.update(digest="blake3"), "a format 1 record has no digest field"),
     (lambda d: d.update(format=1), "says it is format 1"),  # format 1 carries no key
 ])
@@ -166,8 +177,10 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
     kept = records.load(os.path.join(old_run, "run", "ledger.jsonl"))
     assert kept.errors == {} and kept.chain_problems() == []
     assert all(2 not in {a.rank for a in rec.assignments} for rec in kept.records[6:])
-    # it goes on in the format of the record it continues: one hash along the chain of weights
-    assert {(rec.format, rec.digest) for rec in kept.records} == {(1, "sha256")}
+    # it goes on in the format of the record it continues: one hash along the chain of weights,
+    # and the update's arithmetic of that format (the weighted mean, not the fold)
+    assert {(rec.format, rec.digest) for rec in kept.records} == \
+        {(old_run.format, OLD_RUNS[old_run.format][1])}
     r = tool("audit", "run", "--all", "--json", "audit.json", cwd=old_run)
     assert r.returncode == 0, r.stdout + r.stderr
     assert audit_json(old_run)["replay"]["verified"] == 10

@@ -34,6 +34,26 @@ def test_a_dispute_drops_its_fragment_and_a_rank_caught_elsewhere_loses_its_own(
     assert out == [((0, 10), 1), ((10, 20), 2)]  # 3 lied on a recheck of 2's fragment
 
 
+def test_folded_fragments_stay_applied_when_their_rank_is_caught_on_a_recheck():
+    # format 3: 3's fragment went into the update as it arrived, before 3 lied on a recheck
+    out = rules.applied(FRAGMENTS, [Outcome(2, "fake", (3,), (4, 5, 3, 6))], folded=True)
+    assert out == [((0, 10), 1), ((10, 20), 2), ((20, 30), 3)]
+    # the checked fragment's rules do not change: a dispute drops it, a fake is replaced
+    out = rules.applied(FRAGMENTS, [Outcome(2, "dispute", (), (4, 5))], folded=True)
+    assert [r for _, r in out] == [1, 3]
+    out = rules.applied(FRAGMENTS, [Outcome(2, "fake", (2,), (4, 5))], folded=True)
+    assert out[1] == ((10, 20), 4)
+
+
+def test_the_fold_order_is_unchecked_in_line_order_then_checked_in_line_order():
+    applied = [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50)]
+    assert rules.fold_order(applied, [(30, 40), (10, 20)]) == [0, 2, 4, 1, 3]
+    assert rules.fold_order(applied, []) == [0, 1, 2, 3, 4]
+    assert rules.fold_order(applied, [[0, 10]]) == [1, 2, 3, 4, 0]  # lines as the ledger's lists
+    # a dropped checked fragment (a dispute) is simply not among the applied
+    assert rules.fold_order([(0, 10), (20, 30)], [(10, 20)]) == [0, 1]
+
+
 def test_the_role_of_a_removed_rank():
     assert rules.removed_role(2, {2}, (4, 5)) == "worker"
     assert rules.removed_role(4, {2}, (4, 5)) == "control"

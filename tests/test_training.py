@@ -157,6 +157,42 @@ def test_update_means_buffers_keeps_constants_and_advances_counters():
     assert torch.equal(model.frozen.weight, frozen)
 
 
+def test_the_fold_sums_in_the_order_given_and_divides_once():
+    """Format 3's update, bit for bit against the same float32 operations written out: the sum
+    of count x gradient in the order of `add`, one division by the total count; the buffers'
+    changes weighted by lines; counters by the median (a liar's 1000 cannot move it)."""
+    torch.manual_seed(0)
+    model = Net()
+    layout = Layout(model)
+    opt = torch.optim.SGD(layout.params, lr=1.0)
+    x, y = torch.randn(9, 4, generator=torch.Generator().manual_seed(1)), torch.arange(9) % 3
+    answers = [host(training.fragment(model, layout, x[s:e], y[s:e], seed=s)[0])
+               for s, e in ((0, 3), (3, 6), (6, 9))]
+    answers[2] = answers[2].copy()
+    answers[2][-1] = 1000.0
+    counts, lines, order = [0, 3, 2], [3, 3, 3], [2, 0, 1]  # fragment 0 counts no target
+    params = torch.cat([p.detach().reshape(-1) for p in layout.params])
+    start = torch.cat([b.reshape(-1).float() for b in layout.float_buffers()])  # before
+    fold = training.Fold(model, layout)
+    for i in order:
+        fold.add(answers[i], counts[i], lines[i])
+    fold.apply(opt, 1.0)
+    g = torch.zeros(layout.n_grad)
+    for i in order:
+        if counts[i]:
+            g.add_(torch.from_numpy(answers[i][:layout.n_grad]), alpha=counts[i])
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in layout.params]),
+                       params - g / 5)
+    floats = layout.n_float
+    change = torch.zeros(floats)
+    for i in order:
+        f = torch.from_numpy(answers[i][layout.n_grad:layout.n_grad + floats])
+        change.add_(f - start, alpha=lines[i])
+    assert torch.equal(model.bn.running_mean, (start + change / 9)[5:11])
+    assert torch.equal(model.constant, torch.full((5,), 0.1))
+    assert int(model.bn.num_batches_tracked) == 1
+
+
 def test_the_mean_of_fragment_gradients_is_the_batch_gradient_within_rounding():
     """The manager's combination against one batch of the same lines, where bits cannot agree
     (different kernels sum in different orders). The bound, per coordinate j: every per-line

@@ -105,7 +105,8 @@ def weighted_mean(vectors, counts, device="cpu") -> torch.Tensor:
 
 def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, answers, counts,
                  lr: float, clip: float = 0.0, lines=None) -> None:
-    """The manager's step from the accepted fragments' answers:
+    """The manager's step from the accepted fragments' answers (ledger formats 1 and 2; format 3
+    folds them as they arrive, `Fold`):
 
     - the optimizer steps at rate `lr` on the gradients' mean weighted by `counts` (what each
       fragment's mean loss averages over, tasks.Task.weight), clipped first to L2 norm `clip`
@@ -120,6 +121,21 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
     dev = device_of(model)
     parts = [layout.split(torch.as_tensor(a).to(dev)) for a in answers]
     mean = weighted_mean([g for g, _, _ in parts], counts, dev)
+    change = None
+    if layout.n_float:
+        before = _float_buffers(layout)
+        change = weighted_mean([f - before for _, f, _ in parts],
+                               counts if lines is None else lines, dev)
+    _step(model, opt, layout, mean, change, [c for _, _, c in parts], lr, clip)
+
+
+def _float_buffers(layout: Layout) -> torch.Tensor:
+    return torch.cat([b.reshape(-1).float() for b in layout.float_buffers()])
+
+
+def _step(model, opt, layout: Layout, mean, change, counters, lr: float, clip: float) -> None:
+    """The optimizer's step on the gradient `mean`, the float buffers moved by `change`, the
+    counters by the median of `counters` (apply_update says why)."""
     for p, g in pieces(mean, layout.params):
         p.grad = g.clone()
     if clip:
@@ -131,15 +147,43 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
     with torch.no_grad():
         if layout.n_float:
             buffers = layout.float_buffers()
-            before = torch.cat([b.reshape(-1).float() for b in buffers])
-            after = before + weighted_mean([f - before for _, f, _ in parts],
-                                           counts if lines is None else lines, dev)
+            after = torch.cat([b.reshape(-1).float() for b in buffers]) + change
             for b, v in pieces(after, buffers):
                 b.copy_(v)
         if layout.n_count:
-            step = torch.stack([c for _, _, c in parts]).median(dim=0).values.round().long()
+            step = torch.stack(counters).median(dim=0).values.round().long()
             for b, v in pieces(step, layout.counter_buffers()):
                 b.add_(v.to(b.dtype))
+
+
+class Fold:
+    """Ledger format 3's update, built as the answers arrive so the manager keeps only a sum:
+    the gradients' sum weighted by counts and the float buffers' changes weighted by lines, each
+    accumulated in float32 in the order `add` is called (rules.fold_order), divided once by the
+    totals when applied. Counter changes (a few integers per answer) are kept for the median."""
+
+    def __init__(self, model: nn.Module, layout: Layout):
+        self.model, self.layout, self.dev = model, layout, device_of(model)
+        self.grad = torch.zeros(layout.n_grad, dtype=torch.float32, device=self.dev)
+        self.before = _float_buffers(layout).to(self.dev) if layout.n_float else None
+        self.change = torch.zeros_like(self.before) if layout.n_float else None
+        self.counters, self.count, self.lines = [], 0, 0
+
+    def add(self, answer, count: int, lines: int) -> None:
+        g, f, c = self.layout.split(torch.as_tensor(answer).to(self.dev))
+        if count:
+            self.grad.add_(g, alpha=count)
+        if self.change is not None:
+            self.change.add_(f - self.before, alpha=lines)
+        self.counters.append(c.clone())
+        self.count, self.lines = self.count + count, self.lines + lines
+
+    def apply(self, opt: torch.optim.Optimizer, lr: float, clip: float = 0.0) -> None:
+        """The step, as apply_update takes it, from the folded sums. All counts 0: a zero
+        gradient."""
+        mean = self.grad / self.count if self.count else torch.zeros_like(self.grad)
+        change = None if self.change is None else self.change / self.lines
+        _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
 
 
 def combined_loss(losses, counts) -> float:

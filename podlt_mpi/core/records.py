@@ -9,6 +9,10 @@ record how to read it and runs written before keep being audited, resumed and re
   1  arrays digested with sha256: `data_sha256`, `grad_sha256`, `model_before`/`model_after`.
   2  `digest` names the arrays' hash (digests.py; BLAKE3 when written by this version), under
      the keys `data_digest` and `grad_digest`; `model_before`/`model_after` use it too.
+  3  the keys of format 2; the update is folded as the answers stream in (rules.fold_order,
+     training.Fold): the sum of count x gradient over the unchecked fragments in line order,
+     then the checked ones, divided once by the total count; an unchecked fragment whose rank
+     is caught on a recheck stays applied (rules.applied).
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from dataclasses import dataclass
 
 from podlt_mpi.core import digests, ledger
 
-FORMAT = 2         # what this version writes
-FORMATS = (1, 2)   # what it reads
+FORMAT = 3            # what this version writes
+FORMATS = (1, 2, 3)   # what it reads
+FOLDED = 3            # the first format whose update is folded as the answers stream in
 ROLES = ("worker", "control", "recheck")
 VERDICTS = ("agree", "fake", "dispute")
 

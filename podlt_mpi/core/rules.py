@@ -37,13 +37,16 @@ class Outcome:
     voters: tuple
 
 
-def applied(fragments, outcomes) -> list:
+def applied(fragments, outcomes, folded: bool = False) -> list:
     """(lines, rank whose answer stands) for every fragment the manager applies, in order.
 
     `fragments`: (rank, lines) of the workers, in line order. A checked worker's fragment:
     dropped on a dispute; if the worker was found fake, the first vote that was not stands in
     (the fragment is not lost); otherwise its own. An unchecked worker found fake elsewhere (on a
-    recheck of another fragment) loses its own fragment too: it is not trusted any more.
+    recheck of another fragment) loses its own fragment too: it is not trusted any more. Unless
+    `folded` (ledger format 3): the unchecked fragments were folded into the update as they
+    arrived, before any check, so that one stays applied, as every unchecked fragment is applied
+    on trust (docs/protocol.md, "Streaming").
     """
     by_worker = {o.worker: o for o in outcomes}
     caught = {r for o in outcomes for r in o.fake}
@@ -55,10 +58,20 @@ def applied(fragments, outcomes) -> list:
                 continue
             if rank in o.fake:
                 rank = next(r for r in o.voters if r not in o.fake)
-        elif rank in caught:
+        elif rank in caught and not folded:
             continue
         out.append((lines, rank))
     return out
+
+
+def fold_order(applied, checked) -> list:
+    """Indices into `applied` (the applied fragments' lines (start, stop), in line order) in the
+    order format 3 folds them into the update: the unchecked fragments in line order as they
+    stream in, then the checked ones (`checked`: their lines), in line order, once their checks
+    have settled which answer stands."""
+    checked = {tuple(c) for c in checked}
+    first = [i for i, lines in enumerate(applied) if tuple(lines) not in checked]
+    return first + [i for i, lines in enumerate(applied) if tuple(lines) in checked]
 
 
 def removed_role(rank: int, checked_workers, controls) -> str:

@@ -90,11 +90,13 @@ class Waiter:
     def wait(self, reqs, who=None, done=None) -> None:
         """Complete all requests. `who` names each request's peer for the timeout message;
         `done(i)`, if given, is called for each request i as soon as it completes (the manager
-        hashes an answer while the others still arrive)."""
+        hashes an answer while the others still arrive) and may return more (request, peer)
+        pairs to wait for, numbered on from the last (a window of receive buffers)."""
         reqs = list(reqs)  # completed requests become null in place
         if self.mode == "spin" and self.timeout is None and done is None:
             MPI.Request.Waitall(reqs)
             return
+        who = list(who) if who else [None] * len(reqs)
         start, delay, left = time.monotonic(), SLEEP_MIN, len(reqs)
         while left:
             if done is None:
@@ -105,14 +107,16 @@ class Waiter:
                 finished = MPI.Request.Testsome(reqs) or ()
             for i in finished:
                 left -= 1
-                if done is not None:
-                    done(i)
+                for req, peer in (done(i) if done is not None else None) or ():
+                    reqs.append(req)
+                    who.append(peer)
+                    left += 1
             if finished:
                 delay = SLEEP_MIN
                 continue
             if self.timeout is not None and time.monotonic() - start > self.timeout:
                 # Testall completes all or nothing: ask each request to find the late peers.
-                late = sorted({w for r, w in zip(reqs, who or [None] * len(reqs), strict=True)
+                late = sorted({w for r, w in zip(reqs, who, strict=True)
                                if w is not None and not r.Test()})
                 raise RankTimeout(f"no answer within {self.timeout:g} s"
                                   + (f" from rank(s) {late}" if late else ""))

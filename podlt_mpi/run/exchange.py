@@ -11,6 +11,7 @@ worker reported with its answer.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from podlt_mpi.dist import messages, preempt, tags
 
 FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
 MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
+WINDOW = 4             # receive buffers for answers folded as they arrive (the manager's memory)
 
 
 class Exchange:
@@ -63,11 +65,15 @@ class Exchange:
                 self.cost.bytes_out += arr.nbytes
         return reqs
 
-    def __call__(self, plan, iteration: int, weights, bx, by, everyone=None) -> tuple:
+    def __call__(self, plan, iteration: int, weights, bx, by, everyone=None,
+                 fold=None) -> tuple:
         """Send every assigned rank its messages; return (grads, losses, digests) by rank, the
         digests as futures of the answers' hex digests. `everyone` (the active ranks): the
-        weights go to all of them by the group's broadcast; None: with each rank's lines."""
-        reqs, who, grads, losses, hashed = [], [], {}, {}, {}
+        weights go to all of them by the group's broadcast; None: with each rank's lines.
+        `fold`: (ranks, add): the answers of `ranks` come in through a window of WINDOW receive
+        buffers and go, in that order, to add(rank, answer) as soon as they are in; they are
+        not returned (the manager's memory stays flat in the number of ranks)."""
+        reqs, who, grads, losses = [], [], {}, {}
         cost = self.cost
         t_start = time.monotonic()
         if everyone is not None:
@@ -80,23 +86,57 @@ class Exchange:
             reqs.append(mpi.ibcast(self.group, weights))
             who.append(None)
             cost.bytes_out += weights.nbytes
-        for a in plan.assignments:
-            rank = a.rank
-            grads[rank] = np.empty(self.answer_size, np.float32)
-            losses[rank] = np.empty(messages.ANSWER_LEN, np.float64)
-            hashed[len(reqs)] = rank  # the answer's request: hash it once it is in
-            reqs += [mpi.irecv(self.comm, grads[rank], rank, tags.GRAD),
-                     mpi.irecv(self.comm, losses[rank], rank, tags.LOSS)]
-            who += [rank, rank]
-            cost.bytes_in += grads[rank].nbytes + losses[rank].nbytes
-        t0 = time.monotonic()
+        on_done = [None] * len(reqs)  # what to do when request i completes
         futures = {}
 
-        def arrived(i):
-            if i in hashed:
-                futures[hashed[i]] = self.pool.submit(grads[hashed[i]])
+        def receive(rank, buffer, then):
+            on_done.append(lambda: then(rank, buffer))
+            cost.bytes_in += buffer.nbytes
+            return mpi.irecv(self.comm, buffer, rank, tags.GRAD), rank
+
+        def hash_it(rank, buffer):
+            futures[rank] = self.pool.submit(buffer)
+
+        folded = list(fold[0]) if fold else []
+        for a in plan.assignments:
+            rank = a.rank
+            losses[rank] = np.empty(messages.ANSWER_LEN, np.float64)
+            reqs.append(mpi.irecv(self.comm, losses[rank], rank, tags.LOSS))
+            who.append(rank)
+            on_done.append(None)
+            cost.bytes_in += losses[rank].nbytes
+            if rank not in folded:
+                grads[rank] = np.empty(self.answer_size, np.float32)
+                req, peer = receive(rank, grads[rank], hash_it)
+                reqs.append(req)
+                who.append(peer)
+        if folded:
+            queue, order, ready = iter(folded), deque(folded), {}
+
+            def arrived(rank, buffer):
+                """Hash it; fold every answer now at the front of the order; reuse their
+                buffers for the next ranks."""
+                hash_it(rank, buffer)
+                ready[rank] = buffer
+                more = []
+                while order and order[0] in ready:
+                    r = order.popleft()
+                    b = ready.pop(r)
+                    with cost.part("fold"):
+                        fold[1](r, b)
+                    futures[r].result()  # its digest has read it too: the buffer is free
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        more.append(receive(nxt, b, arrived))
+                return more
+            for _ in range(min(WINDOW, len(folded))):
+                req, peer = receive(next(queue), np.empty(self.answer_size, np.float32), arrived)
+                reqs.append(req)
+                who.append(peer)
+        t0 = time.monotonic()
         try:
-            mpi.Waiter(self.waiter.mode, self.timeout()).wait(reqs, who, arrived)
+            mpi.Waiter(self.waiter.mode, self.timeout()).wait(
+                reqs, who, lambda i: on_done[i]() if on_done[i] else None)
         except mpi.RankTimeout as e:
             raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
                                f"at the last complete iteration: continue with --resume "

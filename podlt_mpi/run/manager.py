@@ -2,10 +2,11 @@
 
 One iteration (docs/design.md, docs/protocol.md), `Manager.step`:
   1. take the next block of lines;  2. order the active ranks, the last K are controls;
-  3. pick the checked worker c;     4. send weights + each rank's own slice, gather gradients
-                                       (exchange.py);
+  3. pick the checked worker c;     4. broadcast the weights, send each rank its own slice,
+                                       gather the answers, folding the unchecked ones into the
+                                       update as they arrive (exchange.py, training.Fold);
   5. compare c with its controls, referee and settle disagreements (checks.py);
-  6. apply the weighted mean of the accepted gradients (rules.applied, training.apply_update);
+  6. apply the weighted mean of the accepted gradients (rules.applied, training.Fold);
   7. append a hash-chained ledger record (records.py, files.py).
 What the run has done so far is a RunState (state.py): what checkpoints save.
 """
@@ -134,7 +135,17 @@ class Manager:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order
         (rules.applied)."""
         fragments = [(a.rank, (a.start, a.stop)) for a in plan.assignments if a.role == "worker"]
-        return [(s, e, r) for (s, e), r in rules.applied(fragments, [c.outcome() for c in checks])]
+        return [(s, e, r) for (s, e), r in rules.applied(fragments, [c.outcome() for c in checks],
+                                                         self.folding)]
+
+    @property
+    def folding(self) -> bool:
+        """Whether this run's ledger format folds the update as the answers arrive."""
+        return self.format >= records.FOLDED
+
+    def weight(self, by, start: int, s: int, e: int) -> tuple:
+        """(count, lines) of the fragment [s, e) of a block's targets `by` starting at `start`."""
+        return self.task.weight(by[s - start:e - start]), e - s
 
     def step(self, iteration, epoch, block, start, stop, order) -> records.Record:
         cfg, cost, st = self.cfg, self.cost, self.state
@@ -148,16 +159,23 @@ class Manager:
             self.ds.rules.check(bx, by, start)  # a bad line ends the run before it is used
             bx = bx.reshape(len(by), -1)
         data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
-        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active)
+        checked = {plan.fragment_of(c) for c, _ in plan.checks}
+        fold, streamed = None, None
+        if self.folding:  # the unchecked fragments go into the update as they arrive
+            fold = training.Fold(self.model, self.layout)
+            unchecked = {a.rank: self.weight(by, start, a.start, a.stop) for a in plan.assignments
+                         if a.role == "worker" and (a.start, a.stop) not in checked}
+            streamed = (list(unchecked), lambda r, answer: fold.add(answer, *unchecked[r]))
+        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active, streamed)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
-                    *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments}
-                      for got in (sent, losses, hashed)))
+                    *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments
+                       if a.rank in got} for got in (sent, losses, hashed)))
         with cost.part("verify"):
             checks = self.checker(rnd, st.active)
         applied = self.accepted(plan, checks)
         fake = sorted({r for c in checks for r in c.decision.fake})
-        loss = self.apply(rnd, applied, epoch) if applied else None
+        loss = self.apply(rnd, applied, epoch, fold, checked) if applied else None
         for r in fake:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
                                                          plan.controls))
@@ -179,16 +197,23 @@ class Manager:
             st.counts[c.decision.verdict] += 1
         return record
 
-    def apply(self, rnd: Round, applied: list, epoch: int) -> float:
+    def apply(self, rnd: Round, applied: list, epoch: int, fold, checked) -> float:
         """The optimizer's step from the applied fragments, weighed by their counted targets;
-        returns their combined loss."""
+        returns their combined loss. With a `fold` (format 3), the unchecked fragments are in it
+        already: the checked ones that stand follow, in line order (rules.fold_order)."""
         start = rnd.plan.start
-        lines = [e - s for s, e, _ in applied]
-        counts = [self.task.weight(rnd.by[s - start:e - start]) for s, e, _ in applied]
+        counts = [self.weight(rnd.by, start, s, e)[0] for s, e, _ in applied]
+        lr, clip = self.rate(rnd.iteration, epoch), self.cfg.clip_grad_norm
         with self.cost.part("update"):
-            training.apply_update(self.model, self.opt, self.layout,
-                                  [rnd.grads[(r, s, e)] for s, e, r in applied], counts,
-                                  self.rate(rnd.iteration, epoch), self.cfg.clip_grad_norm, lines)
+            if fold is None:
+                training.apply_update(self.model, self.opt, self.layout,
+                                      [rnd.grads[(r, s, e)] for s, e, r in applied], counts,
+                                      lr, clip, [e - s for s, e, _ in applied])
+            else:
+                for s, e, r in applied:  # the unchecked ones are in already
+                    if (s, e) in checked:
+                        fold.add(rnd.grads[(r, s, e)], *self.weight(rnd.by, start, s, e))
+                fold.apply(self.opt, lr, clip)
         return training.combined_loss([rnd.losses[(r, s, e)] for s, e, r in applied], counts)
 
     def remove(self, rank: int, iteration: int, role: str) -> None:

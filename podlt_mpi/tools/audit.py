@@ -350,7 +350,8 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
         out.append(f"removed {list(rec.removed)} but the checks found {sorted(fake)} fake")
     outcomes = [rules.Outcome(c.worker, c.verdict, c.fake, tuple(later[c.worker]))
                 for c in checks]
-    kept = rules.applied([(a.rank, a.lines) for a in workers], outcomes)
+    kept = rules.applied([(a.rank, a.lines) for a in workers], outcomes,
+                         rec.format >= records.FOLDED)
     applied, source = tuple(lines for lines, _ in kept), tuple(r for _, r in kept)
     if rec.applied != applied:
         out.append("the applied fragments are not the accepted ones")

@@ -17,7 +17,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.core import digests, ledger, rates, records, verify
+from podlt_mpi.core import digests, ledger, rates, records, rules, verify
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
@@ -109,9 +109,15 @@ class Replayer:
             return out  # the run applied something else: its weights after are unknown here
         if grads:
             cfg = self.cfg
-            training.apply_update(self.model, self.opt, self.layout, grads, counts,
-                                  rates.learning_rate(cfg, it, rec.epoch, self.total),
-                                  cfg.clip_grad_norm, lines)
+            lr = rates.learning_rate(cfg, it, rec.epoch, self.total)
+            if rec.format >= records.FOLDED:  # summed in the order the manager folded them
+                fold = training.Fold(self.model, self.layout)
+                for i in rules.fold_order(rec.applied, [c.lines for c in rec.checks]):
+                    fold.add(grads[i], counts[i], lines[i])
+                fold.apply(self.opt, lr, cfg.clip_grad_norm)
+            else:
+                training.apply_update(self.model, self.opt, self.layout, grads, counts, lr,
+                                      cfg.clip_grad_norm, lines)
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec.loss:
                 out.problems.append(f"the logged loss {rec.loss} differs from the replayed {loss}")
