@@ -125,7 +125,7 @@ FIELD_EDITS = {
     "removed": _set("removed", [3]), "loss": _set("loss", 0.5),
     "model_after": _set("model_after", "2" * 64), "prev": _set("prev", "3" * 64),
     "hash": _set("hash", "4" * 64), "checkpoint": _set("checkpoint", "5" * 64),
-    "format": _set("format", 3), "digest": _set("digest", "sha256"),
+    "format": _set("format", 2), "digest": _set("digest", "sha256"),
 }
 
 
