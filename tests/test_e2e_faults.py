@@ -197,6 +197,32 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
     assert rep["passed"], rep["problems"]
 
 
+def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_names_it(
+        job_args, tmp_path):
+    # iteration 0 (seed 0, 7 ranks): worker 3 is checked by controls 5 and 6; fakes 3 and 6
+    # send different random vectors, a 1-1-1 split with 5. The rechecks go to 2 (a fake too),
+    # then to 1, which agrees with 5 and the manager: 3, 6 and 2 are removed. 2's own fragment
+    # as an unchecked worker was folded into the update before the dispute (ledger format 3):
+    # it stays applied, and the audit attributes it to rank 2, removed at that iteration.
+    r = run_job(7, job_args(fake_ranks="2,3,6", fake_mode="random", seed=0))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = str(tmp_path / "run")
+    first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
+    check = first["check"]
+    assert first["format"] == 3
+    assert check["worker"] == 3 and check["controls"] == [5, 6]
+    assert check["referee"]["rechecks"] == [2, 1] and sorted(first["removed"]) == [2, 3, 6]
+    mine = next(a["lines"] for a in first["assignments"] if a["rank"] == 2 and a["role"] == "worker")
+    assert first["applied_from"][first["applied"].index(mine)] == 2
+    # the disputed fragment, settled: the honest control's answer stands in
+    assert first["applied_from"][first["applied"].index(check["lines"])] == 5
+    from podlt_mpi.tools.audit import Audit
+    rep = Audit(out).run(sample=None)
+    assert rep["passed"], rep["problems"]
+    assert {"iteration": 0, "lines": mine, "rank": 2, "removed_at": 0,
+            "replay": "shown fake"} in rep["unverified_from_removed"]
+
+
 def test_several_checks_per_iteration(job_args, tmp_path):
     # 8 ranks: 2 checks of 2 controls each, 3 more workers; rank 3 cheats from iteration 1
     r = run_job(9, job_args(checks_per_iteration=2, fake_ranks=3, fake_mode="ipm", fake_from=1))
