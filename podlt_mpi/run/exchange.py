@@ -141,6 +141,11 @@ class Exchange:
             raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
                                f"at the last complete iteration: continue with --resume "
                                f"{self.resume_hint}") from None
+        finally:
+            # The callbacks and the window's closures refer to each other: a cycle that holds
+            # the receive buffers and the fold until the garbage collector, which counts
+            # objects, not bytes, runs (measured: +0.7 GB a iteration on the 24.2M MLP).
+            on_done.clear()
         dt = time.monotonic() - t0
         self.slowest = max(self.slowest or 0.0, dt)
         cost.seconds["exchange"] += time.monotonic() - t_start  # posting the sends, and the wait
