@@ -22,6 +22,7 @@ from podlt_mpi import __version__
 from podlt_mpi.compute import devices
 from podlt_mpi.core.config import (
     RunConfig,
+    broadcasts,
     build_parser,
     check_world,
     min_active,
@@ -264,6 +265,7 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
             "train_lines": [ds.train.start, ds.train.stop],
             "test_lines": [ds.test.start, ds.test.stop] if ds.test else None,
             "out": out, "world_size": comm.Get_size(), "wait_mode": waiter.mode,
+            "weights_by": "broadcast" if broadcasts(cfg, waiter.mode) else "point to point",
             "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
             "task": ds.task.to_meta(),
             "n_params": sum(p.numel() for p in built.model.parameters()),

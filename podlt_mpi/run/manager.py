@@ -30,7 +30,7 @@ from podlt_mpi.core import (
     schedule,
     timing,
 )
-from podlt_mpi.core.config import RunConfig, min_active
+from podlt_mpi.core.config import RunConfig, broadcasts, min_active
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import preempt
@@ -65,7 +65,7 @@ class Manager:
                                                cfg.blocks)  # the run's length: fixed per job
         self.state = RunState.fresh(comm.Get_size(), cfg.seed)
         self.exchange = Exchange(comm, waiter, self.layout.answer_size, cfg.seed,
-                                 cfg.rank_timeout, out, self.pool)
+                                 cfg.rank_timeout, out, self.pool, broadcasts(cfg, waiter.mode))
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,

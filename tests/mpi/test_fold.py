@@ -1,6 +1,9 @@
 """The windowed fold over the real transport: rank 0 runs the manager's exchange with a fold of
 every worker's answer (no checks), through a window of one receive buffer; the other ranks run
 the real worker loop."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +33,7 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
     waiter = mpi.Waiter("sleep", timeout=60)
     if rank == 0:
         monkeypatch.setattr(exchange_module, "WINDOW", 1)
+        monkeypatch.setattr(exchange_module, "WINDOW_BYTES", 0)
         exchange = exchange_module.Exchange(comm, waiter, layout.answer_size, seed=5,
                                             rank_timeout=60)
         # the workers in a shuffled order: line order is not rank order
@@ -38,12 +42,18 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
         bx = np.random.default_rng(4).random((30, 6), dtype=np.float32)
         by = (np.arange(30) % 3).astype(np.int64)
         line_order = [a.rank for a in sorted(plan.assignments, key=lambda a: a.start)]
-        seen = []
+        seen, buffers = [], []
 
         def add(r, answer):
             seen.append((r, id(answer), digests.of_arrays(digests.WRITTEN, answer)))
-        grads, losses, hashed = exchange(plan, 7, host(layout.state()), bx, by,
-                                         range(1, size), (line_order, add))
+            buffers.append(weakref.ref(answer))
+        gc.disable()  # the buffers must go when the exchange returns, not when a collection runs
+        try:
+            grads, losses, hashed = exchange(plan, 7, host(layout.state()), bx, by,
+                                             range(1, size), (line_order, add))
+            assert all(ref() is None for ref in buffers)  # nothing holds the window
+        finally:
+            gc.enable()
         exchange.stop(range(1, size))
         exchange.pool.close()
         assert grads == {} and sorted(losses) == sorted(line_order)  # nothing kept whole
