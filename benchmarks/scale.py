@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LINK = 100e9 / 8  # bytes/s of a 100 Gb/s link, each way
 LINES_PER_WORKER = 80  # 480 lines at 8 ranks (6 workers), as in the issue
+ON = ("--broadcast", "on")
 
 
 def mlp24(input_shape, n_classes):
@@ -40,14 +41,14 @@ def mlp24(input_shape, n_classes):
                          nn.ReLU(), nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, n_classes))
 
 
-def job(code: str, n: int, controls: int, a, tmp: str) -> dict:
+def job(code: str, n: int, controls: int, a, tmp: str, extra=()) -> dict:
     """One run of the code at `code` (a folder holding podlt_mpi); its per-iteration numbers."""
     out = os.path.join(tmp, "run")
     shutil.rmtree(out, ignore_errors=True)
     lines = LINES_PER_WORKER * (n - 2)
     cmd = ["mpiexec", "-n", str(n), sys.executable, "-m", "podlt_mpi", "--model", "scale:mlp24",
            "--block-lines", str(lines), "--blocks", str(a.iterations + 2),
-           "--controls", str(controls), "--checkpoint-every", "0", "--out", out]
+           "--controls", str(controls), "--checkpoint-every", "0", *extra, "--out", out]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, HERE])}
     r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=a.timeout)
     if r.returncode != 0:
@@ -130,11 +131,12 @@ def main() -> None:
         before = worktree(a.before, tmp) if a.before else None
         try:
             for n in map(int, a.ranks.split(",")):
-                variants = [("this", ROOT, 2), ("this", ROOT, 0)]
+                # the broadcast as on a cluster: auto turns it off where ranks share cores
+                variants = [("this", ROOT, 2, ON), ("this", ROOT, 0, ON)]
                 if before:
-                    variants.insert(0, (a.before, before, 2))
-                for name, code, controls in variants:
-                    r = {**job(code, n, controls, a, tmp), "code": name}
+                    variants.insert(0, (a.before, before, 2, ()))
+                for name, code, controls, extra in variants:
+                    r = {**job(code, n, controls, a, tmp, extra), "code": name}
                     results.append(r)
                     print(f"# {n} ranks, {name}, --controls {controls}: {r['seconds']:.2f} s/it",
                           file=sys.stderr, flush=True)
