@@ -3,10 +3,10 @@
 Every rank of a plan gets the same form of message (dist/messages.py); a recheck is one more
 plan of one assignment. An iteration's plan sends the weights once, by a non-blocking broadcast
 over a communicator of the manager and the active ranks, rebuilt whenever the active ranks change
-(a removal, a resume); a recheck sends them point to point with its lines. Each answer is handed to the digest pool the moment it arrives, so its
-ledger digest is computed while the other answers are still on their way. The exchange also keeps
-the automatic rank timeout (ten times the slowest exchange so far) and the first stop signal a
-worker reported with its answer.
+(a removal, a resume); a recheck sends them point to point with its lines. Each answer is handed
+to the digest pool the moment it arrives, so its ledger digest is computed while the other
+answers are still on their way. The exchange also keeps the automatic rank timeout (ten times
+the slowest exchange so far) and the first stop signal a worker reported with its answer.
 """
 from __future__ import annotations
 

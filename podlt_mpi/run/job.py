@@ -4,8 +4,8 @@ usage:: mpiexec -n 50 python -m podlt_mpi [options]
 
 Bad input is found before the first protocol message and makes every rank exit 2, with one line
 from rank 0; so is a bad line of the training file, found when its block is read (every rank is
-told to stop, the run's files end at the iteration before). After that, an exception on any rank aborts the whole job (exit 1) so that no rank
-is left waiting for one that died.
+told to stop, the run's files end at the iteration before). After that, an exception on any rank
+aborts the whole job (exit 1) so that no rank is left waiting for one that died.
 """
 from __future__ import annotations
 
