@@ -17,6 +17,10 @@ OLD = os.path.join(ROOT, "tests", "data", "format1")
 # runs written by earlier versions, by ledger format: (folder, the arrays' hash)
 OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3")}
 HELPERS = os.path.join(ROOT, "tests", "helpers")
+# The kernels the stored runs were written with (tests/data/format*/README.md): pinned to AVX2,
+# so that any x86-64 machine with AVX2, Intel or AMD, computes the same bits. Natively, MKL and
+# ATen choose by vendor and vector unit, and a run replays only where it was written.
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @pytest.fixture(params=sorted(OLD_RUNS), ids=lambda f: f"format{f}")
@@ -37,7 +41,8 @@ class OldRun(type(pathlib.Path())):
 def tool(*args, cwd):
     return subprocess.run([sys.executable, "-m", "podlt_mpi", *args], cwd=cwd, timeout=300,
                           capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
+                          env={**os.environ, **PORTABLE,
+                               "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
 
 
 def audit_json(run) -> dict:
@@ -169,7 +174,7 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
     once (before, it waited for work until its 600 s timeout)."""
     before = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
     r = run_job(5, ["--resume", "run", "--blocks", "10", "--epochs", "2"], cwd=old_run,
-                path=[HELPERS], timeout=120)
+                path=[HELPERS], timeout=120, env=PORTABLE)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ranks [2] stay removed" in r.stderr
     after = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
