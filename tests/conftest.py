@@ -99,17 +99,25 @@ def mpi(request):
 _current = {"mpi": None}
 
 
-def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None):
+def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None, adversary=None):
     """mpiexec -n N python -m podlt_mpi ARGS, with a timeout; returns CompletedProcess.
 
     Under the current test's MPI implementation. `path`: extra folders on PYTHONPATH (for user
-    plugins and models); `env`: extra variables.
+    plugins and models); `env`: extra variables; `adversary`: (rank, program) runs that rank as
+    the program (tests/adversaries/), given the same ARGS.
     """
     impl = _current["mpi"] or mpi_impls.get("mpich")
     full_env = impl.environ({**(env or {}),
                              "PYTHONPATH": os.pathsep.join([*map(str, path), ROOT])})
-    return subprocess.run(impl.command(n, "-m", "podlt_mpi", *args), cwd=cwd or ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    job = ("-m", "podlt_mpi", *args)
+    if adversary is None:
+        command = impl.command(n, *job)
+    else:
+        rank, program = adversary
+        command = impl.mpmd(*[seg for seg in ((rank, *job), (1, program, *args),
+                                              (n - rank - 1, *job)) if seg[0]])
+    return subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def read_json(path):
@@ -139,7 +147,11 @@ def job_args(small_data, tmp_path):
         # the weights by broadcast, which auto leaves off where ranks sleep (here: 2 cores)
         args = ["--data", small_data["train"], "--test-data", small_data["test"],
                 "--out", str(tmp_path / out), "--block-lines", "200", "--broadcast", "on"]
+        # the roles' key from a number, so a test's roles are the same every time; role_seed=None
+        # leaves the key to the manager's CSPRNG, as in a real run
+        extra.setdefault("role_seed", 0)
         for k, v in extra.items():
-            args += ["--" + k.replace("_", "-"), str(v)]
+            if v is not None:
+                args += ["--" + k.replace("_", "-"), str(v)]
         return args
     return make

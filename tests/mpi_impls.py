@@ -34,6 +34,14 @@ class Mpi:
     def command(self, n: int, *args) -> list:
         return [*self.launcher, "-n", str(n), self.python, *map(str, args)]
 
+    def mpmd(self, *segments) -> list:
+        """One job of several programs: (n, args...) segments, ranks numbered in their order."""
+        out = list(self.launcher)
+        for n, *args in segments:
+            out += [*([":"] if len(out) > len(self.launcher) else []), "-n", str(n), self.python,
+                    *map(str, args)]
+        return out
+
     def environ(self, extra=None) -> dict:
         """os.environ for a job: this MPI's variables, its interpreter's folder first on PATH."""
         path = os.path.dirname(self.python) + os.pathsep + os.environ.get("PATH", "")

@@ -7,8 +7,11 @@ the step the README says the manager takes: the gradients weighted by what each 
 averages over (counted targets for cross-entropy, lines otherwise), the buffers by lines, summed
 in the manager's order with the same float32 operations on vectors of the same length, so the
 result can be compared bit for bit. Ledger format 3 (docs/ledger.md) sums weight x vector over
-the unchecked fragments in line order, then the checked ones, and divides once; formats 1 and 2
-add weight/total x vector in line order. It shares no code with the job but the model's factory, the
+the unchecked fragments in line order, then the checked ones, and divides once; format 4 sums
+the same products by a pairwise tree over the block's worker fragments in line order (the first
+2^k of n fragments, 2^k < n the largest such, then the rest, each summed alike; a fragment not
+applied is left out of its pair) and divides once; formats 1 and 2 add weight/total x vector in
+line order. It shares no code with the job but the model's factory, the
 seed's formula and the learning-rate formula.
 """
 import importlib
@@ -47,6 +50,19 @@ def objective(cfg):
     return getattr(importlib.import_module(module), name), len
 
 
+def tree_sum(leaves):
+    """Format 4's sum, written from docs/ledger.md: None stands for a fragment not applied."""
+    if len(leaves) == 1:
+        return leaves[0]
+    half = 1
+    while 2 * half < len(leaves):
+        half *= 2
+    left, right = tree_sum(leaves[:half]), tree_sum(leaves[half:])
+    if left is None or right is None:
+        return right if left is None else left
+    return left + right
+
+
 def train(model, opt, x, y, records, cfg, total):
     """Replay `records` (the run's ledger) on `model` with `opt`; x, y: the whole training file."""
     loss_of, weight_of = objective(cfg)
@@ -66,7 +82,9 @@ def train(model, opt, x, y, records, cfg, total):
         grad_sum = buf_sum = None
         steps = []
         folded = rec.get("format", 1) >= 3
-        if folded:  # the unchecked fragments as they streamed in, then the checked ones
+        tree = rec.get("format", 1) >= 4
+        leaves = {}  # format 4: lines -> (weight x gradient or None, lines x buffers' change)
+        if folded and not tree:  # the unchecked fragments as they streamed in, then the checked ones
             checked = [c["lines"] for c in [rec["check"], *rec.get("extra_checks", [])] if c]
             applied = ([f for f in applied if f not in checked] +
                        [f for f in applied if f in checked])
@@ -83,15 +101,25 @@ def train(model, opt, x, y, records, cfg, total):
             g = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
             grad_sum = torch.zeros_like(g) if grad_sum is None else grad_sum
             w = weight_of(y[s:e])
-            if w:
+            change = (flat([buffers[n] for n in floats]) - flat([before[n] for n in floats])
+                      if floats else None)
+            if tree:
+                leaves[(s, e)] = (g * w if w else None,
+                                  change * (e - s) if floats else None)
+            elif w:
                 grad_sum.add_(g, alpha=w if folded else w / n_weight)
-            if floats:
-                change = flat([buffers[n] for n in floats]) - flat([before[n] for n in floats])
+            if floats and not tree:
                 buf_sum = torch.zeros_like(change) if buf_sum is None else buf_sum
                 buf_sum.add_(change, alpha=(e - s) if folded else (e - s) / n_lines)
             steps.append([int(buffers[n]) - int(before[n]) for n in counters])
         for n in before:
             buffers[n].data.copy_(before[n])
+        if tree:  # every worker's fragment is a leaf, in line order
+            fragments = [tuple(a["lines"]) for a in rec["assignments"] if a["role"] == "worker"]
+            got = [leaves.get(f, (None, None)) for f in fragments]
+            total_grad = tree_sum([g for g, _ in got])
+            grad_sum = total_grad if total_grad is not None else torch.zeros_like(grad_sum)
+            buf_sum = tree_sum([c for _, c in got]) if floats else None
         if folded:  # one division by the totals
             grad_sum = grad_sum / n_weight if n_weight else torch.zeros_like(grad_sum)
             buf_sum = None if buf_sum is None else buf_sum / n_lines

@@ -101,7 +101,7 @@ def test_credits_from_records():
         (A(1, "worker", (0, 5), "g"), A(2, "worker", (5, 10), "g"), A(3, "control", (5, 10), "h"),
          A(4, "control", (5, 10), "g")),
         records.CheckRecord((5, 10), 2, (3, 4), "fake", (3,), (), None),
-        ((0, 5), (5, 10)), (1, 2), (3,), 0.5, "a")
+        ((0, 5), (5, 10)), (1, 2), (3,), 0.5, "a", roles="c", active=(1, 2, 3, 4))
     table = credits.from_ledger([rec])
     assert table["1"]["computed"] == 1 and table["1"]["verified"] == 0
     assert table["2"]["verified"] == 1 and table["2"]["verdicts"]["fake"] == 1

@@ -4,6 +4,7 @@ import os
 
 import pytest
 from conftest import read_json, read_jsonl, run_job
+from staging import first_plan, first_rechecks
 
 from podlt_mpi.core.config import FAKE_MODES
 
@@ -136,24 +137,27 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
 
 
 def test_fake_control_is_caught(job_args, tmp_path):
-    # On the first iteration the controls are ranks N-2 and N-1 (docs/protocol.md): rank 5 of 6.
-    r = run_job(6, job_args(fake_ranks=5, fake_mode="sign-flip", blocks=1))
+    # a control of the first iteration (drawn from --role-seed 0, as the job draws it) cheats
+    control = first_plan(6).controls[0]
+    r = run_job(6, job_args(fake_ranks=control, fake_mode="sign-flip", blocks=1))
     assert r.returncode == 0, r.stdout + r.stderr
     s = read_json(str(tmp_path / "run" / "summary.json"))
-    assert s["removed"] == [{"rank": 5, "iteration": 0, "role": "control"}]
+    assert s["removed"] == [{"rank": control, "iteration": 0, "role": "control"}]
 
 
 def test_colluding_fakes_are_both_removed_and_no_honest_rank(job_args, tmp_path):
     # Two fakes computing the same wrong gradient outvote an honest control 2-1 whenever they are
     # the checked worker and a control; the manager's recomputation must overturn that vote.
-    r = run_job(6, job_args(fake_ranks="2,5", fake_mode="sign-flip"))
+    (worker, controls), = first_plan(6).checks
+    fakes = sorted([worker, controls[1]])
+    r = run_job(6, job_args(fake_ranks=",".join(map(str, fakes)), fake_mode="sign-flip"))
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
-    assert removed_ranks(out) == [2, 5]
+    assert removed_ranks(out) == fakes
     first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]["check"]
-    # iteration 0: worker 2 is checked with controls 4 and 5, the fakes agree with each other
-    assert first["worker"] == 2 and first["controls"] == [4, 5]
-    assert first["referee"]["overturned"] is True and first["fake"] == [2, 5]
+    # iteration 0: the checked worker and one of its controls are the fakes, and agree
+    assert first["worker"] == worker and first["controls"] == list(controls)
+    assert first["referee"]["overturned"] is True and first["fake"] == fakes
 
 
 def test_fault_plugin(job_args, tmp_path):
@@ -175,23 +179,26 @@ def test_intermittent_cheater_is_caught(job_args, tmp_path):
 
 
 def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args, tmp_path):
-    # iteration 0 (seed 0, 6 ranks): worker 2 is checked by controls 4 and 5. Fakes 2 and 5 send
-    # different random vectors: a 1-1-1 split. The fragment goes to one more rank, which agrees
-    # with the honest control and the manager: 2 and 5 lose and are removed at once.
-    r = run_job(6, job_args(fake_ranks="2,5", fake_mode="random"))
+    # iteration 0 (--role-seed 0, 6 ranks): the checked worker and one control send different
+    # random vectors: a 1-1-1 split. The fragment goes to one more rank, which agrees with the
+    # honest control and the manager: both fakes lose and are removed at once.
+    (worker, controls), = first_plan(6).checks
+    fakes = sorted([worker, controls[1]])
+    r = run_job(6, job_args(fake_ranks=",".join(map(str, fakes)), fake_mode="random"))
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
     check = first["check"]
-    assert check["worker"] == 2 and check["controls"] == [4, 5]
-    assert check["verdict"] == "fake" and check["fake"] == [2, 5] and first["removed"] == [2, 5]
+    assert check["worker"] == worker and check["controls"] == list(controls)
+    assert check["verdict"] == "fake" and check["fake"] == fakes and first["removed"] == fakes
     step = check["referee"]
-    assert step["resolved"] is True and len(step["rechecks"]) == 1
+    assert step["resolved"] is True and step["rechecks"] == first_rechecks(6)[:1]
     again = [a for a in first["assignments"] if a["role"] == "recheck"]
-    assert [a["rank"] for a in again] == step["rechecks"] and step["rechecks"][0] in (1, 3)
-    assert again[0]["lines"] == check["lines"] and sorted(step["agrees"]) == sorted([4, *step["rechecks"]])
+    assert [a["rank"] for a in again] == step["rechecks"]
+    assert again[0]["lines"] == check["lines"]
+    assert sorted(step["agrees"]) == sorted([controls[0], *step["rechecks"]])
     assert sum(e - s for s, e in first["applied"]) == 200  # the block lost nothing
-    assert removed_ranks(out) == [2, 5]
+    assert removed_ranks(out) == fakes
     from podlt_mpi.tools.audit import Audit
     rep = Audit(out).run(sample=None)
     assert rep["passed"], rep["problems"]
@@ -199,27 +206,32 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
 
 def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_names_it(
         job_args, tmp_path):
-    # iteration 0 (seed 0, 7 ranks): worker 3 is checked by controls 5 and 6; fakes 3 and 6
-    # send different random vectors, a 1-1-1 split with 5. The rechecks go to 2 (a fake too),
-    # then to 1, which agrees with 5 and the manager: 3, 6 and 2 are removed. 2's own fragment
-    # as an unchecked worker was folded into the update before the dispute (ledger format 3):
-    # it stays applied, and the audit attributes it to rank 2, removed at that iteration.
-    r = run_job(7, job_args(fake_ranks="2,3,6", fake_mode="random", seed=0))
+    # iteration 0 (--role-seed 0, 7 ranks): the checked worker and its second control send
+    # different random vectors, a 1-1-1 split with the first control. The first recheck goes to
+    # a fake too, the second to an honest rank, which agrees with the honest control and the
+    # manager: the three fakes are removed. The fake recheck's own fragment as an unchecked
+    # worker was folded into the update before the dispute (ledger formats 3 and 4): it stays
+    # applied, and the audit attributes it to that rank, removed at that iteration.
+    (worker, controls), = first_plan(7).checks
+    asked = first_rechecks(7)[:2]
+    fakes = sorted([worker, controls[1], asked[0]])
+    r = run_job(7, job_args(fake_ranks=",".join(map(str, fakes)), fake_mode="random", seed=0))
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
     check = first["check"]
-    assert first["format"] == 3
-    assert check["worker"] == 3 and check["controls"] == [5, 6]
-    assert check["referee"]["rechecks"] == [2, 1] and sorted(first["removed"]) == [2, 3, 6]
-    mine = next(a["lines"] for a in first["assignments"] if a["rank"] == 2 and a["role"] == "worker")
-    assert first["applied_from"][first["applied"].index(mine)] == 2
+    assert first["format"] == 4
+    assert check["worker"] == worker and check["controls"] == list(controls)
+    assert check["referee"]["rechecks"] == asked and sorted(first["removed"]) == fakes
+    mine = next(a["lines"] for a in first["assignments"]
+                if a["rank"] == asked[0] and a["role"] == "worker")
+    assert first["applied_from"][first["applied"].index(mine)] == asked[0]
     # the disputed fragment, settled: the honest control's answer stands in
-    assert first["applied_from"][first["applied"].index(check["lines"])] == 5
+    assert first["applied_from"][first["applied"].index(check["lines"])] == controls[0]
     from podlt_mpi.tools.audit import Audit
     rep = Audit(out).run(sample=None)
     assert rep["passed"], rep["problems"]
-    assert {"iteration": 0, "lines": mine, "rank": 2, "removed_at": 0,
+    assert {"iteration": 0, "lines": mine, "rank": asked[0], "removed_at": 0,
             "replay": "shown fake"} in rep["unverified_from_removed"]
 
 

@@ -60,9 +60,14 @@ class World:
         g, l_ = self.honest(a.start, a.stop)
         return {a.rank: g}, {a.rank: l_}, {a.rank: hashed(g)}
 
-    def checker(self, rng_seed=7) -> Checker:
-        return Checker(self.model, SHAPE, self.loss_fn, None, self.exchange,
-                       np.random.default_rng(rng_seed), "exact", 0.0, 0.0, SEED)
+    def checker(self) -> Checker:
+        return Checker(self.model, SHAPE, self.loss_fn, None, self.exchange, "exact", 0.0, 0.0,
+                       SEED)
+
+
+def recheck_order(index, candidates):
+    """The manager's draw of who rechecks a dispute (here from a fixed generator)."""
+    return schedule.shuffle(candidates, np.random.default_rng(7))
 
 
 def hashed(g) -> Future:
@@ -78,7 +83,7 @@ def off(g):
 
 def test_honest_votes_agree_without_the_referee():
     w = World()
-    (check,) = w.checker()(w.round(), list(range(1, 6)))
+    (check,) = w.checker()(w.round(), list(range(1, 6)), recheck_order)
     assert check.decision.verdict == "agree" and check.rechecks == [] and w.recruited == []
     assert check.lines == w.plan.fragment_of(w.plan.checked)
     rec = check.record()
@@ -88,7 +93,8 @@ def test_honest_votes_agree_without_the_referee():
 def test_a_lying_control_is_found_and_the_referee_confirms_it():
     w = World()
     liar = w.plan.controls[0]
-    (check,) = w.checker()(w.round(lambda r, g: off(g) if r == liar else g), list(range(1, 6)))
+    (check,) = w.checker()(w.round(lambda r, g: off(g) if r == liar else g), list(range(1, 6)),
+                             recheck_order)
     d = check.decision
     assert d.verdict == "fake" and d.fake == [liar]
     assert sorted(d.referee["agrees"]) == sorted([w.plan.checked, w.plan.controls[1]])
@@ -100,7 +106,8 @@ def test_colluders_are_overturned_by_the_managers_recomputation():
     control two to one, and the manager's own gradient overturns the majority."""
     w = World()
     bad = {w.plan.checked, w.plan.controls[0]}
-    (check,) = w.checker()(w.round(lambda r, g: off(g) if r in bad else g), list(range(1, 6)))
+    (check,) = w.checker()(w.round(lambda r, g: off(g) if r in bad else g), list(range(1, 6)),
+                             recheck_order)
     d = check.decision
     assert d.verdict == "fake" and sorted(d.fake) == sorted(bad) and d.referee["overturned"]
 
@@ -113,7 +120,7 @@ def test_a_dispute_recruits_further_ranks_until_two_agree_with_the_manager():
     rnd = w.round(lambda r, g: g + np.float32(1e-3 * (1 + voters.index(r)))
                   if r in voters else g)
     active = list(range(1, 8))
-    (check,) = w.checker()(rnd, active)
+    (check,) = w.checker()(rnd, active, recheck_order)
     d = check.decision
     others = schedule.shuffle([r for r in active if r not in voters], np.random.default_rng(7))
     assert w.recruited == others[:2]                      # the generator's order, two needed
@@ -145,7 +152,7 @@ def test_the_run_state_round_trips_through_a_checkpoint():
 
 def minimal(i) -> records.Record:
     return records.Record(i, 0, i, (10 * i, 10 * i + 10), "d", "b", (), None, (), (), (), 0.5,
-                          "a")
+                          "a", roles="c", active=(1,))
 
 
 def test_run_files_write_a_run_and_a_resume_cuts_it_back(tmp_path):

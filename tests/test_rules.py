@@ -63,7 +63,7 @@ def test_the_role_of_a_removed_rank():
 def minimal(i, **fields) -> records.Record:
     """A record of iteration i without checks, enough for the rules on checkpoints."""
     return records.Record(i, 0, i, (0, 10), "d", "before", (), None, (), (), (), None, "after",
-                          **fields)
+                          roles="c", **fields)
 
 
 def chain(n):

@@ -13,6 +13,7 @@ from torch import nn
 
 from podlt_mpi.compute.layout import Layout, host, pieces
 from podlt_mpi.compute.losses import cross_entropy
+from podlt_mpi.core.pairwise import PairwiseSum
 
 
 def set_determinism(threads: int, exact: bool = True) -> None:
@@ -184,6 +185,44 @@ class Fold:
         mean = self.grad / self.count if self.count else torch.zeros_like(self.grad)
         change = None if self.change is None else self.change / self.lines
         _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
+
+
+class TreeFold:
+    """Ledger format 4's update: format 3's sums, each a pairwise tree over the block's worker
+    fragments in line order (core/pairwise.py), so the order of the sum depends on the number
+    of fragments alone, not on which were checked. Leaf i is count x gradient (absent when
+    nothing counts) and lines x the float buffers' change; `set` them in any order, each once
+    (None: the fragment is not applied)."""
+
+    def __init__(self, model: nn.Module, layout: Layout, n: int):
+        self.model, self.layout, self.dev = model, layout, device_of(model)
+        self.grads = PairwiseSum(n, _add_in_place)
+        self.changes = PairwiseSum(n, _add_in_place)
+        self.before = _float_buffers(layout).to(self.dev) if layout.n_float else None
+        self.counters, self.count, self.lines = [], 0, 0
+
+    def set(self, i: int, answer, count: int = 0, lines: int = 0) -> None:
+        if answer is None:
+            self.grads.set(i, None)
+            self.changes.set(i, None)
+            return
+        g, f, c = self.layout.split(torch.as_tensor(answer).to(self.dev))
+        self.grads.set(i, g * count if count else None)
+        self.changes.set(i, (f - self.before) * lines if self.before is not None else None)
+        self.counters.append(c.clone())
+        self.count, self.lines = self.count + count, self.lines + lines
+
+    def apply(self, opt: torch.optim.Optimizer, lr: float, clip: float = 0.0) -> None:
+        """The step, as Fold.apply takes it, from the trees' sums."""
+        total, change = self.grads.result(), self.changes.result()
+        mean = total / self.count if self.count and total is not None else \
+            torch.zeros(self.layout.n_grad, dtype=torch.float32, device=self.dev)
+        change = None if change is None else change / self.lines
+        _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
+
+
+def _add_in_place(a, b):
+    return a.add_(b)
 
 
 def combined_loss(losses, counts) -> float:

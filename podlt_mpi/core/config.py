@@ -86,7 +86,11 @@ class RunConfig:
     rtol: float = _opt(1e-5, "tolerance mode: ||a-b|| <= rtol*max(||a||,||b||) + atol")
     atol: float = _opt(0.0, "tolerance mode: absolute slack on the distance")
     # Reproducibility and speed
-    seed: int = _opt(0, "seed for initial weights, the schedule and fault injection")
+    seed: int = _opt(0, "seed for initial weights, the block order and fault injection; the "
+                        "roles come from a secret key of the manager's, never from it")
+    role_seed: Optional[int] = _opt(None, "INSECURE, for tests and demonstrations: derive the "
+                                          "roles' key from this number, so that anyone who "
+                                          "knows it knows who is checked (logged as insecure)")
     threads: int = _opt(1, "torch intra-op threads on every rank (must match for exact mode)")
     device: str = _opt("auto", "where ranks compute: cuda (GPU local_rank %% visible GPUs, local "
                                "rank from the launcher), cpu, or auto (cuda where present)",
@@ -182,8 +186,8 @@ GROUPS = {
                             "momentum", "nesterov", "weight_decay", "clip_grad_norm",
                             "lr_schedule", "warmup", "lr_drops", "lr_gamma"),
     "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
-                                     "seed", "threads", "device", "cuda_aware_mpi", "wait",
-                                     "broadcast"),
+                                     "seed", "role_seed", "threads", "device", "cuda_aware_mpi",
+                                     "wait", "broadcast"),
     "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "time_limit",
                              "rank_timeout", "log_every"),
     "fault injection (demonstrations and tests)": ("fake_ranks", "fake_mode", "fake_from",

@@ -13,6 +13,10 @@ record how to read it and runs written before keep being audited, resumed and re
      training.Fold): the sum of count x gradient over the unchecked fragments in line order,
      then the checked ones, divided once by the total count; an unchecked fragment whose rank
      is caught on a recheck stays applied (rules.applied).
+  4  the roles come from the manager's secret key (roles.py): each record names the key's
+     commitment (`roles`) and the ranks the roles were drawn from (`active`), so the audit
+     recomputes every role once the key is revealed; the update's sums are pairwise trees over
+     the worker fragments in line order (pairwise.py, training.TreeFold), whichever was checked.
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 
 from podlt_mpi.core import digests, ledger
 
-FORMAT = 3            # what this version writes
-FORMATS = (1, 2, 3)   # what it reads
-FOLDED = 3            # the first format whose update is folded as the answers stream in
+FORMAT = 4               # what this version writes
+FORMATS = (1, 2, 3, 4)   # what it reads
+FOLDED = 3               # the first format whose update is folded as the answers stream in
+KEYED = 4                # the first whose roles come from a secret key, summed by a tree
+ONLY_FROM = {"roles": KEYED, "active": KEYED}  # keys a format before these does not know
 ROLES = ("worker", "control", "recheck")
 VERDICTS = ("agree", "fake", "dispute")
 
@@ -212,12 +218,18 @@ class Record:
     hash: str | None = None
     format: int = FORMAT
     digest: str = digests.WRITTEN  # the arrays' hash; format 1: sha256, and no key for it
+    roles: str | None = None     # format 4: the commitment of the key the roles come from
+    active: tuple = ()           # format 4: the ranks the roles were drawn from, in rank order
 
-    OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format", "digest")
+    OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format", "digest", "roles",
+                "active")
 
     def __post_init__(self):
         if self.format == 1 and self.digest != digests.SHA256:
             raise RecordError(f"format 1 digests with sha256, not {self.digest}")
+        if (self.format >= KEYED) != (self.roles is not None):
+            raise RecordError(f"a format {self.format} record "
+                              f"{'lacks' if self.format >= KEYED else 'has'} roles")
 
     @property
     def checks(self) -> list:
@@ -239,7 +251,8 @@ class Record:
              "removed": list(self.removed), "loss": self.loss, "model_after": self.model_after,
              "extra_checks": [c.to_json() for c in self.extra_checks] or None,
              "checkpoint": self.checkpoint, "prev": self.prev, "hash": self.hash,
-             "format": None if fmt == 1 else fmt, "digest": None if fmt == 1 else self.digest}
+             "format": None if fmt == 1 else fmt, "digest": None if fmt == 1 else self.digest,
+             "roles": self.roles, "active": list(self.active) if fmt >= KEYED else None}
         return _drop_none(d, self.OPTIONAL)
 
     @classmethod
@@ -251,7 +264,13 @@ class Record:
             raise RecordError(f"the record says it is format {fmt!r}; this version reads "
                               f"format {', '.join(map(str, FORMATS))}")
         optional = cls.OPTIONAL if fmt == 1 else tuple(k for k in cls.OPTIONAL if k != "digest")
+        if fmt >= KEYED:
+            optional = tuple(k for k in optional if k not in ONLY_FROM)
         _fields(d, cls, "the record", optional, fmt)
+        newer = sorted(k for k, since in ONLY_FROM.items() if k in d and fmt < since)
+        if newer:
+            raise RecordError(f"the record has fields format {fmt} does not know: "
+                              f"{', '.join(newer)}")
         if fmt == 1 and "digest" in d:
             raise RecordError("a format 1 record has no digest field")
         alg = d.get("digest", digests.SHA256)
@@ -276,7 +295,9 @@ class Record:
                    loss, s("model_after"),
                    tuple(CheckRecord.from_json(c, fmt) for c in _list(extra, "extra_checks")),
                    d.get("checkpoint") and s("checkpoint"), d.get("prev") and s("prev"),
-                   d.get("hash") and s("hash"), fmt, alg)
+                   d.get("hash") and s("hash"), fmt, alg,
+                   s("roles") if fmt >= KEYED else None,
+                   _ints(d["active"], "active") if fmt >= KEYED else ())
 
 
 # ---- the one reader -----------------------------------------------------------------------------

@@ -59,20 +59,22 @@ class Round:
 
 
 class Checker:
-    def __init__(self, model, line_shape, loss_fn, three_way, exchange, rng, compare: str,
+    def __init__(self, model, line_shape, loss_fn, three_way, exchange, compare: str,
                  rtol: float, atol: float, seed: int):
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
         self.referee_layout = Layout(self.referee_model)
         self.line_shape, self.loss_fn, self.three_way = line_shape, loss_fn, three_way
-        self.exchange, self.rng = exchange, rng
+        self.exchange = exchange
         self.compare_mode, self.rtol, self.atol, self.seed = compare, rtol, atol, seed
 
     def same(self, a, b) -> bool:
         return verify.compare(a, b, self.compare_mode, self.rtol, self.atol).same
 
-    def __call__(self, rnd: Round, active) -> list:
-        """One Check per checked worker of the plan."""
-        return [self.check_one(rnd, c, ctrl, active) for c, ctrl in rnd.plan.checks]
+    def __call__(self, rnd: Round, active, recheck_order) -> list:
+        """One Check per checked worker of the plan. `recheck_order(i, candidates)`: the order
+        in which check i asks further ranks to settle a dispute (the manager's secret roles)."""
+        return [self.check_one(rnd, c, ctrl, active, lambda rs, i=i: recheck_order(i, rs))
+                for i, (c, ctrl) in enumerate(rnd.plan.checks)]
 
     def reference(self, rnd: Round, s: int, e: int):
         """The manager's own gradient for lines [s, e), from the weights the ranks had."""
@@ -84,7 +86,7 @@ class Checker:
                                     self.referee_layout, self.loss_fn)
         return grad
 
-    def check_one(self, rnd: Round, checked: int, controls, active) -> Check:
+    def check_one(self, rnd: Round, checked: int, controls, active, recheck_order) -> Check:
         s, e = rnd.plan.fragment_of(checked)
         votes = {r: rnd.grads[(r, s, e)] for r in (checked, *controls)}
         decision = verify.decide(votes, self.compare_mode, self.rtol, self.atol, self.three_way)
@@ -96,16 +98,18 @@ class Checker:
             done.decision = verify.referee(decision, votes, reference, self.compare_mode,
                                            self.rtol, self.atol)
         if done.decision.verdict == "dispute":
-            self.resolve(rnd, done, votes, reference, active)
+            self.resolve(rnd, done, votes, reference, recheck_order([r for r in active
+                                                                     if r not in votes]))
         return done
 
-    def resolve(self, rnd: Round, done: Check, votes: dict, reference, active) -> None:
-        """A dispute: the fragment goes to further ranks, drawn at random among those not yet
-        involved, until two ranks agree with the manager's own result; every other vote loses.
+    def resolve(self, rnd: Round, done: Check, votes: dict, reference, candidates) -> None:
+        """A dispute: the fragment goes to further ranks (`candidates`, those not yet involved,
+        in the secret order drawn for them), until two ranks agree with the manager's own
+        result; every other vote loses.
         Each recruited rank receives an ordinary work message: it cannot tell whose lines."""
         s, e = done.lines
         agrees = [r for r in votes if self.same(votes[r], reference)]
-        for r in schedule.shuffle([r for r in active if r not in votes], self.rng):
+        for r in candidates:
             if len(agrees) >= 2:
                 break
             one = schedule.Plan(rnd.plan.start, rnd.plan.stop, (), (), None,

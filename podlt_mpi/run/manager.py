@@ -26,6 +26,7 @@ from podlt_mpi.core import (
     ledger,
     rates,
     records,
+    roles,
     rules,
     schedule,
     timing,
@@ -35,7 +36,7 @@ from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import preempt
 from podlt_mpi.io.data import Dataset, Reader
-from podlt_mpi.run import checkpoint
+from podlt_mpi.run import checkpoint, rundir
 from podlt_mpi.run.checks import Checker, Round
 from podlt_mpi.run.exchange import Exchange
 from podlt_mpi.run.files import RunFiles
@@ -45,6 +46,11 @@ from podlt_mpi.run.state import RunState
 log = logging.getLogger("podlt_mpi")
 
 TOO_FEW = "too few active ranks left for the controls"
+
+
+def _at(where: tuple, answer) -> tuple:
+    """TreeFold.set's arguments from (leaf, count, lines) and the answer."""
+    return where[0], answer, *where[1:]
 
 
 class Manager:
@@ -69,12 +75,56 @@ class Manager:
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
-                               self.state.rng, cfg.compare, cfg.rtol, cfg.atol, cfg.seed)
+                               cfg.compare, cfg.rtol, cfg.atol, cfg.seed)
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
         if resume is not None and resume.checkpoint is not None:
             self.restore(resume.checkpoint, resume.active)
+        if self.keyed:
+            self.choose_key()
+
+    @property
+    def keyed(self) -> bool:
+        """Whether this run's roles come from the secret key (ledger format 4)."""
+        return self.format >= records.KEYED
+
+    def choose_key(self) -> None:
+        """The roles' key: the checkpoint's, so a resume is byte-identical, unless the run's end
+        revealed it (a completed run continued: a fresh key, committed anew); else a new one
+        from the operating system's CSPRNG, or --role-seed's (insecure)."""
+        st, cfg = self.state, self.cfg
+        if st.role_key is not None and not rundir.revealed(self.out, st.role_key):
+            how = "continued from the checkpoint"
+        elif cfg.role_seed is not None:
+            st.role_key, how = roles.key_from_seed(cfg.role_seed), "from --role-seed"
+            log.warning("--role-seed %d: INSECURE, anyone who knows it knows every role "
+                        "(tests and demonstrations only)", cfg.role_seed)
+        else:
+            st.role_key, how = roles.new_key(), "from the operating system"
+        self.commitment = roles.commitment(st.role_key)
+        self.meta["roles"] = {"commitment": self.commitment,
+                              "key": "role-seed" if cfg.role_seed is not None else "secret"}
+        log.info("roles committed: %s (key %s; revealed in %s when the run completes)",
+                 self.commitment, how, roles.KEY_FILE)
+
+    def plan(self, it: int, start: int, stop: int) -> schedule.Plan:
+        """The iteration's roles: from the secret key (format 4), else from the run's seeded
+        generator as older formats drew them."""
+        cfg, st = self.cfg, self.state
+        if self.keyed:
+            return roles.plan(st.role_key, it, st.active, cfg.controls, start, stop,
+                              cfg.checks_per_iteration)
+        order = sorted(st.active) if it == 0 else schedule.shuffle(st.active, st.rng)
+        return schedule.plan_iteration(order, cfg.controls, start, stop, st.rng,
+                                       cfg.checks_per_iteration)
+
+    def recheck_order(self, it: int):
+        """(check index, candidates) -> the order in which they recheck a dispute."""
+        if self.keyed:
+            key = self.state.role_key
+            return lambda i, candidates: roles.recheck_order(key, it, i, candidates)
+        return lambda i, candidates: schedule.shuffle(candidates, self.state.rng)
 
     def frozen_hash(self):
         return self.layout.frozen_hash(self.digest, self.pool.threads)
@@ -147,10 +197,10 @@ class Manager:
         """(count, lines) of the fragment [s, e) of a block's targets `by` starting at `start`."""
         return self.task.weight(by[s - start:e - start]), e - s
 
-    def step(self, iteration, epoch, block, start, stop, order) -> records.Record:
-        cfg, cost, st = self.cfg, self.cost, self.state
-        plan = schedule.plan_iteration(order, cfg.controls, start, stop, st.rng,
-                                       cfg.checks_per_iteration)
+    def step(self, iteration, epoch, block, start, stop) -> records.Record:
+        cost, st = self.cost, self.state
+        active = tuple(sorted(st.active))  # the ranks the roles are drawn from
+        plan = self.plan(iteration, start, stop)
         weights = host(self.layout.state())
         with cost.part("ledger"):
             model_before = self.weights_digest or self.weights_now(weights)
@@ -162,17 +212,22 @@ class Manager:
         checked = {plan.fragment_of(c) for c, _ in plan.checks}
         fold, streamed = None, None
         if self.folding:  # the unchecked fragments go into the update as they arrive
-            fold = training.Fold(self.model, self.layout)
-            unchecked = {a.rank: self.weight(by, start, a.start, a.stop) for a in plan.assignments
-                         if a.role == "worker" and (a.start, a.stop) not in checked}
-            streamed = (list(unchecked), lambda r, answer: fold.add(answer, *unchecked[r]))
+            workers = [a for a in plan.assignments if a.role == "worker"]  # in line order
+            unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
+                         for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
+            if self.keyed:  # a tree over every fragment: the checked ones are set later
+                fold = training.TreeFold(self.model, self.layout, len(workers))
+                streamed = (list(unchecked), lambda r, answer: fold.set(*_at(unchecked[r], answer)))
+            else:
+                fold = training.Fold(self.model, self.layout)
+                streamed = (list(unchecked), lambda r, answer: fold.add(answer, *unchecked[r][1:]))
         sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active, streamed)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
                     *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments
                        if a.rank in got} for got in (sent, losses, hashed)))
         with cost.part("verify"):
-            checks = self.checker(rnd, st.active)
+            checks = self.checker(rnd, st.active, self.recheck_order(iteration))
         applied = self.accepted(plan, checks)
         fake = sorted({r for c in checks for r in c.decision.fake})
         loss = self.apply(rnd, applied, epoch, fold, checked) if applied else None
@@ -191,7 +246,8 @@ class Manager:
                 done[0] if done else None, tuple((s, e) for s, e, _ in applied),
                 tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
                 self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
-                digest=self.digest)
+                digest=self.digest, **({"roles": self.commitment, "active": active}
+                                       if self.keyed else {}))
         credits.account(st.credits, record)
         for c in checks:
             st.counts[c.decision.verdict] += 1
@@ -209,6 +265,16 @@ class Manager:
                 training.apply_update(self.model, self.opt, self.layout,
                                       [rnd.grads[(r, s, e)] for s, e, r in applied], counts,
                                       lr, clip, [e - s for s, e, _ in applied])
+            elif self.keyed:  # the checked leaves: the answer that stands, or none
+                standing = {(s, e): r for s, e, r in applied}
+                workers = [a for a in rnd.plan.assignments if a.role == "worker"]
+                for i, a in enumerate(workers):
+                    lines = (a.start, a.stop)
+                    if lines in checked:
+                        r = standing.get(lines)
+                        fold.set(i, None) if r is None else fold.set(
+                            i, rnd.grads[(r, *lines)], *self.weight(rnd.by, start, *lines))
+                fold.apply(self.opt, lr, clip)
             else:
                 for s, e, r in applied:  # the unchecked ones are in already
                     if (s, e) in checked:
@@ -271,6 +337,8 @@ class Manager:
             files.close()
         self.exchange.stop(st.active)
         summary = self.summary(stop, st.elapsed_before + time.monotonic() - t_start)
+        if stop is None and self.keyed:  # the run is over: its roles may be audited now
+            rundir.reveal(self.out, self.state.role_key)
         files.finish(summary, self.model if stop is None else None)
         self.train.close()
         self.pool.close()
@@ -283,8 +351,7 @@ class Manager:
         st, cfg = self.state, self.cfg
         t0 = time.monotonic()
         self.exchange.cost = timing.IterationCost()
-        order = sorted(st.active) if it == 0 else schedule.shuffle(st.active, st.rng)
-        record = self.step(it, epoch, block, s, e, order)
+        record = self.step(it, epoch, block, s, e)
         st.next_iteration = it + 1
         lines = sum(b - a for a, b in record.applied)
         st.useful += lines

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from podlt_mpi.core import roles
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.io import atomic
 
@@ -68,3 +69,33 @@ def keep_metrics_before(path: str, iteration: int) -> None:
             pass  # a row torn by a crash
     with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
+
+
+def _keys_path(out: str) -> str:
+    return os.path.join(out, roles.KEY_FILE)
+
+
+def revealed(out: str, key: bytes) -> bool:
+    """Whether the run's end revealed `key` already (roles.KEY_FILE)."""
+    path = _keys_path(out)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            return roles.commitment(key) in roles.read_revealed(json.load(f))
+    except (OSError, ValueError):
+        return False  # unreadable: written again at the end
+
+
+def reveal(out: str, key: bytes) -> None:
+    """Add `key` to the run's revealed keys (a continued run may have drawn several)."""
+    path, keys = _keys_path(out), []
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                keys = json.load(f)["keys"]
+        except (OSError, ValueError, KeyError, TypeError):
+            keys = []
+    entry = {"commitment": roles.commitment(key), "key": key.hex()}
+    if entry not in keys:
+        write_json(path, {"keys": [*keys, entry]})

@@ -23,6 +23,7 @@ class RunState:
     test: dict = field(default_factory=dict)      # the last test figures, by name
     elapsed_before: float = 0.0  # seconds of earlier jobs of this run
     protected: list = field(default_factory=list)  # checkpoints the audit restarts from
+    role_key: bytes | None = None  # ledger format 4: the secret the roles come from (roles.py)
 
     @classmethod
     def fresh(cls, world_size: int, seed: int) -> RunState:
@@ -37,7 +38,8 @@ class RunState:
                 "rng": self.rng.bit_generator.state, "useful": self.useful,
                 "last_loss": self.last_loss,
                 "test": [self.test.get(k) for k in figures],
-                "world_size": self.world_size}
+                "world_size": self.world_size,
+                **({"role_key": self.role_key.hex()} if self.role_key is not None else {})}
 
     def position(self, written: int, record_hash: str, elapsed: float) -> dict:
         """Where the run's files end: not fingerprinted (the fingerprint is in that record)."""
@@ -48,6 +50,7 @@ class RunState:
         """From a checkpoint, on the ranks resume chose (`active`)."""
         proof = ckpt["proof"]
         self.rng.bit_generator.state = proof["rng"]
+        self.role_key = bytes.fromhex(proof["role_key"]) if "role_key" in proof else None
         self.active = active
         self.removed = proof["removed"]
         self.counts = proof["counts"]

@@ -6,6 +6,8 @@ what, and at which iteration), 2 on bad input. The checks:
   structure   each record follows the protocol: the schedule's lines, fragments covering the
               block, controls shadowing the checked worker, removals matching the verdict, no
               work for removed ranks, applied fragments as the verdict implies;
+  roles       (format 4) the revealed key opens the commitment the records name, and every
+              role, check and recheck is the one the key draws (roles.py);
   weights     model_init.pt -> model_before -> model_after -> ... -> model_final.pt;
   checkpoints each checkpoint's fingerprint equals the one its iteration's record vouches for;
   replay      sampled iterations recomputed from the nearest checkpoint (replay.py);
@@ -21,7 +23,7 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.core import credits, digests, records, rules, schedule
+from podlt_mpi.core import credits, digests, records, roles, rules, schedule
 from podlt_mpi.core.config import RunConfig, model_kwargs, saved_options
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task
@@ -84,6 +86,43 @@ class Audit:
                 continue
             for msg in _record_problems(rec, i, plan, gone, cfg):
                 self.problem(i, "structure", msg)
+            for r in rec.removed:
+                gone.setdefault(r, i)
+
+    def check_roles(self) -> None:
+        """Every keyed record's roles against the key the run revealed at its end."""
+        keyed = [(i, r) for i, r in enumerate(self.records) if r is not None and r.roles]
+        if not keyed:
+            return
+        keys, path = {}, self._path(roles.KEY_FILE)
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    keys = roles.read_revealed(json.load(f))
+            except (OSError, ValueError) as e:
+                self.problem(None, "roles", f"{roles.KEY_FILE} cannot be read: {e}")
+                return
+        elif (self.summary or {}).get("status") == "complete":
+            self.problem(None, "roles", f"the run is complete but revealed no key "
+                         f"({roles.KEY_FILE}): its roles cannot be checked")
+            return
+        else:
+            self.notes.append(f"the roles are not checked: the key is revealed in "
+                              f"{roles.KEY_FILE} when the run completes")
+            return
+        said = self.meta.get("roles", {}).get("commitment")
+        if said != keyed[-1][1].roles:
+            self.problem(None, "roles", f"config.json commits to the key {said}, the ledger's "
+                         f"last record to {keyed[-1][1].roles}")
+        gone = {}
+        for i, rec in keyed:
+            key = keys.get(rec.roles)
+            if key is None:
+                self.problem(i, "roles", f"no revealed key opens the record's commitment "
+                             f"{rec.roles}")
+            else:
+                for msg in _role_problems(rec, key, self.cfg, gone):
+                    self.problem(i, "roles", msg)
             for r in rec.removed:
                 gone.setdefault(r, i)
 
@@ -268,6 +307,7 @@ class Audit:
             self.check_head(expect_head)
         self.check_chain()
         self.check_structure()
+        self.check_roles()
         self.build(replays=sample != 0)
         self.check_weights()
         anchors = self.check_checkpoints()
@@ -296,6 +336,32 @@ class Audit:
             "unverified_from_removed": self.unverified_from_removed(found, outcomes),
             "credits": table,
         }
+
+
+def _role_problems(rec: records.Record, key: bytes, cfg, gone: dict) -> list:
+    """Where a keyed record's roles depart from those the key draws from its active ranks."""
+    out = []
+    stale = sorted(r for r in rec.active if r in gone)
+    if stale:
+        out.append(f"ranks {stale} are listed active after their removal")
+    plan = roles.plan(key, rec.iteration, rec.active, cfg.controls, *rec.lines,
+                      cfg.checks_per_iteration)
+    drawn = [(a.rank, a.role, (a.start, a.stop)) for a in plan.assignments]
+    logged = [(a.rank, a.role, a.lines) for a in rec.assignments if a.role != "recheck"]
+    if logged != drawn:
+        out.append("the workers and controls are not the ones the key draws")
+    if [(c.worker, c.controls) for c in rec.checks] != [(c, tuple(k)) for c, k in plan.checks]:
+        out.append("the checked workers or their controls are not the ones the key draws")
+    for i, check in enumerate(rec.checks):
+        if not check.rechecks:
+            continue
+        votes = {check.worker, *check.controls}
+        order = roles.recheck_order(key, rec.iteration, i, [r for r in rec.active
+                                                            if r not in votes])
+        if list(check.rechecks) != order[:len(check.rechecks)]:
+            out.append(f"the rechecks {list(check.rechecks)} of lines {list(check.lines)} are "
+                       f"not the ones the key draws ({order[:len(check.rechecks)]})")
+    return out
 
 
 def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:

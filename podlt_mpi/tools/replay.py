@@ -110,7 +110,16 @@ class Replayer:
         if grads:
             cfg = self.cfg
             lr = rates.learning_rate(cfg, it, rec.epoch, self.total)
-            if rec.format >= records.FOLDED:  # summed in the order the manager folded them
+            if rec.format >= records.KEYED:  # a tree over the workers' fragments
+                leaves = [a.lines for a in rec.assignments if a.role == "worker"]
+                fold = training.TreeFold(self.model, self.layout, len(leaves))
+                at = dict(zip(rec.applied, range(len(grads)), strict=True))
+                for leaf, lines_of in enumerate(leaves):
+                    i = at.get(lines_of)
+                    fold.set(leaf, None) if i is None else fold.set(leaf, grads[i], counts[i],
+                                                                    lines[i])
+                fold.apply(self.opt, lr, cfg.clip_grad_norm)
+            elif rec.format >= records.FOLDED:  # summed in the order the manager folded them
                 fold = training.Fold(self.model, self.layout)
                 for i in rules.fold_order(rec.applied, [c.lines for c in rec.checks]):
                     fold.add(grads[i], counts[i], lines[i])

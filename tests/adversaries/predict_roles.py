@@ -1,0 +1,60 @@
+"""An adversary's rank, not our fault plugin: it runs the project's worker and rewrites, at the
+message level, the gradient it sends (-50x the honest one) in every iteration in which it
+predicts that it is not watched. It predicts its roles the way the roles were drawn before they
+came from the manager's secret key: the schedule's own code on a generator seeded with --seed,
+which every rank reads from its command line (issue 26 measured that such a rank was never
+caught). Each cheat is reported on stderr as "adversary: cheated at iteration N".
+
+    mpiexec -n N-1 python -m podlt_mpi ARGS : -n 1 python tests/adversaries/predict_roles.py ARGS
+"""
+import sys
+
+import numpy as np
+
+from podlt_mpi.core import schedule
+from podlt_mpi.core.config import parse_args
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import tags
+
+
+def predicted_watched(argv, world: int, rank: int, iterations: int = 10_000) -> list:
+    """Per iteration: whether the seed's generator makes `rank` a checked worker or a control,
+    as if nobody were ever removed."""
+    cfg = parse_args(argv)
+    rng = np.random.default_rng([cfg.seed, 1])
+    active, out = list(range(1, world)), []
+    for it in range(iterations):
+        order = sorted(active) if it == 0 else schedule.shuffle(active, rng)
+        plan = schedule.plan_iteration(order, cfg.controls, 0, cfg.block_lines, rng,
+                                       cfg.checks_per_iteration)
+        out.append(rank in plan.controls or any(c == rank for c, _ in plan.checks))
+    return out
+
+
+def main(argv) -> int:
+    comm = mpi.world()
+    watched = predicted_watched(argv, comm.Get_size(), comm.Get_rank())
+    real_isend, real_irecv = mpi.isend, mpi.irecv
+    seen = {"header": None, "keep": []}
+
+    def irecv(c, buf, source, tag):
+        if tag == tags.HEADER:
+            seen["header"] = buf  # the worker's header buffer: [command, iteration, ...]
+        return real_irecv(c, buf, source, tag)
+
+    def isend(c, buf, dest, tag):
+        if tag == tags.GRAD and seen["header"] is not None:
+            it = int(seen["header"][1])
+            if 0 <= it < len(watched) and not watched[it]:
+                buf = np.ascontiguousarray(-50 * np.asarray(buf), dtype=np.float32)
+                seen["keep"] = [buf]  # alive until the send completes
+                print(f"adversary: cheated at iteration {it}", file=sys.stderr, flush=True)
+        return real_isend(c, buf, dest, tag)
+
+    mpi.isend, mpi.irecv = isend, irecv
+    from podlt_mpi.__main__ import main as job
+    return job(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
