@@ -198,3 +198,19 @@ def test_sealing_matches_the_ledgers_own(tmp_path, first):
         assert got.to_json() == ledger.seal(minimal(i).to_json(), prev)
         prev = got.hash
     files.close()
+
+
+def test_the_manager_posts_its_sends_in_rank_order_whatever_the_roles(monkeypatch):
+    # the plan lists the controls last; posting in its order would tell a control its role by
+    # when its messages leave (without the broadcast, each rank's weights go with its lines)
+    from podlt_mpi.dist import comm as mpi
+    from podlt_mpi.dist import messages
+    from podlt_mpi.run.exchange import Exchange
+    posted = []
+    monkeypatch.setattr(mpi, "isend", lambda comm, arr, dest, tag: posted.append(dest))
+    plan = schedule.plan_iteration([5, 1, 4, 2, 3], 2, 0, 30, np.random.default_rng(0))
+    assert [a.rank for a in plan.assignments][-2:] == [2, 3]  # controls 2 and 3 come last
+    outgoing = messages.messages_for_plan(plan, 0, 0, np.zeros(4, np.float32),
+                                          np.zeros((30, 6), np.float32), np.zeros(30, np.int64))
+    Exchange(None, None, 4, 0, pool=object()).post(outgoing, [], [])
+    assert posted == sorted(posted) and set(posted) == {1, 2, 3, 4, 5}

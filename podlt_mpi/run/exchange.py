@@ -63,8 +63,9 @@ class Exchange:
         self.waiter.wait(reqs)
 
     def post(self, outgoing: dict, reqs: list, who: list) -> list:
-        """Post the sends of {rank: [(tag, array)...]}, counting their bytes."""
-        for rank, msgs in outgoing.items():
+        """Post the sends of {rank: [(tag, array)...]}, counting their bytes. In rank order:
+        the plan lists the controls last, and posting in its order would tell them so."""
+        for rank, msgs in sorted(outgoing.items()):
             for tag, arr in msgs:
                 reqs.append(mpi.isend(self.comm, arr, rank, tag))
                 who.append(rank)
