@@ -192,12 +192,12 @@ class TreeFold:
     fragments in line order (core/pairwise.py), so the order of the sum depends on the number
     of fragments alone, not on which were checked. Leaf i is count x gradient (absent when
     nothing counts) and lines x the float buffers' change; `set` them in any order, each once
-    (None: the fragment is not applied)."""
+    (None: the fragment is not applied). A partial sum absorbed into another gives its memory
+    to the next leaf, so the tree allocates only as many vectors as it ever holds at once."""
 
     def __init__(self, model: nn.Module, layout: Layout, n: int):
         self.model, self.layout, self.dev = model, layout, device_of(model)
-        self.grads = PairwiseSum(n, _add_in_place)
-        self.changes = PairwiseSum(n, _add_in_place)
+        self.grads, self.changes = _Tree(n, self.dev), _Tree(n, self.dev)
         self.before = _float_buffers(layout).to(self.dev) if layout.n_float else None
         self.counters, self.count, self.lines = [], 0, 0
 
@@ -207,8 +207,10 @@ class TreeFold:
             self.changes.set(i, None)
             return
         g, f, c = self.layout.split(torch.as_tensor(answer).to(self.dev))
-        self.grads.set(i, g * count if count else None)
-        self.changes.set(i, (f - self.before) * lines if self.before is not None else None)
+        count, lines = int(count), int(lines)
+        self.grads.set(i, self.grads.leaf(g, count) if count else None)
+        self.changes.set(i, None if self.before is None else
+                         self.changes.leaf(torch.sub(f, self.before), lines))
         self.counters.append(c.clone())
         self.count, self.lines = self.count + count, self.lines + lines
 
@@ -221,8 +223,23 @@ class TreeFold:
         _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
 
 
-def _add_in_place(a, b):
-    return a.add_(b)
+class _Tree(PairwiseSum):
+    """A PairwiseSum of float32 vectors, added in place, reusing the vectors it absorbs."""
+
+    def __init__(self, n: int, dev):
+        super().__init__(n, self._add)
+        self.dev, self.free = dev, []
+
+    def leaf(self, v: torch.Tensor, weight) -> torch.Tensor:
+        """weight x v, in a vector the tree no longer needs if it has one."""
+        if self.free and self.free[-1].shape == v.shape:
+            return torch.mul(v, weight, out=self.free.pop())
+        return v * weight
+
+    def _add(self, a, b):
+        a.add_(b)
+        self.free.append(b)
+        return a
 
 
 def combined_loss(losses, counts) -> float:
