@@ -12,6 +12,12 @@ sys.path.insert(0, HELPERS)  # the single-process reference builds the same mode
 
 
 def job(ranks, argv, **kw):
+    """A job with tests/helpers on the path and, for a new run, the roles' key from --role-seed
+    0 (as job_args does), so that a resumed run can be held against the one done in one go
+    record by record; a resume takes its key from the checkpoint."""
+    argv = [str(a) for a in argv]
+    if "--resume" not in argv and "--role-seed" not in argv:
+        argv += ["--role-seed", "0"]
     return run_job(ranks, argv, path=[HELPERS], **kw)
 
 

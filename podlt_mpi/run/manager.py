@@ -48,11 +48,6 @@ log = logging.getLogger("podlt_mpi")
 TOO_FEW = "too few active ranks left for the controls"
 
 
-def _at(where: tuple, answer) -> tuple:
-    """TreeFold.set's arguments from (leaf, count, lines) and the answer."""
-    return where[0], answer, *where[1:]
-
-
 class Manager:
     def __init__(self, comm, cfg: RunConfig, ds: Dataset, model, out: str, waiter: mpi.Waiter,
                  meta: dict, resume=None, started: float | None = None):
@@ -217,7 +212,8 @@ class Manager:
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
-                streamed = (list(unchecked), lambda r, answer: fold.set(*_at(unchecked[r], answer)))
+                streamed = (list(unchecked), lambda r, answer: fold.set(
+                    unchecked[r][0], answer, *unchecked[r][1:]))
             else:
                 fold = training.Fold(self.model, self.layout)
                 streamed = (list(unchecked), lambda r, answer: fold.add(answer, *unchecked[r][1:]))
@@ -270,10 +266,13 @@ class Manager:
                 workers = [a for a in rnd.plan.assignments if a.role == "worker"]
                 for i, a in enumerate(workers):
                     lines = (a.start, a.stop)
-                    if lines in checked:
-                        r = standing.get(lines)
-                        fold.set(i, None) if r is None else fold.set(
-                            i, rnd.grads[(r, *lines)], *self.weight(rnd.by, start, *lines))
+                    if lines not in checked:
+                        continue
+                    r = standing.get(lines)
+                    if r is None:  # a dispute's fragment: dropped
+                        fold.set(i, None)
+                    else:
+                        fold.set(i, rnd.grads[(r, *lines)], *self.weight(rnd.by, start, *lines))
                 fold.apply(self.opt, lr, clip)
             else:
                 for s, e, r in applied:  # the unchecked ones are in already

@@ -116,8 +116,10 @@ class Replayer:
                 at = dict(zip(rec.applied, range(len(grads)), strict=True))
                 for leaf, lines_of in enumerate(leaves):
                     i = at.get(lines_of)
-                    fold.set(leaf, None) if i is None else fold.set(leaf, grads[i], counts[i],
-                                                                    lines[i])
+                    if i is None:  # not applied
+                        fold.set(leaf, None)
+                    else:
+                        fold.set(leaf, grads[i], counts[i], lines[i])
                 fold.apply(self.opt, lr, cfg.clip_grad_norm)
             elif rec.format >= records.FOLDED:  # summed in the order the manager folded them
                 fold = training.Fold(self.model, self.layout)
