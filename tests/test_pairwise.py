@@ -72,10 +72,9 @@ def test_streaming_holds_logarithmic_partial_sums_and_a_hole_one_sibling_per_lev
     n, peak = 1000, 0
     s = PairwiseSum(n, lambda a, b: a + b)
     s.set(500, None)  # ... leaves 0-499 and 500 are holes until set below
-    for i in range(n):
-        if i != 500 and i >= 501:
-            s.set(i, 1)
-            peak = max(peak, s.held)
+    for i in range(501, n):
+        s.set(i, 1)
+        peak = max(peak, s.held)
     for i in range(500):
         s.set(i, 1)
         peak = max(peak, s.held)

@@ -197,7 +197,7 @@ class TreeFold:
 
     def __init__(self, model: nn.Module, layout: Layout, n: int):
         self.model, self.layout, self.dev = model, layout, device_of(model)
-        self.grads, self.changes = _Tree(n, self.dev), _Tree(n, self.dev)
+        self.grads, self.changes = _Tree(n), _Tree(n)
         self.before = _float_buffers(layout).to(self.dev) if layout.n_float else None
         self.counters, self.count, self.lines = [], 0, 0
 
@@ -226,9 +226,9 @@ class TreeFold:
 class _Tree(PairwiseSum):
     """A PairwiseSum of float32 vectors, added in place, reusing the vectors it absorbs."""
 
-    def __init__(self, n: int, dev):
+    def __init__(self, n: int):
         super().__init__(n, self._add)
-        self.dev, self.free = dev, []
+        self.free = []
 
     def leaf(self, v: torch.Tensor, weight) -> torch.Tensor:
         """weight x v, in a vector the tree no longer needs if it has one."""

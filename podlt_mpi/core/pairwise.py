@@ -15,10 +15,10 @@ ABSENT = None
 
 
 class _Hole:
-    __slots__ = ("value", "known")
+    __slots__ = ("value",)
 
     def __init__(self):
-        self.value, self.known = ABSENT, False
+        self.value = ABSENT
 
 
 class _Pair:
@@ -70,7 +70,7 @@ class PairwiseSum:
             hole = self.holes.pop(i, None)
             if hole is None:
                 raise ValueError(f"leaf {i} is set twice")
-            hole.value, hole.known = value, True
+            hole.value = value
             return
         while self.pushed < i:  # leaves before it are not known yet
             self.holes[self.pushed] = _Hole()

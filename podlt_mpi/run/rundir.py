@@ -75,27 +75,23 @@ def _keys_path(out: str) -> str:
     return os.path.join(out, roles.KEY_FILE)
 
 
+def _revealed_keys(out: str) -> dict:
+    """{commitment: key} of the keys the run revealed so far ({} where none, or unreadable: it
+    is written again at the end)."""
+    try:
+        with open(_keys_path(out), encoding="utf-8") as f:
+            return roles.read_revealed(json.load(f))
+    except (OSError, ValueError):
+        return {}
+
+
 def revealed(out: str, key: bytes) -> bool:
     """Whether the run's end revealed `key` already (roles.KEY_FILE)."""
-    path = _keys_path(out)
-    if not os.path.exists(path):
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            return roles.commitment(key) in roles.read_revealed(json.load(f))
-    except (OSError, ValueError):
-        return False  # unreadable: written again at the end
+    return roles.commitment(key) in _revealed_keys(out)
 
 
 def reveal(out: str, key: bytes) -> None:
     """Add `key` to the run's revealed keys (a continued run may have drawn several)."""
-    path, keys = _keys_path(out), []
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                keys = json.load(f)["keys"]
-        except (OSError, ValueError, KeyError, TypeError):
-            keys = []
-    entry = {"commitment": roles.commitment(key), "key": key.hex()}
-    if entry not in keys:
-        write_json(path, {"keys": [*keys, entry]})
+    keys = {**_revealed_keys(out), roles.commitment(key): key}
+    write_json(_keys_path(out), {"keys": [{"commitment": c, "key": k.hex()}
+                                          for c, k in keys.items()]})
