@@ -52,10 +52,12 @@ class World:
             digest[(a.rank, a.start, a.stop)] = hashed(grads[(a.rank, a.start, a.stop)])
         return Round(self.plan, IT, self.weights, self.bx, self.by, grads, loss, digest)
 
-    def exchange(self, plan, iteration, weights, bx, by):
-        """A recheck: the recruited rank answers honestly."""
+    def exchange(self, plan, iteration, weights, bx, by, everyone):
+        """A recheck: the recruited rank answers honestly. It goes out as an iteration's plan
+        does, to every active rank (the broadcast, where it is on)."""
         (a,) = plan.assignments
         assert a.role == "recheck" and iteration == IT and weights is self.weights
+        assert a.rank in everyone
         self.recruited.append(a.rank)
         g, l_ = self.honest(a.start, a.stop)
         return {a.rank: g}, {a.rank: l_}, {a.rank: hashed(g)}

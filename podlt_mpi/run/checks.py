@@ -98,15 +98,17 @@ class Checker:
             done.decision = verify.referee(decision, votes, reference, self.compare_mode,
                                            self.rtol, self.atol)
         if done.decision.verdict == "dispute":
-            self.resolve(rnd, done, votes, reference, recheck_order([r for r in active
-                                                                     if r not in votes]))
+            self.resolve(rnd, done, votes, reference, active,
+                         recheck_order([r for r in active if r not in votes]))
         return done
 
-    def resolve(self, rnd: Round, done: Check, votes: dict, reference, candidates) -> None:
+    def resolve(self, rnd: Round, done: Check, votes: dict, reference, active,
+                candidates) -> None:
         """A dispute: the fragment goes to further ranks (`candidates`, those not yet involved,
         in the secret order drawn for them), until two ranks agree with the manager's own
         result; every other vote loses.
-        Each recruited rank receives an ordinary work message: it cannot tell whose lines."""
+        Each recruited rank receives an ordinary work message, by the broadcast to every active
+        rank as in an iteration's plan: it cannot tell whose lines."""
         s, e = done.lines
         agrees = [r for r in votes if self.same(votes[r], reference)]
         for r in candidates:
@@ -114,7 +116,8 @@ class Checker:
                 break
             one = schedule.Plan(rnd.plan.start, rnd.plan.stop, (), (), None,
                                 (schedule.Assignment(r, "recheck", s, e),))
-            got, loss, digest = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by)
+            got, loss, digest = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by,
+                                              active)
             votes[r] = rnd.grads[(r, s, e)] = got[r]
             rnd.losses[(r, s, e)] = loss[r]
             rnd.digests[(r, s, e)] = digest[r]

@@ -1,23 +1,24 @@
 """The manager's side of the transport: send each assigned rank its work, gather the answers.
 
 Every rank of a plan gets the same form of message (dist/messages.py); a recheck is one more
-plan of one assignment. An iteration's plan sends the weights once, by a non-blocking broadcast
-over a communicator of the manager and the active ranks, rebuilt whenever the active ranks change
-(a removal, a resume); a recheck sends them point to point with its lines. Each answer is handed
-to the digest pool the moment it arrives, so its ledger digest is computed while the other
+plan of one assignment, sent the same way. A plan sends the weights once, by a non-blocking
+broadcast over a communicator of the manager and the active ranks, rebuilt whenever the active
+ranks change (a removal, a resume), or, without the broadcast, with each rank's lines. The answers
+come in through window.py, in an order that does not depend on the roles; each is handed to the
+digest pool the moment it arrives, so its ledger digest is computed while the other
 answers are still on their way. The exchange also keeps the automatic rank timeout (ten times
 the slowest exchange so far) and the first stop signal a worker reported with its answer.
 """
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
 from podlt_mpi.core import digests, timing
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, preempt, tags
+from podlt_mpi.run.window import Window
 
 FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
 MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
@@ -42,6 +43,7 @@ class Exchange:
         self.cost = timing.IterationCost()  # the current iteration's, set by the manager
         self.broadcast = broadcast  # off: `everyone` is ignored, the weights go with the lines
         self.group, self.members = None, ()  # the broadcast's communicator and its world ranks
+        self.spare = []  # receive buffers kept across iterations (window.py)
 
     def timeout(self) -> float:
         if self.rank_timeout:
@@ -74,14 +76,15 @@ class Exchange:
 
     def __call__(self, plan, iteration: int, weights, bx, by, everyone=None,
                  fold=None) -> tuple:
-        """Send every assigned rank its messages; return (grads, losses, digests) by rank, the
-        digests as futures of the answers' hex digests. `everyone` (the active ranks): the
-        weights go to all of them by the group's broadcast (if `broadcast`); None: with each
-        rank's lines.
-        `fold`: (ranks, add): the answers of `ranks` come in through a window of receive buffers
-        (WINDOW, or more in WINDOW_BYTES) and go, in that order, to add(rank, answer) as soon
-        as they are in; they are not returned (the manager's memory stays flat in the ranks)."""
-        reqs, who, grads, losses = [], [], {}, {}
+        """Send every assigned rank its messages; return (grads, losses, digests) by rank: the
+        gradients kept whole, every rank's loss, and futures of the gradients' hex digests. `everyone` (the active ranks): the weights go to all of them by
+        the group's broadcast (if `broadcast`), those without lines taking part with a header
+        of none; None: with each rank's lines.
+        `fold`: (groups, streamed, add): the answers come in fragment by fragment, `groups` the
+        fragments' ranks in line order (window.py); those of `streamed` go, in that order, to
+        add(rank, gradient, answer) and are not returned (the manager's memory stays flat in
+        the ranks). Without it every answer is received at once and kept."""
+        reqs, who = [], []
         cost = self.cost
         t_start = time.monotonic()
         everyone = everyone if self.broadcast else None
@@ -95,76 +98,37 @@ class Exchange:
             reqs.append(mpi.ibcast(self.group, weights))
             who.append(None)
             cost.bytes_out += weights.nbytes
-        on_done = [None] * len(reqs)  # what to do when request i completes
-        futures = {}
-
-        def receive(rank, buffer, then):
-            on_done.append(lambda: then(rank, buffer))
-            cost.bytes_in += buffer.nbytes
-            return mpi.irecv(self.comm, buffer, rank, tags.GRAD), rank
-
-        def hash_it(rank, buffer):
-            futures[rank] = self.pool.submit(buffer)
-
-        folded = list(fold[0]) if fold else []
-        streamed = set(folded)
-        for a in plan.assignments:
-            rank = a.rank
-            losses[rank] = np.empty(messages.ANSWER_LEN, np.float64)
-            reqs.append(mpi.irecv(self.comm, losses[rank], rank, tags.LOSS))
-            who.append(rank)
-            on_done.append(None)
-            cost.bytes_in += losses[rank].nbytes
-            if rank not in streamed:
-                grads[rank] = np.empty(self.answer_size, np.float32)
-                req, peer = receive(rank, grads[rank], hash_it)
-                reqs.append(req)
-                who.append(peer)
-        if folded:
-            queue, order, ready = iter(folded), deque(folded), {}
-
-            def arrived(rank, buffer):
-                """Hash it; fold every answer now at the front of the order; reuse their
-                buffers for the next ranks."""
-                hash_it(rank, buffer)
-                ready[rank] = buffer
-                more = []
-                while order and order[0] in ready:
-                    r = order.popleft()
-                    b = ready.pop(r)
-                    with cost.part("fold"):
-                        fold[1](r, b)
-                    futures[r].result()  # its digest has read it too: the buffer is free
-                    nxt = next(queue, None)
-                    if nxt is not None:
-                        more.append(receive(nxt, b, arrived))
-                return more
-            size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size))
-            for _ in range(min(size, len(folded))):
-                req, peer = receive(next(queue), np.empty(self.answer_size, np.float32), arrived)
-                reqs.append(req)
-                who.append(peer)
+        groups, streamed, add = fold or ([tuple(a.rank for a in plan.assignments)], (), None)
+        size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if fold else len(groups)
+        window = Window(self.comm, self.answer_size, groups, streamed, add, size,
+                        lambda rank, buffer: self.pool.submit(buffer), self.spare, cost)
+        sends = len(reqs)
+        for req, peer in window.start():
+            reqs.append(req)
+            who.append(peer)
         t0 = time.monotonic()
         try:
             mpi.Waiter(self.waiter.mode, self.timeout()).wait(
-                reqs, who, lambda i: on_done[i]() if on_done[i] else None)
+                reqs, who, lambda i: window.done(i - sends) if i >= sends else None)
         except mpi.RankTimeout as e:
             raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
                                f"at the last complete iteration: continue with --resume "
                                f"{self.resume_hint}") from None
-        finally:
-            # The callbacks and the window's closures refer to each other: a cycle that holds
-            # the receive buffers and the fold until the garbage collector, which counts
-            # objects, not bytes, runs (measured: +0.7 GB an iteration on the 24.2M MLP).
-            on_done.clear()
         dt = time.monotonic() - t0
         self.slowest = max(self.slowest or 0.0, dt)
         cost.seconds["exchange"] += time.monotonic() - t_start  # posting the sends, and the wait
-        for r, v in losses.items():
+        for r, v in window.answers.items():
             cost.compute.append(float(v[2]))
             if v[1] and self.notice is None:
                 self.notice = f"{preempt.name(int(v[1]))} on rank {r}"
-        return grads, {r: float(v[0]) for r, v in losses.items()}, futures
+        return window.kept(), {r: float(v[0]) for r, v in window.answers.items()}, window.futures
+
+    def reclaim(self, buffers) -> None:
+        """Kept gradients the manager is done with: receive buffers for the next iterations
+        (window.py: every answer lands in memory already touched)."""
+        ids = {id(b) for b in self.spare}
+        self.spare += [b for b in buffers if isinstance(b, np.ndarray) and id(b) not in ids
+                       and b.shape == (self.answer_size,) and b.dtype == np.float32]
 
     def stop(self, ranks) -> None:
         """Tell `ranks` the run is over for them (a STOP header; nothing else follows)."""

@@ -208,15 +208,18 @@ class Manager:
         fold, streamed = None, None
         if self.folding:  # the unchecked fragments go into the update as they arrive
             workers = [a for a in plan.assignments if a.role == "worker"]  # in line order
+            controls = dict(plan.checks)
+            groups = [(a.rank, *controls.get(a.rank, ())) for a in workers]
             unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
-                streamed = (list(unchecked), lambda r, answer: fold.set(
-                    unchecked[r][0], answer, *unchecked[r][1:]))
+                streamed = (groups, list(unchecked), lambda r, grad, answer: fold.set(
+                    unchecked[r][0], grad, *unchecked[r][1:]))
             else:
                 fold = training.Fold(self.model, self.layout)
-                streamed = (list(unchecked), lambda r, answer: fold.add(answer, *unchecked[r][1:]))
+                streamed = (groups, list(unchecked),
+                            lambda r, grad, answer: fold.add(grad, *unchecked[r][1:]))
         sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active, streamed)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
@@ -244,6 +247,7 @@ class Manager:
                 self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
                 digest=self.digest, **({"roles": self.commitment, "active": active}
                                        if self.keyed else {}))
+        self.exchange.reclaim(rnd.grads.values())  # every digest has read them by now
         credits.account(st.credits, record)
         for c in checks:
             st.counts[c.decision.verdict] += 1

@@ -44,14 +44,18 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
         line_order = [a.rank for a in sorted(plan.assignments, key=lambda a: a.start)]
         seen, buffers = [], []
 
-        def add(r, answer):
+        def add(r, answer, loss):
             seen.append((r, id(answer), digests.of_arrays(digests.WRITTEN, answer)))
             buffers.append(weakref.ref(answer))
         gc.disable()  # the buffers must go when the exchange returns, not when a collection runs
         try:
             grads, losses, hashed = exchange(plan, 7, host(layout.state()), bx, by,
-                                             range(1, size), (line_order, add))
-            assert all(ref() is None for ref in buffers)  # nothing holds the window
+                                             range(1, size),
+                                             ([(r,) for r in line_order], line_order, add))
+            # nothing holds the window but the exchange's one spare buffer for the next
+            assert [id(b) for b in exchange.spare] == [id(r()) for r in buffers[:1]]
+            del exchange.spare[:]
+            assert all(ref() is None for ref in buffers)
         finally:
             gc.enable()
         exchange.stop(range(1, size))

@@ -1,0 +1,98 @@
+"""The manager's receive of one iteration's answers, in an order that does not depend on roles.
+
+An answer is two messages: the gradient (GRAD) and [loss, signal, seconds] (LOSS). The small
+LOSS receives are all posted at once. The gradients are received fragment by fragment in line
+order (the fold's order), at most `size` fragments open at a time: a fragment's ranks (its
+worker and, for a checked fragment, its controls) get their receives posted together, when the
+fragment's turn comes, and the fragment gives its turn on when its worker's answer is complete
+and every fragment before it has been dealt with, checked or not. So when a rank's receive is
+posted (which a rank can observe: a rendezvous send starts when it is) follows from its lines
+alone: a checked worker's and its controls' come exactly when an unchecked worker's would.
+
+A streamed answer (an unchecked worker's) goes to `add(rank, gradient, answer)` in line order
+and its buffer then serves the next fragment; the others are kept and returned. Every buffer
+comes from `spare`, which the caller keeps across iterations and gets the kept ones back into
+(Exchange.reclaim): every role's gradient lands in memory already touched, so none is slower to
+receive for the page faults of a fresh buffer.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import messages, tags
+
+
+class Window:
+    def __init__(self, comm, answer_size: int, groups, streamed, add, size: int, hash_it,
+                 spare: list, cost):
+        """`groups`: the fragments' ranks in line order, each (worker, *its controls);
+        `streamed`: the ranks whose answers go to `add`; `hash_it(rank, buffer)`: a future of
+        the buffer's digest, waited on before a streamed buffer is reused."""
+        self.comm, self.answer_size, self.add, self.hash_it = comm, answer_size, add, hash_it
+        self.groups, self.streamed, self.spare, self.cost = list(groups), set(streamed), spare, cost
+        self.size = max(1, size)
+        self.callbacks = []                    # request i -> what to do when it completes
+        self.answers, self.grads, self.futures = {}, {}, {}  # by rank
+        self.loss_in, self.grad_in = set(), set()
+        self.front = deque()                   # the open fragments' workers, in line order
+        self.opened = 0
+
+    def start(self) -> list:
+        """The first (request, peer) pairs to wait for."""
+        out = []
+        for r in (r for g in self.groups for r in g):
+            self.answers[r] = np.empty(messages.ANSWER_LEN, np.float64)
+            self.cost.bytes_in += self.answers[r].nbytes
+            out.append(self._post(mpi.irecv(self.comm, self.answers[r], r, tags.LOSS), r,
+                                  lambda r=r: self._arrived(self.loss_in, r)))
+        while self.opened < min(self.size, len(self.groups)):
+            out += self._open()
+        return out
+
+    def done(self, i: int) -> list:
+        """Request i completed: what follows from it, as more (request, peer) pairs."""
+        return self.callbacks[i]()
+
+    def _post(self, req, rank, then) -> tuple:
+        self.callbacks.append(then)
+        return req, rank
+
+    def _open(self) -> list:
+        group = self.groups[self.opened]
+        self.opened += 1
+        self.front.append(group[0])
+        out = []
+        for r in group:
+            buffer = self.spare.pop() if self.spare else np.empty(self.answer_size, np.float32)
+            self.grads[r] = buffer
+            self.cost.bytes_in += buffer.nbytes
+            out.append(self._post(mpi.irecv(self.comm, buffer, r, tags.GRAD), r,
+                                  lambda r=r: self._hashed(r)))
+        return out
+
+    def _hashed(self, rank) -> list:
+        self.futures[rank] = self.hash_it(rank, self.grads[rank])
+        return self._arrived(self.grad_in, rank)
+
+    def _arrived(self, parts: set, rank) -> list:
+        """One of rank's two messages is in: deal with every fragment now complete at the front,
+        in line order, and open the next ones."""
+        parts.add(rank)
+        out = []
+        while self.front and self.front[0] in self.grad_in and self.front[0] in self.loss_in:
+            r = self.front.popleft()
+            if r in self.streamed:
+                buffer = self.grads.pop(r)
+                self.add(r, buffer, self.answers[r])
+                self.futures[r].result()  # its digest has read it too: the buffer is free
+                self.spare.append(buffer)
+            if self.opened < len(self.groups):
+                out += self._open()
+        return out
+
+    def kept(self) -> dict:
+        """rank -> gradient, for every rank whose answer was not streamed."""
+        return dict(self.grads)
