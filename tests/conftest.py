@@ -74,6 +74,7 @@ FIRST_TIER_CASES = {
     "test_audit.py::test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there": (),
     "test_gpu_benchmark.py::test_the_script_measures_and_writes_its_tables": (),
     "test_prepare.py::test_debians_fashion_mnist_converts_and_trains": (),
+    "test_e2e_lies.py::test_a_wild_answer_from_an_unchecked_worker_removes_it_at_once": ("nan",),
 }
 
 

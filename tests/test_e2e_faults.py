@@ -220,7 +220,7 @@ def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_name
     out = str(tmp_path / "run")
     first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
     check = first["check"]
-    assert first["format"] == 4
+    assert first["format"] == 5
     assert check["worker"] == worker and check["controls"] == list(controls)
     assert check["referee"]["rechecks"] == asked and sorted(first["removed"]) == fakes
     mine = next(a["lines"] for a in first["assignments"]

@@ -80,7 +80,9 @@ def base() -> dict:
     (lambda d: d["assignments"][0].update(role="boss"), "role is 'boss', not one of worker"),
     (lambda d: d["check"].update(verdict="maybe"), "verdict is 'maybe', not one of agree"),
     (lambda d: d["check"].update(referee={"by": "manager"}), "a referee step lacks agrees"),
-    (lambda d: d.update(format=5), "says it is format 5; this version reads format 1, 2, 3, 4"),
+    (lambda d: d.update(format=6), "says it is format 6; this version reads format 1, 2, 3, 4, 5"),
+    (lambda d: d["assignments"][0].update(role="manager"), "role is 'manager', not one of"),
+    (lambda d: d["assignments"][0].update(loss=1.0), "an assignment of format 1 has a loss"),
     (lambda d: d.update(digest="blake3"), "a format 1 record has no digest field"),
     (lambda d: d.update(format=1), "says it is format 1"),  # format 1 carries no key
 ])

@@ -3,6 +3,7 @@ No MPI. What travels, and in which order, is layout.py's.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from torch import nn
 
 from podlt_mpi.compute.layout import Layout, host, pieces
 from podlt_mpi.compute.losses import cross_entropy
+from podlt_mpi.core import looks
 from podlt_mpi.core.pairwise import PairwiseSum
 
 
@@ -240,6 +242,18 @@ class _Tree(PairwiseSum):
         a.add_(b)
         self.free.append(b)
         return a
+
+
+def answer_sizes(layout: Layout, answer, loss: float, before=None):
+    """What looks.py reads from one answer: finiteness and its norms, in one pass over it.
+    `before`: the float buffers the answer's change is measured from (TreeFold.before)."""
+    g, f, c = layout.split(torch.as_tensor(answer))
+    grad = float(torch.linalg.vector_norm(g)) if g.numel() else 0.0
+    buffers = float(torch.linalg.vector_norm(f - before.to(f.device))) \
+        if before is not None and f.numel() else 0.0
+    # a non-finite value makes its part's norm non-finite; the counters are a few values
+    finite = all(map(math.isfinite, (grad, buffers, loss))) and bool(torch.isfinite(c).all())
+    return looks.Sizes(finite, grad, buffers)
 
 
 def combined_loss(losses, counts) -> float:

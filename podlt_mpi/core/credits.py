@@ -29,10 +29,13 @@ def check_of(a, checks: list):
 
 def account(credits: dict, record) -> None:
     """Add one iteration. A fragment earns `computed` unless it took part in a check that
-    rejected it or ended in a dispute; a rank caught this iteration earns nothing for it."""
+    rejected it or ended in a dispute; a rank caught this iteration (by a check or a look)
+    earns nothing for it."""
     checks = record.checks
     caught = set(record.removed)
     for a in record.assignments:
+        if a.role == "manager":  # the look's recomputation (format 5): the manager earns nothing
+            continue
         c = credits.setdefault(str(a.rank), entry())
         c["as_" + a.role] += 1
         check = check_of(a, checks)

@@ -17,6 +17,10 @@ record how to read it and runs written before keep being audited, resumed and re
      commitment (`roles`) and the ranks the roles were drawn from (`active`), so the audit
      recomputes every role once the key is revealed; the update's sums are pairwise trees over
      the worker fragments in line order (pairwise.py, training.TreeFold), whichever was checked.
+  5  every assignment logs the loss its rank sent (`loss`), and `looks` lists the unchecked
+     answers the look (looks.py) held back: each was recomputed by the manager, and where the
+     recomputation differs the rank is removed and the manager's answer (an assignment of role
+     `manager`, rank 0) is applied in its place.
 """
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ from dataclasses import dataclass
 
 from podlt_mpi.core import digests, ledger
 
-FORMAT = 4               # what this version writes
-FORMATS = (1, 2, 3, 4)   # what it reads
-FOLDED = 3               # the first format whose update is folded as the answers stream in
-KEYED = 4                # the first whose roles come from a secret key, summed by a tree
-ONLY_FROM = {"roles": KEYED, "active": KEYED}  # keys a format before these does not know
-ROLES = ("worker", "control", "recheck")
+FORMAT = 5                # what this version writes
+FORMATS = (1, 2, 3, 4, 5)  # what it reads
+FOLDED = 3                # the first format whose update is folded as the answers stream in
+KEYED = 4                 # the first whose roles come from a secret key, summed by a tree
+LOOKED = 5                # the first that looks at every unchecked answer and logs each loss
+ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED}  # keys older formats lack
+ROLES = ("worker", "control", "recheck", "manager")  # manager: format 5's recomputations
+LOOK_VERDICTS = ("same", "differs")
 VERDICTS = ("agree", "fake", "dispute")
 
 
@@ -104,26 +110,57 @@ def _drop_none(d: dict, keys) -> dict:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Who computed which lines in which role, and the digest of the answer it sent."""
+    """Who computed which lines in which role, the digest of the answer it sent and, from
+    format 5, the loss it sent with it (None where not finite, as JSON cannot hold it)."""
     rank: int
-    role: str          # worker | control | recheck
+    role: str          # worker | control | recheck | manager
     lines: tuple       # (start, stop): absolute line numbers in the training file
     grad_digest: str
+    loss: float | None = None
 
     def to_json(self, fmt: int = FORMAT) -> dict:
-        return {"rank": self.rank, "role": self.role, "lines": list(self.lines),
-                _key("grad_digest", fmt): self.grad_digest}
+        d = {"rank": self.rank, "role": self.role, "lines": list(self.lines),
+             _key("grad_digest", fmt): self.grad_digest}
+        if fmt >= LOOKED:
+            d["loss"] = self.loss
+        return d
 
     @classmethod
     def from_json(cls, d, fmt: int = FORMAT) -> Assignment:
-        _fields(d, cls, "an assignment", fmt=fmt)
+        _fields(d, cls, "an assignment", () if fmt >= LOOKED else ("loss",), fmt=fmt)
+        if fmt < LOOKED and "loss" in d:
+            raise RecordError(f"an assignment of format {fmt} has a loss")
         role = _str(d["role"], "an assignment's role")
-        if role not in ROLES:
+        if role not in ROLES or role == "manager" and fmt < LOOKED:
             raise RecordError(f"an assignment's role is {role!r}, not one of {', '.join(ROLES)}")
         key = _key("grad_digest", fmt)
         return cls(_int(d["rank"], "an assignment's rank"), role,
                    _lines(d["lines"], "an assignment's lines"),
-                   _str(d[key], f"an assignment's {key}"))
+                   _str(d[key], f"an assignment's {key}"),
+                   _float_or_none(d["loss"], "an assignment's loss") if fmt >= LOOKED else None)
+
+
+@dataclass(frozen=True)
+class Look:
+    """An unchecked answer the look held back, and what the manager's recomputation showed."""
+    rank: int
+    lines: tuple
+    why: str
+    verdict: str       # same: applied as sent | differs: the rank removed, the manager's applied
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "lines": list(self.lines), "why": self.why,
+                "verdict": self.verdict}
+
+    @classmethod
+    def from_json(cls, d) -> Look:
+        _fields(d, cls, "a look", fmt=LOOKED)
+        verdict = _str(d["verdict"], "a look's verdict")
+        if verdict not in LOOK_VERDICTS:
+            raise RecordError(f"a look's verdict is {verdict!r}, not one of "
+                              f"{', '.join(LOOK_VERDICTS)}")
+        return cls(_int(d["rank"], "a look's rank"), _lines(d["lines"], "a look's lines"),
+                   _str(d["why"], "a look's why"), verdict)
 
 
 @dataclass(frozen=True)
@@ -220,9 +257,10 @@ class Record:
     digest: str = digests.WRITTEN  # the arrays' hash; format 1: sha256, and no key for it
     roles: str | None = None     # format 4: the commitment of the key the roles come from
     active: tuple = ()           # format 4: the ranks the roles were drawn from, in rank order
+    looks: tuple = ()            # format 5: Look, the answers held back for a recomputation
 
     OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format", "digest", "roles",
-                "active")
+                "active", "looks")
 
     def __post_init__(self):
         if self.format == 1 and self.digest != digests.SHA256:
@@ -252,7 +290,8 @@ class Record:
              "extra_checks": [c.to_json() for c in self.extra_checks] or None,
              "checkpoint": self.checkpoint, "prev": self.prev, "hash": self.hash,
              "format": None if fmt == 1 else fmt, "digest": None if fmt == 1 else self.digest,
-             "roles": self.roles, "active": list(self.active) if fmt >= KEYED else None}
+             "roles": self.roles, "active": list(self.active) if fmt >= KEYED else None,
+             "looks": [x.to_json() for x in self.looks] if fmt >= LOOKED else None}
         return _drop_none(d, self.OPTIONAL)
 
     @classmethod
@@ -264,8 +303,7 @@ class Record:
             raise RecordError(f"the record says it is format {fmt!r}; this version reads "
                               f"format {', '.join(map(str, FORMATS))}")
         optional = cls.OPTIONAL if fmt == 1 else tuple(k for k in cls.OPTIONAL if k != "digest")
-        if fmt >= KEYED:
-            optional = tuple(k for k in optional if k not in ONLY_FROM)
+        optional = tuple(k for k in optional if ONLY_FROM.get(k, fmt + 1) > fmt)
         _fields(d, cls, "the record", optional, fmt)
         newer = sorted(k for k, since in ONLY_FROM.items() if k in d and fmt < since)
         if newer:
@@ -297,7 +335,9 @@ class Record:
                    d.get("checkpoint") and s("checkpoint"), d.get("prev") and s("prev"),
                    d.get("hash") and s("hash"), fmt, alg,
                    s("roles") if fmt >= KEYED else None,
-                   _ints(d["active"], "active") if fmt >= KEYED else ())
+                   _ints(d["active"], "active") if fmt >= KEYED else (),
+                   tuple(Look.from_json(x) for x in _list(d["looks"], "looks"))
+                   if fmt >= LOOKED else ())
 
 
 # ---- the one reader -----------------------------------------------------------------------------

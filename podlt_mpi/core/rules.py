@@ -37,7 +37,10 @@ class Outcome:
     voters: tuple
 
 
-def applied(fragments, outcomes, folded: bool = False) -> list:
+MANAGER = 0  # the rank whose answer stands where the look's recomputation replaced a rank's
+
+
+def applied(fragments, outcomes, folded: bool = False, replaced=()) -> list:
     """(lines, rank whose answer stands) for every fragment the manager applies, in order.
 
     `fragments`: (rank, lines) of the workers, in line order. A checked worker's fragment:
@@ -46,8 +49,11 @@ def applied(fragments, outcomes, folded: bool = False) -> list:
     recheck of another fragment) loses its own fragment too: it is not trusted any more. Unless
     `folded` (ledger format 3): the unchecked fragments were folded into the update as they
     arrived, before any check, so that one stays applied, as every unchecked fragment is applied
-    on trust (docs/protocol.md, "Streaming").
+    on trust (docs/protocol.md, "Streaming"). `replaced`: the lines of unchecked fragments whose
+    answer the look held back and the manager's recomputation contradicted (format 5): the
+    manager's answer stands in.
     """
+    replaced = {tuple(x) for x in replaced}
     by_worker = {o.worker: o for o in outcomes}
     caught = {r for o in outcomes for r in o.fake}
     out = []
@@ -58,6 +64,8 @@ def applied(fragments, outcomes, folded: bool = False) -> list:
                 continue
             if rank in o.fake:
                 rank = next(r for r in o.voters if r not in o.fake)
+        elif tuple(lines) in replaced:
+            rank = MANAGER
         elif rank in caught and not folded:
             continue
         out.append((lines, rank))

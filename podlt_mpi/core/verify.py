@@ -36,6 +36,13 @@ def compare(a: np.ndarray, b: np.ndarray, mode: str = "exact", rtol: float = 1e-
     return Pair(bits_equal or dist <= rtol * scale + atol, rel)
 
 
+def same_loss(a: float, b: float, mode: str = "exact", rtol: float = 1e-5,
+              atol: float = 0.0) -> bool:
+    """Two ranks' losses for the same lines (ledger format 5 compares them with the gradients):
+    the same bits, or in tolerance mode within its bound."""
+    return compare(np.array([a], np.float64), np.array([b], np.float64), mode, rtol, atol).same
+
+
 @dataclass
 class Decision:
     verdict: str                        # agree | fake | dispute
@@ -46,8 +53,9 @@ class Decision:
 
 
 def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0.0,
-           three_way=None) -> Decision:
-    """Votes of the checked worker and its controls (rank -> gradient).
+           three_way=None, losses: dict | None = None) -> Decision:
+    """Votes of the checked worker and its controls (rank -> gradient; `losses`, rank -> the
+    loss it sent: from format 5 two votes are the same only if their losses are too).
 
     `three_way(a, b, c) -> fused.ThreeWay`: the fused pass to use (default the numpy
     one; a GPU manager passes kernels.for_device's Triton kernel).
@@ -73,7 +81,8 @@ def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0
         pairs = {(r, s): compare(grads[r], grads[s], mode, rtol, atol)
                  for r, s in combinations(ranks, 2)}
     for (r, s), p in pairs.items():
-        same[(r, s)] = same[(s, r)] = p.same
+        same[(r, s)] = same[(s, r)] = p.same and (
+            losses is None or same_loss(losses[r], losses[s], mode, rtol, atol))
         rel.append([r, s, p.rel_dist])
     return _vote(ranks, same, rel)
 
@@ -104,7 +113,8 @@ def _cliques(ranks, same):
 
 
 def referee(decision: Decision, grads: dict, reference: np.ndarray, mode: str = "exact",
-            rtol: float = 1e-5, atol: float = 0.0) -> Decision:
+            rtol: float = 1e-5, atol: float = 0.0, losses: dict | None = None,
+            reference_loss: float | None = None) -> Decision:
     """Confirm a removal against the manager's own, trusted recomputation of the fragment.
 
     A majority of colluding fakes (a fake worker and a fake control returning the same wrong
@@ -114,7 +124,8 @@ def referee(decision: Decision, grads: dict, reference: np.ndarray, mode: str = 
     """
     if decision.verdict != "fake":
         return decision
-    agrees = [r for r in grads if compare(grads[r], reference, mode, rtol, atol).same]
+    agrees = [r for r in grads if compare(grads[r], reference, mode, rtol, atol).same and (
+        losses is None or same_loss(losses[r], reference_loss, mode, rtol, atol))]
     return _confirm(decision, list(grads), agrees)
 
 

@@ -60,7 +60,9 @@ class Round:
 
 class Checker:
     def __init__(self, model, line_shape, loss_fn, three_way, exchange, compare: str,
-                 rtol: float, atol: float, seed: int):
+                 rtol: float, atol: float, seed: int, losses: bool = False):
+        """`losses`: the votes compare the losses the ranks sent too (ledger format 5)."""
+        self.losses = losses
         self.referee_model = copy.deepcopy(model)  # recomputes a fragment before any removal
         self.referee_layout = Layout(self.referee_model)
         self.line_shape, self.loss_fn, self.three_way = line_shape, loss_fn, three_way
@@ -70,6 +72,11 @@ class Checker:
     def same(self, a, b) -> bool:
         return verify.compare(a, b, self.compare_mode, self.rtol, self.atol).same
 
+    def same_answer(self, grad, loss, reference, reference_loss) -> bool:
+        """A vote against the manager's own answer: the gradient, and from format 5 the loss."""
+        return self.same(grad, reference) and (not self.losses or verify.same_loss(
+            loss, reference_loss, self.compare_mode, self.rtol, self.atol))
+
     def __call__(self, rnd: Round, active, recheck_order) -> list:
         """One Check per checked worker of the plan. `recheck_order(i, candidates)`: the order
         in which check i asks further ranks to settle a dispute (the manager's secret roles)."""
@@ -78,25 +85,30 @@ class Checker:
 
     def reference(self, rnd: Round, s: int, e: int):
         """The manager's own gradient for lines [s, e), from the weights the ranks had."""
+        return self.recompute(rnd, s, e)[0]
+
+    def recompute(self, rnd: Round, s: int, e: int) -> tuple:
+        """The manager's own answer for lines [s, e): (gradient, loss)."""
         self.referee_layout.load_state(rnd.weights)
         bx, by = rnd.lines(s, e)
         x = torch.from_numpy(bx).view(e - s, *self.line_shape)
         seed = messages.fragment_seed(self.seed, rnd.iteration, s, e)
-        grad, _ = training.gradient(self.referee_model, x, torch.from_numpy(by), seed,
-                                    self.referee_layout, self.loss_fn)
-        return grad
+        return training.gradient(self.referee_model, x, torch.from_numpy(by), seed,
+                                 self.referee_layout, self.loss_fn)
 
     def check_one(self, rnd: Round, checked: int, controls, active, recheck_order) -> Check:
         s, e = rnd.plan.fragment_of(checked)
         votes = {r: rnd.grads[(r, s, e)] for r in (checked, *controls)}
-        decision = verify.decide(votes, self.compare_mode, self.rtol, self.atol, self.three_way)
+        said = {r: rnd.losses[(r, s, e)] for r in votes} if self.losses else None
+        decision = verify.decide(votes, self.compare_mode, self.rtol, self.atol, self.three_way,
+                                 said)
         done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
             return done
-        reference = self.reference(rnd, s, e)
+        reference = self.recompute(rnd, s, e)
         if decision.verdict == "fake":
-            done.decision = verify.referee(decision, votes, reference, self.compare_mode,
-                                           self.rtol, self.atol)
+            done.decision = verify.referee(decision, votes, reference[0], self.compare_mode,
+                                           self.rtol, self.atol, said, reference[1])
         if done.decision.verdict == "dispute":
             self.resolve(rnd, done, votes, reference, active,
                          recheck_order([r for r in active if r not in votes]))
@@ -110,7 +122,8 @@ class Checker:
         Each recruited rank receives an ordinary work message, by the broadcast to every active
         rank as in an iteration's plan: it cannot tell whose lines."""
         s, e = done.lines
-        agrees = [r for r in votes if self.same(votes[r], reference)]
+        agrees = [r for r in votes if self.same_answer(votes[r], rnd.losses[(r, s, e)],
+                                                       *reference)]
         for r in candidates:
             if len(agrees) >= 2:
                 break
@@ -122,7 +135,7 @@ class Checker:
             rnd.losses[(r, s, e)] = loss[r]
             rnd.digests[(r, s, e)] = digest[r]
             done.rechecks.append(one.assignments[0])
-            if self.same(got[r], reference):
+            if self.same_answer(got[r], loss[r], *reference):
                 agrees.append(r)
         step = {"by": "manager", "agrees": agrees, "rechecks": [a.rank for a in done.rechecks]}
         done.decision = verify.settle(list(votes), agrees, done.decision.rel_dist, step)

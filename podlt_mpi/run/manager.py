@@ -24,6 +24,7 @@ from podlt_mpi.core import (
     credits,
     digests,
     ledger,
+    looks,
     rates,
     records,
     roles,
@@ -70,7 +71,7 @@ class Manager:
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
-                               cfg.compare, cfg.rtol, cfg.atol, cfg.seed)
+                               cfg.compare, cfg.rtol, cfg.atol, cfg.seed, self.looking)
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
@@ -176,12 +177,17 @@ class Manager:
 
     # ---- one iteration ---------------------------------------------------------------------
 
-    def accepted(self, plan, checks) -> list:
+    def accepted(self, plan, checks, replaced=()) -> list:
         """(start, stop, rank whose gradient stands) for every fragment applied, in line order
         (rules.applied)."""
         fragments = [(a.rank, (a.start, a.stop)) for a in plan.assignments if a.role == "worker"]
         return [(s, e, r) for (s, e), r in rules.applied(fragments, [c.outcome() for c in checks],
-                                                         self.folding)]
+                                                         self.folding, replaced)]
+
+    @property
+    def looking(self) -> bool:
+        """Whether this run's ledger format looks at every unchecked answer (looks.py)."""
+        return self.format >= records.LOOKED
 
     @property
     def folding(self) -> bool:
@@ -214,8 +220,8 @@ class Manager:
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
-                streamed = (groups, list(unchecked), lambda r, grad, answer: fold.set(
-                    unchecked[r][0], grad, *unchecked[r][1:]))
+                look = self.look(plan, iteration, weights, bx, by, fold, unchecked)
+                streamed = (groups, list(unchecked), look)
             else:
                 fold = training.Fold(self.model, self.layout)
                 streamed = (groups, list(unchecked),
@@ -227,31 +233,95 @@ class Manager:
                        if a.rank in got} for got in (sent, losses, hashed)))
         with cost.part("verify"):
             checks = self.checker(rnd, st.active, self.recheck_order(iteration))
-        applied = self.accepted(plan, checks)
+            held = self.looked_again(rnd, fold, unchecked) if self.looking else []
+        replaced = [x.lines for x in held if x.verdict == "differs"]
+        applied = self.accepted(plan, checks, replaced)
         fake = sorted({r for c in checks for r in c.decision.fake})
         loss = self.apply(rnd, applied, epoch, fold, checked) if applied else None
         for r in fake:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
                                                          plan.controls))
+        for x in held:
+            if x.verdict == "differs" and x.rank in st.active:
+                self.remove(x.rank, iteration, "worker", f"its answer ({x.why}) differs from "
+                            "the manager's recomputation")
+        fake = sorted({*fake, *(x.rank for x in held if x.verdict == "differs")})
         done = [c.record() for c in checks]
         rechecks = [a for c in checks for a in c.rechecks]
+        mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]
         with cost.part("ledger"):  # the weights' digest; the rest is mostly done by now
             self.weights_digest = self.weights_now()
             record = records.Record(
                 iteration, epoch, block, (start, stop), data_digest.result(), model_before,
                 tuple(records.Assignment(a.rank, a.role, (a.start, a.stop),
-                                         rnd.digests[(a.rank, a.start, a.stop)].result())
-                      for a in (*plan.assignments, *rechecks)),
+                                         rnd.digests[(a.rank, a.start, a.stop)].result(),
+                                         ledger.finite_or_none(rnd.losses[(a.rank, a.start,
+                                                                           a.stop)])
+                                         if self.looking else None)
+                      for a in (*plan.assignments, *rechecks, *mine)),
                 done[0] if done else None, tuple((s, e) for s, e, _ in applied),
                 tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
                 self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
                 digest=self.digest, **({"roles": self.commitment, "active": active}
-                                       if self.keyed else {}))
+                                       if self.keyed else {}), looks=tuple(held))
         self.exchange.reclaim(rnd.grads.values())  # every digest has read them by now
         credits.account(st.credits, record)
         for c in checks:
             st.counts[c.decision.verdict] += 1
         return record
+
+    def look(self, plan, iteration, weights, bx, by, fold, unchecked):
+        """The window's add(rank, gradient, answer) for the unchecked answers: each is looked at
+        (looks.py) and folded, or held back (returns True: the window keeps its buffer) for
+        `looked_again`. Without a reference from the last iteration, the manager's own answer
+        for the first fragment gives one."""
+        st = self.state
+        if st.look_reference is None:
+            first = next(a for a in plan.assignments if a.role == "worker")
+            grad, loss = self.checker.recompute(Round(plan, iteration, weights, bx, by, {}, {},
+                                                      {}), first.start, first.stop)
+            st.look_reference = looks.reference(
+                [training.answer_sizes(self.layout, grad, loss, fold.before)])
+        ref, self.sizes, self.held = st.look_reference, {}, {}
+
+        def add(rank, grad, answer):
+            i, count, lines = unchecked[rank]
+            sizes = training.answer_sizes(self.layout, grad, float(answer[0]), fold.before)
+            why = looks.why(sizes, ref)
+            if why is not None:
+                self.held[rank] = why
+                return True
+            self.sizes[rank] = sizes
+            fold.set(i, grad, count, lines)
+            return False
+        return add
+
+    def looked_again(self, rnd: Round, fold, unchecked) -> list:
+        """The held-back answers, in line order: each fragment recomputed by the manager, the
+        rank's answer folded if it is the same, else the manager's (records.Look). Then the
+        next iteration's reference, from this one's standing answers."""
+        out = []
+        for rank, why in sorted(self.held.items(), key=lambda x: unchecked[x[0]][0]):
+            a = next(a for a in rnd.plan.assignments if a.rank == rank)
+            key, lines = (rank, a.start, a.stop), (a.start, a.stop)
+            grad, loss = self.checker.recompute(rnd, *lines)
+            same = self.checker.same_answer(rnd.grads[key], rnd.losses[key], grad, loss)
+            if same:
+                self.sizes[rank] = training.answer_sizes(self.layout, grad, loss, fold.before)
+            else:
+                mine = (rules.MANAGER, *lines)
+                rnd.grads[mine], rnd.losses[mine] = grad, loss
+                rnd.digests[mine] = self.pool.submit(grad)
+                key = mine
+            i, count, n = unchecked[rank]
+            fold.set(i, rnd.grads[key], count, n)
+            out.append(records.Look(rank, lines, why, "same" if same else "differs"))
+            log.info("iteration %d: rank %d's answer (%s) held back; the manager's "
+                     "recomputation is %s", rnd.iteration, rank, why,
+                     "the same" if same else "different")
+        self.state.look_reference = looks.reference(self.sizes.values()) or \
+            self.state.look_reference
+        return out
 
     def apply(self, rnd: Round, applied: list, epoch: int, fold, checked) -> float:
         """The optimizer's step from the applied fragments, weighed by their counted targets;
@@ -285,12 +355,12 @@ class Manager:
                 fold.apply(self.opt, lr, clip)
         return training.combined_loss([rnd.losses[(r, s, e)] for s, e, r in applied], counts)
 
-    def remove(self, rank: int, iteration: int, role: str) -> None:
+    def remove(self, rank: int, iteration: int, role: str,
+               why: str = "its gradient differs from the majority") -> None:
         """For good: out of the active set, told to stop, never sent work again."""
         self.state.active.remove(rank)
         self.state.removed.append({"rank": rank, "iteration": iteration, "role": role})
-        log.warning("rank %d removed at iteration %d: its gradient as %s differs from the majority",
-                    rank, iteration, role)
+        log.warning("rank %d removed at iteration %d as %s: %s", rank, iteration, role, why)
         self.exchange.stop([rank])
 
     def evaluate(self) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from podlt_mpi.core import credits
+from podlt_mpi.core import credits, looks
 
 
 @dataclass
@@ -24,6 +24,7 @@ class RunState:
     elapsed_before: float = 0.0  # seconds of earlier jobs of this run
     protected: list = field(default_factory=list)  # checkpoints the audit restarts from
     role_key: bytes | None = None  # ledger format 4: the secret the roles come from (roles.py)
+    look_reference: looks.Reference | None = None  # format 5: the last iteration's median norms
 
     @classmethod
     def fresh(cls, world_size: int, seed: int) -> RunState:
@@ -39,7 +40,9 @@ class RunState:
                 "last_loss": self.last_loss,
                 "test": [self.test.get(k) for k in figures],
                 "world_size": self.world_size,
-                **({"role_key": self.role_key.hex()} if self.role_key is not None else {})}
+                **({"role_key": self.role_key.hex()} if self.role_key is not None else {}),
+                **({"look_reference": self.look_reference.to_json()}
+                   if self.look_reference is not None else {})}
 
     def position(self, written: int, record_hash: str, elapsed: float) -> dict:
         """Where the run's files end: not fingerprinted (the fingerprint is in that record)."""
@@ -51,6 +54,7 @@ class RunState:
         proof = ckpt["proof"]
         self.rng.bit_generator.state = proof["rng"]
         self.role_key = bytes.fromhex(proof["role_key"]) if "role_key" in proof else None
+        self.look_reference = looks.Reference.from_json(proof.get("look_reference"))
         self.active = active
         self.removed = proof["removed"]
         self.counts = proof["counts"]

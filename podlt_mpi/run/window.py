@@ -10,7 +10,8 @@ posted (which a rank can observe: a rendezvous send starts when it is) follows f
 alone: a checked worker's and its controls' come exactly when an unchecked worker's would.
 
 A streamed answer (an unchecked worker's) goes to `add(rank, gradient, answer)` in line order
-and its buffer then serves the next fragment; the others are kept and returned. Every buffer
+and its buffer then serves the next fragment, unless `add` returns True (the look held it back,
+manager.py): that one is kept and returned with the others. Every buffer
 comes from `spare`, which the caller keeps across iterations and gets the kept ones back into
 (Exchange.reclaim): every role's gradient lands in memory already touched, so none is slower to
 receive for the page faults of a fresh buffer.
@@ -84,11 +85,9 @@ class Window:
         out = []
         while self.front and self.front[0] in self.grad_in and self.front[0] in self.loss_in:
             r = self.front.popleft()
-            if r in self.streamed:
-                buffer = self.grads.pop(r)
-                self.add(r, buffer, self.answers[r])
+            if r in self.streamed and not self.add(r, self.grads[r], self.answers[r]):
                 self.futures[r].result()  # its digest has read it too: the buffer is free
-                self.spare.append(buffer)
+                self.spare.append(self.grads.pop(r))
             if self.opened < len(self.groups):
                 out += self._open()
         return out

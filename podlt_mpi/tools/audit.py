@@ -250,8 +250,8 @@ class Audit:
                 found.append({"iteration": it, **f, "removed_at": caught})
                 if caught is None or caught < it:
                     what = "was never caught" if caught is None else f"was removed at {caught}"
-                    msg = (f"rank {f['rank']}'s gradient for lines {f['lines']} differs from the "
-                           f"replay, and the rank {what}")
+                    msg = (f"rank {f['rank']}'s {f.get('what', 'gradient')} for lines "
+                           f"{f['lines']} differs from the replay, and the rank {what}")
                     if self.cfg.compare == "exact":
                         self.problem(it, "replay", msg)
                     else:
@@ -347,7 +347,8 @@ def _role_problems(rec: records.Record, key: bytes, cfg, gone: dict) -> list:
     plan = roles.plan(key, rec.iteration, rec.active, cfg.controls, *rec.lines,
                       cfg.checks_per_iteration)
     drawn = [(a.rank, a.role, (a.start, a.stop)) for a in plan.assignments]
-    logged = [(a.rank, a.role, a.lines) for a in rec.assignments if a.role != "recheck"]
+    logged = [(a.rank, a.role, a.lines) for a in rec.assignments
+              if a.role not in ("recheck", "manager")]
     if logged != drawn:
         out.append("the workers and controls are not the ones the key draws")
     if [(c.worker, c.controls) for c in rec.checks] != [(c, tuple(k)) for c, k in plan.checks]:
@@ -412,12 +413,20 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
     if len(ctrl) != sum(len(c.controls) for c in checks) or \
             len(again) != sum(len(c.rechecks) for c in checks):
         out.append("a control or recheck belongs to no check")
+    replaced = [x.lines for x in rec.looks if x.verdict == "differs"]
+    if sorted(a.lines for a in rec.role_of("manager")) != sorted(replaced) or \
+            any(a.rank != rules.MANAGER for a in rec.role_of("manager")):
+        out.append("the manager's recomputations are not those of the looks that differ")
+    if any(frag.get(x.rank) != x.lines or x.rank in later for x in rec.looks):
+        out.append("a look names a fragment that is not an unchecked worker's")
+    fake |= {x.rank for x in rec.looks if x.verdict == "differs"}
     if sorted(rec.removed) != sorted(fake):
-        out.append(f"removed {list(rec.removed)} but the checks found {sorted(fake)} fake")
+        out.append(f"removed {list(rec.removed)} but the checks and looks found {sorted(fake)} "
+                   "fake")
     outcomes = [rules.Outcome(c.worker, c.verdict, c.fake, tuple(later[c.worker]))
                 for c in checks]
     kept = rules.applied([(a.rank, a.lines) for a in workers], outcomes,
-                         rec.format >= records.FOLDED)
+                         rec.format >= records.FOLDED, replaced)
     applied, source = tuple(lines for lines, _ in kept), tuple(r for _, r in kept)
     if rec.applied != applied:
         out.append("the applied fragments are not the accepted ones")

@@ -80,6 +80,8 @@ class Replayer:
                                 "(wrong --data file?)")
             return out
         sent = {(a.rank, a.lines): a.grad_digest for a in rec.assignments}
+        said = {(a.rank, a.lines): a.loss for a in rec.assignments}  # format 5: their losses
+        looked = rec.format >= records.LOOKED
         cache = {}
 
         def fragment(s, e):
@@ -89,9 +91,17 @@ class Replayer:
 
         confirmed = []
         for check in rec.checks:
-            ok = _confirm(check, sent, fragment, out, self.cfg.compare, alg)
+            ok = _confirm(check, sent, fragment, out, self.cfg.compare, alg,
+                          said if looked else None)
             if ok is not None:
                 confirmed.append(ok)
+        for look in rec.looks:  # the same answer as the replay's, or a rank rightly removed
+            ok = _confirm_look(look, sent, said, fragment, alg, self.cfg.compare)
+            if ok is not None:
+                confirmed.append(ok)
+            if ok is False:
+                out.problems.append(f"the look's verdict {look.verdict} for rank {look.rank}'s "
+                                    f"lines {list(look.lines)} does not follow from its answer")
         if confirmed:
             out.verdict_confirmed = all(confirmed)
 
@@ -99,8 +109,13 @@ class Replayer:
         for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
             if digests.of_arrays(alg, g) != sent.get((r, (s, e))):
-                out.fake_fragments.append({"lines": [s, e], "rank": r})
+                out.fake_fragments.append({"lines": [s, e], "rank": r, "what": "gradient"})
                 honest = False
+            elif looked and said.get((r, (s, e))) != ledger.finite_or_none(loss):
+                # its gradient was honest, so the update replays; the logged loss does not
+                out.fake_fragments.append({"lines": [s, e], "rank": r, "what": "loss"})
+                loss = said.get((r, (s, e)))
+                loss = float("nan") if loss is None else loss
             grads.append(g)
             losses.append(loss)
             counts.append(self.task.weight(y[s - start:e - start]))
@@ -140,14 +155,21 @@ class Replayer:
 
 
 def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
-             alg: str) -> bool | None:
-    """Re-derive one check's verdict from the hashes the ranks sent and the replayed gradient
-    (None where tolerance mode makes bits insufficient)."""
+             alg: str, said=None) -> bool | None:
+    """Re-derive one check's verdict from the hashes the ranks sent (and from format 5 their
+    losses, `said`) and the replayed answer (None where tolerance mode makes bits
+    insufficient)."""
     s, e = check.lines
-    ref = digests.of_arrays(alg, fragment(s, e)[0])
+    g, loss = fragment(s, e)
     rechecks = check.rechecks
-    votes = {r: sent.get((r, (s, e))) for r in (check.worker, *check.controls)}
-    extra = {r: sent.get((r, (s, e))) for r in rechecks}
+    if said is None:  # before format 5 the votes were on the gradients alone
+        ref = digests.of_arrays(alg, g)
+        answer = lambda r: sent.get((r, (s, e)))  # noqa: E731
+    else:
+        ref = (digests.of_arrays(alg, g), ledger.finite_or_none(loss))
+        answer = lambda r: (sent.get((r, (s, e))), said.get((r, (s, e))))  # noqa: E731
+    votes = {r: answer(r) for r in (check.worker, *check.controls)}
+    extra = {r: answer(r) for r in rechecks}
     if mode != "exact" and not all(h == ref for h in votes.values()):
         return None
     expected = verify.by_hashes(votes, ref)
@@ -160,6 +182,18 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
                             f"lines {list(check.lines)} does not follow from the gradients: replay "
                             f"gives {expected.verdict} (fake {expected.fake})")
     return ok
+
+
+def _confirm_look(look: records.Look, sent, said, fragment, alg: str, mode: str) -> bool | None:
+    """Whether a look's verdict follows from the rank's answer and the replay (None where
+    tolerance mode makes bits insufficient)."""
+    g, loss = fragment(*look.lines)
+    key = (look.rank, look.lines)
+    same = sent.get(key) == digests.of_arrays(alg, g) and said.get(key) == \
+        ledger.finite_or_none(loss)
+    if mode != "exact" and not same:
+        return None
+    return same == (look.verdict == "same")
 
 
 def _equal(a, b) -> bool:

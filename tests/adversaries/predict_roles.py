@@ -1,5 +1,6 @@
 """An adversary's rank, not our fault plugin: it runs the project's worker and rewrites, at the
-message level, the gradient it sends (-50x the honest one) in every iteration in which it
+message level, the gradient it sends (the honest one negated: as large as honest work, so the
+look at unchecked answers lets it through and only a check can catch it) in every iteration in which it
 predicts that it is not watched. It predicts its roles the way the roles were drawn before they
 came from the manager's secret key: the schedule's own code on a generator seeded with --seed,
 which every rank reads from its command line (issue 26 measured that such a rank was never
@@ -46,7 +47,7 @@ def main(argv) -> int:
         if tag == tags.GRAD and seen["header"] is not None:
             it = int(seen["header"][1])
             if 0 <= it < len(watched) and not watched[it]:
-                buf = np.ascontiguousarray(-50 * np.asarray(buf), dtype=np.float32)
+                buf = np.ascontiguousarray(-np.asarray(buf), dtype=np.float32)
                 seen["keep"] = [buf]  # alive until the send completes
                 print(f"adversary: cheated at iteration {it}", file=sys.stderr, flush=True)
         return real_isend(c, buf, dest, tag)
