@@ -2,9 +2,11 @@
 Inf or 1000x answers are never applied on trust, and a lying loss is caught and named."""
 import math
 import os
+import shutil
 
 import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
+from helpers.forge import rechain
 from helpers.staging import first_plan
 
 pytestmark = pytest.mark.slow
@@ -50,6 +52,29 @@ def test_a_wild_answer_from_an_unchecked_worker_removes_it_at_once(lie, job_args
     assert all(math.isfinite(s[k]) for k in ("final_loss", "test_loss"))
     rep = audit(out)
     assert rep["passed"], rep["problems"]
+    assert_the_audit_sees_forged_looks_and_losses(out, tmp_path, liar)
+
+
+def assert_the_audit_sees_forged_looks_and_losses(out, tmp_path, liar):
+    forged = tmp_path / "forged"
+    shutil.copytree(out, forged)
+    rechain(forged, lambda recs: recs[0]["looks"][0].update(verdict="same"))
+    rep = audit(forged)
+    assert not rep["passed"]
+    assert any("look's verdict same" in p["message"] for p in rep["problems"]), rep["problems"]
+    # a logged loss an honest rank never sent is named as that rank's, not the manager's
+    shutil.rmtree(forged)
+    shutil.copytree(out, forged)
+    rec = read_jsonl(out / "ledger.jsonl")[1]
+    checked = {c["worker"] for c in [rec["check"], *rec.get("extra_checks", [])]}
+    victim = next(a for a in rec["assignments"] if a["role"] == "worker"
+                  and a["rank"] not in checked)
+    rechain(forged, lambda recs: next(a for a in recs[1]["assignments"]
+                                      if a["rank"] == victim["rank"]).update(loss=0.5))
+    rep = audit(forged)
+    assert not rep["passed"]
+    assert any(f"rank {victim['rank']}'s loss for lines {victim['lines']} differs" in p["message"]
+               for p in rep["problems"]), rep["problems"]
 
 
 def test_a_lying_loss_gets_the_rank_removed_and_the_audit_names_it(job_args, tmp_path):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
+from helpers.forge import rechain
 
-from podlt_mpi.core import ledger as chain
 from podlt_mpi.core import roles
 
 pytestmark = pytest.mark.slow
@@ -78,23 +78,6 @@ def test_two_runs_of_one_command_draw_other_roles_give_one_model_and_audit_every
         assert rep["passed"], rep["problems"]
         assert rep["replay"]["verified"] == len(ledger)
     assert_the_audit_recomputes_every_role_from_the_revealed_key(outs[0], tmp_path)
-
-
-def rechain(out, edit):
-    """Apply edit(records) to the ledger, seal it anew and make summary.json agree: a forger
-    who holds every file of the run."""
-    recs = read_jsonl(out / "ledger.jsonl")
-    edit(recs)
-    prev, sealed = chain.GENESIS, []
-    for rec in recs:
-        sealed.append(chain.seal({k: v for k, v in rec.items() if k not in ("prev", "hash")},
-                                 prev))
-        prev = sealed[-1]["hash"]
-    (out / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sealed))
-    summary = read_json(out / "summary.json")
-    summary["ledger_head"] = prev
-    (out / "summary.json").write_text(json.dumps(summary))
-    shutil.rmtree(out / "checkpoints")  # they name the old chain's hashes: the audit starts at 0
 
 
 def assert_the_audit_recomputes_every_role_from_the_revealed_key(out, tmp_path):

@@ -33,6 +33,7 @@ def account(credits: dict, record) -> None:
     earns nothing for it."""
     checks = record.checks
     caught = set(record.removed)
+    looked = {x.rank for x in record.looks if x.verdict == "differs"}  # format 5's look
     for a in record.assignments:
         if a.role == "manager":  # the look's recomputation (format 5): the manager earns nothing
             continue
@@ -42,7 +43,7 @@ def account(credits: dict, record) -> None:
         if check is not None:
             c["verdicts"][check.verdict] += 1
         if a.rank in caught:
-            c["rejected"] += check is not None
+            c["rejected"] += check is not None or a.rank in looked
         elif check is None:
             c["computed"] += 1
         elif check.verdict != "dispute":
