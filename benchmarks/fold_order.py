@@ -1,10 +1,12 @@
 """What the role-independent summation costs: ledger format 3's fold (one running sum, the
 checked fragments last) against format 4's pairwise tree (O(log W) partial sums, the checked
-fragment a hole until it is settled), on the manager's own work per iteration.
+fragment a hole until it is settled) and format 5's, which looks at every unchecked answer
+before it goes in (core/looks.py: finiteness and norms, one more pass), on the manager's own
+work per iteration.
 
     python benchmarks/fold_order.py [--params 24200000] [--answers 15] [--repeat 3]
 
-Both variants run in this one process on the same answers, alternating, so a noisy shared
+The variants run in this one process on the same answers, alternating, so a noisy shared
 machine moves them together; the table gives each one's seconds per iteration (every answer
 folded, then the step's division), their ratio, and the peak number of model-sized vectors
 each holds besides the answers themselves. Writes nothing; paste the table into
@@ -19,6 +21,7 @@ import torch
 
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core import looks
 
 
 class Flat(torch.nn.Module):
@@ -38,11 +41,13 @@ def linear(model, layout, answers, checked):
     return (fold.grad / fold.count), 1
 
 
-def tree(model, layout, answers, checked):
+def tree(model, layout, answers, checked, look=False):
     fold = training.TreeFold(model, layout, len(answers))
-    peak = 0
+    peak, ref = 0, looks.Reference(float("inf"), float("inf"))
     for i, a in enumerate(answers):
         if i != checked:
+            if look:  # as manager.look does: the answer's sizes against the bound, then in
+                assert looks.why(training.answer_sizes(layout, a, 0.5, fold.before), ref) is None
             fold.set(i, a, 7, 7)
             peak = max(peak, fold.grads.held)
     fold.set(checked, answers[checked], 7, 7)
@@ -61,10 +66,13 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     answers = [torch.randn(args.params, generator=gen).numpy() for _ in range(args.answers)]
     checked = args.answers // 2
-    seconds = {"format 3 (running sum)": [], "format 4 (pairwise tree)": []}
+    variants = (("format 3 (running sum)", linear), ("format 4 (pairwise tree)", tree),
+                ("format 5 (tree, each answer looked at)",
+                 lambda *a: tree(*a, look=True)))
+    seconds = {name: [] for name, _ in variants}
     held = {}
     for _ in range(args.repeat):
-        for name, fn in (("format 3 (running sum)", linear), ("format 4 (pairwise tree)", tree)):
+        for name, fn in variants:
             t0 = time.perf_counter()
             _, held[name] = fn(model, layout, answers, checked)
             seconds[name].append(time.perf_counter() - t0)

@@ -1,7 +1,7 @@
 """What a rank can tell of its role from timing: the residue the secrecy rules leave.
 
 usage:: python benchmarks/role_timing.py [--ranks 6] [--iterations 240] [--broadcast on,off]
-            [--model mlp] [--block-lines 100] [--json out.json]
+            [--model mlp] [--block-lines 100] [--window N] [--json out.json]
 
 One rank of each job is a probe (an adversary's wrapper around the project's worker, as in
 tests/adversaries/): per iteration it measures what it can cheaply observe of its own messages,
@@ -13,7 +13,10 @@ was in each iteration: watched (the checked worker or a control) or not.
 A classifier on those timings: for each feature, the threshold (and side) that best splits
 watched from unwatched on one half of the iterations, scored on the other half, both ways round
 (two-fold cross-validation); its accuracy against chance (always guessing the more frequent
-class), and the ROC AUC of each feature over all iterations (0.5: no information). Prints a
+class), and the ROC AUC of each feature over all iterations (0.5: no information).
+`--window N`: the manager receives through N buffers, as it does for a model whose answers fill
+its 256 MB window (run/exchange.py) with fewer than the workers, which this machine's models
+do not: the window's order then decides when each rank's send completes. Prints a
 Markdown table; --json keeps every number.
 """
 import argparse
@@ -53,13 +56,23 @@ def isend(c, buf, dest, tag):
     return req
 mpi.isend = isend
 worker.run = lambda *a, **k: real_run(*a, **{**k, "on_message": on_message})
-from podlt_mpi.__main__ import main as job
-try:
-    rc = job(sys.argv[1:])
-finally:
+real_finish = mpi.finish
+def finish(code):  # the job leaves through C's exit(): write the rows first
     with open(os.environ["PROBE_OUT"], "w") as f:
         json.dump(list(seen["rows"].values()), f)
-sys.exit(rc)
+    real_finish(code)
+mpi.finish = finish
+from podlt_mpi.__main__ import main as job
+sys.exit(job(sys.argv[1:]))
+'''
+
+
+MANAGER = r'''
+import sys
+from podlt_mpi.run import exchange
+exchange.WINDOW, exchange.WINDOW_BYTES = int(sys.argv[1]), 0
+from podlt_mpi.__main__ import main as job
+sys.exit(job(sys.argv[2:]))
 '''
 
 
@@ -68,7 +81,7 @@ def mpiexec():
                         os.environ["PATH"])
 
 
-def run(ranks, iterations, broadcast, model, block_lines, work) -> list:
+def run(ranks, iterations, broadcast, model, block_lines, work, window=0) -> list:
     """One job; the probe's rows with its role per iteration."""
     probe_rank = ranks // 2
     out = os.path.join(work, f"run-{broadcast}")
@@ -80,9 +93,18 @@ def run(ranks, iterations, broadcast, model, block_lines, work) -> list:
             str(iterations), "--epochs", "1", "--broadcast", broadcast, "--eval-every", "0",
             "--checkpoint-every", "0", "--log-every", "0"]
     job = [sys.executable, "-m", "podlt_mpi", *args]
-    cmd = [mpiexec(), "-n", str(probe_rank), *job, ":", "-n", "1", "-env", "PROBE_OUT",
-           probe_out, sys.executable, probe, *args, ":", "-n", str(ranks - probe_rank - 1), *job]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    first = [job] * probe_rank
+    if window:
+        manager = os.path.join(work, "manager.py")
+        with open(manager, "w") as f:
+            f.write(MANAGER)
+        first[0] = [sys.executable, manager, str(window), *args]
+    cmd = [mpiexec()]
+    for c in first:
+        cmd += ["-n", "1", *c, ":"]
+    cmd += ["-n", "1", "-env", "PROBE_OUT", probe_out, sys.executable, probe, *args, ":",
+            "-n", str(ranks - probe_rank - 1), *job]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT])}  # usermodel.py too
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if r.returncode:
         sys.exit(f"the job failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
@@ -144,12 +166,13 @@ def main() -> None:
     p.add_argument("--broadcast", default="on,off")
     p.add_argument("--model", default="mlp")
     p.add_argument("--block-lines", type=int, default=100)
+    p.add_argument("--window", type=int, default=0)
     p.add_argument("--json")
     a = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as work:
         for broadcast in a.broadcast.split(","):
-            rows = run(a.ranks, a.iterations, broadcast, a.model, a.block_lines, work)
+            rows = run(a.ranks, a.iterations, broadcast, a.model, a.block_lines, work, a.window)
             labels = [r["watched"] for r in rows]
             chance = max(sum(labels), len(labels) - sum(labels)) / len(labels)
             for feature in FEATURES:
@@ -160,7 +183,8 @@ def main() -> None:
                                 "auc": auc(values, labels)})
     print(f"{a.ranks} ranks, model {a.model}, {a.block_lines} lines per block; "
           f"`python benchmarks/role_timing.py --ranks {a.ranks} --iterations {a.iterations} "
-          f"--broadcast {a.broadcast} --model {a.model} --block-lines {a.block_lines}`\n")
+          f"--broadcast {a.broadcast} --model {a.model} --block-lines {a.block_lines}"
+          f"{f' --window {a.window}' if a.window else ''}`\n")
     print("| broadcast | feature | iterations | watched | chance | classifier (2-fold) | AUC |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -80,10 +80,10 @@ class Exchange:
         gradients kept whole, every rank's loss, and futures of the gradients' hex digests. `everyone` (the active ranks): the weights go to all of them by
         the group's broadcast (if `broadcast`), those without lines taking part with a header
         of none; None: with each rank's lines.
-        `fold`: (groups, streamed, add): the answers come in fragment by fragment, `groups` the
-        fragments' ranks in line order (window.py); those of `streamed` go, in that order, to
-        add(rank, gradient, answer) and are not returned (the manager's memory stays flat in
-        the ranks). Without it every answer is received at once and kept."""
+        `fold`: (order, streamed, add): the answers come in one at a time in `order` through
+        the window (window.py); those of `streamed` go, in that order, to add(rank, gradient,
+        answer) and are not returned (the manager's memory stays flat in the ranks). Without
+        it every answer is received at once and kept."""
         reqs, who = [], []
         cost = self.cost
         t_start = time.monotonic()
@@ -98,9 +98,9 @@ class Exchange:
             reqs.append(mpi.ibcast(self.group, weights))
             who.append(None)
             cost.bytes_out += weights.nbytes
-        groups, streamed, add = fold or ([tuple(a.rank for a in plan.assignments)], (), None)
-        size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if fold else len(groups)
-        window = Window(self.comm, self.answer_size, groups, streamed, add, size,
+        order, streamed, add = fold or ([a.rank for a in plan.assignments], (), None)
+        size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if fold else len(order)
+        window = Window(self.comm, self.answer_size, order, streamed, add, size,
                         lambda rank, buffer: self.pool.submit(buffer), self.spare, cost)
         sends = len(reqs)
         for req, peer in window.start():

@@ -215,16 +215,17 @@ class Manager:
         if self.folding:  # the unchecked fragments go into the update as they arrive
             workers = [a for a in plan.assignments if a.role == "worker"]  # in line order
             controls = dict(plan.checks)
-            groups = [(a.rank, *controls.get(a.rank, ())) for a in workers]
+            # the answers' order (window.py): line order, each control after its checked worker
+            order = [r for a in workers for r in (a.rank, *controls.get(a.rank, ()))]
             unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
                 look = self.look(plan, iteration, weights, bx, by, fold, unchecked)
-                streamed = (groups, list(unchecked), look)
+                streamed = (order, list(unchecked), look)
             else:
                 fold = training.Fold(self.model, self.layout)
-                streamed = (groups, list(unchecked),
+                streamed = (order, list(unchecked),
                             lambda r, grad, answer: fold.add(grad, *unchecked[r][1:]))
         sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active, streamed)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration

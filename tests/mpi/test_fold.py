@@ -51,7 +51,7 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
         try:
             grads, losses, hashed = exchange(plan, 7, host(layout.state()), bx, by,
                                              range(1, size),
-                                             ([(r,) for r in line_order], line_order, add))
+                                             (line_order, line_order, add))
             # nothing holds the window but the exchange's one spare buffer for the next
             assert [id(b) for b in exchange.spare] == [id(r()) for r in buffers[:1]]
             del exchange.spare[:]
