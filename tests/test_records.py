@@ -1,5 +1,6 @@
 """The ledger's typed records (core/records.py): one schema for the writer and every reader, and
-runs written before it (tests/data/format1) still audited, reported and resumed."""
+runs written before it (tests/data/format1, format2, format4) still audited, reported and
+resumed."""
 import dataclasses
 import json
 import os
@@ -15,7 +16,7 @@ from podlt_mpi.core import digests, ledger, records
 
 OLD = os.path.join(ROOT, "tests", "data", "format1")
 # runs written by earlier versions, by ledger format: (folder, the arrays' hash)
-OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3")}
+OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3"), 4: ("format4", "blake3")}
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 # The kernels the stored runs were written with (tests/data/format*/README.md): pinned to AVX2,
 # so that any x86-64 machine with AVX2, Intel or AMD, computes the same bits. Natively, MKL and
