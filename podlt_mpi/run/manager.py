@@ -221,8 +221,11 @@ class Manager:
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
-                look = self.look(plan, iteration, weights, bx, by, fold, unchecked)
-                streamed = (order, list(unchecked), look)
+                add = (self.look(plan, iteration, weights, bx, by, fold, unchecked)
+                       if self.looking else  # format 4 folds every unchecked answer on trust
+                       lambda r, grad, answer: fold.set(unchecked[r][0], grad,
+                                                        *unchecked[r][1:]))
+                streamed = (order, list(unchecked), add)
             else:
                 fold = training.Fold(self.model, self.layout)
                 streamed = (order, list(unchecked),
