@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import tags
+from rewrite import run_rewriting
 
 LIES = {
     "nan": (lambda g: np.full_like(g, np.nan), None),
@@ -27,28 +27,15 @@ LIES = {
 def main(argv) -> int:
     grad_lie, loss_lie = LIES[os.environ["LIE"]]
     since = int(os.environ.get("LIE_FROM", "0"))
-    real_isend, real_irecv = mpi.isend, mpi.irecv
-    seen = {"header": None, "keep": []}
 
-    def irecv(c, buf, source, tag):
-        if tag == tags.HEADER:
-            seen["header"] = buf  # the worker's header buffer: [command, iteration, ...]
-        return real_irecv(c, buf, source, tag)
-
-    def isend(c, buf, dest, tag):
-        it = int(seen["header"][1]) if seen["header"] is not None else -1
+    def rewrite(tag, buf, it):
         lie = {tags.GRAD: grad_lie, tags.LOSS: loss_lie}.get(tag)
-        if lie is not None and it >= since:
-            buf = np.ascontiguousarray(lie(np.asarray(buf)))
-            seen["keep"].append(buf)  # alive until the send completes
-            del seen["keep"][:-2]
-            if tag == (tags.GRAD if grad_lie else tags.LOSS):
-                print(f"adversary: lied at iteration {it}", file=sys.stderr, flush=True)
-        return real_isend(c, buf, dest, tag)
-
-    mpi.isend, mpi.irecv = isend, irecv
-    from podlt_mpi.__main__ import main as job
-    return job(argv)
+        if lie is None or it < since:
+            return None
+        if tag == (tags.GRAD if grad_lie else tags.LOSS):
+            print(f"adversary: lied at iteration {it}", file=sys.stderr, flush=True)
+        return lie(buf)
+    return run_rewriting(argv, rewrite)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from podlt_mpi.core import schedule
 from podlt_mpi.core.config import parse_args
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import tags
+from rewrite import run_rewriting
 
 
 def predicted_watched(argv, world: int, rank: int, iterations: int = 10_000) -> list:
@@ -35,26 +36,13 @@ def predicted_watched(argv, world: int, rank: int, iterations: int = 10_000) -> 
 def main(argv) -> int:
     comm = mpi.world()
     watched = predicted_watched(argv, comm.Get_size(), comm.Get_rank())
-    real_isend, real_irecv = mpi.isend, mpi.irecv
-    seen = {"header": None, "keep": []}
 
-    def irecv(c, buf, source, tag):
-        if tag == tags.HEADER:
-            seen["header"] = buf  # the worker's header buffer: [command, iteration, ...]
-        return real_irecv(c, buf, source, tag)
-
-    def isend(c, buf, dest, tag):
-        if tag == tags.GRAD and seen["header"] is not None:
-            it = int(seen["header"][1])
-            if 0 <= it < len(watched) and not watched[it]:
-                buf = np.ascontiguousarray(-np.asarray(buf), dtype=np.float32)
-                seen["keep"] = [buf]  # alive until the send completes
-                print(f"adversary: cheated at iteration {it}", file=sys.stderr, flush=True)
-        return real_isend(c, buf, dest, tag)
-
-    mpi.isend, mpi.irecv = isend, irecv
-    from podlt_mpi.__main__ import main as job
-    return job(argv)
+    def rewrite(tag, buf, it):
+        if tag == tags.GRAD and 0 <= it < len(watched) and not watched[it]:
+            print(f"adversary: cheated at iteration {it}", file=sys.stderr, flush=True)
+            return (-buf).astype(np.float32)
+        return None
+    return run_rewriting(argv, rewrite)
 
 
 if __name__ == "__main__":
