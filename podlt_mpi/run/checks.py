@@ -83,12 +83,9 @@ class Checker:
         return [self.check_one(rnd, c, ctrl, active, lambda rs, i=i: recheck_order(i, rs))
                 for i, (c, ctrl) in enumerate(rnd.plan.checks)]
 
-    def reference(self, rnd: Round, s: int, e: int):
-        """The manager's own gradient for lines [s, e), from the weights the ranks had."""
-        return self.recompute(rnd, s, e)[0]
-
     def recompute(self, rnd: Round, s: int, e: int) -> tuple:
-        """The manager's own answer for lines [s, e): (gradient, loss)."""
+        """The manager's own answer for lines [s, e), from the weights the ranks had:
+        (gradient, loss)."""
         self.referee_layout.load_state(rnd.weights)
         bx, by = rnd.lines(s, e)
         x = torch.from_numpy(bx).view(e - s, *self.line_shape)
