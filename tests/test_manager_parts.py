@@ -60,7 +60,7 @@ class World:
         assert a.rank in everyone
         self.recruited.append(a.rank)
         g, l_ = self.honest(a.start, a.stop)
-        return {a.rank: g}, {a.rank: l_}, {a.rank: hashed(g)}
+        return {a.rank: g}, {a.rank: l_}, {a.rank: hashed(g)}, {}
 
     def checker(self) -> Checker:
         return Checker(self.model, SHAPE, self.loss_fn, None, self.exchange, "exact", 0.0, 0.0,

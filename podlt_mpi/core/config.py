@@ -105,8 +105,10 @@ class RunConfig:
                                   "spin, off where they sleep (each step of a broadcast then "
                                   "waits for a sleeping rank)", choices=("auto", "on", "off"))
     rank_timeout: float = _opt(0.0, "seconds the manager waits for a rank's answer before it "
-                                     "aborts the job; 0: auto, max(20, 10 x the slowest exchange "
-                                     "so far), 120 on the first iteration")
+                                     "removes the rank; 0: auto, max(20, 10 x the slowest "
+                                     "exchange so far) up to 600, 120 on the first iteration")
+    start_timeout: float = _opt(600.0, "seconds rank 0 waits for every rank to start (import, "
+                                       "build and probe the model) before it ends the job")
     log_every: float = _opt(10.0, "seconds between progress lines when stderr is not a terminal")
     # Checkpoints, resume, preemption
     checkpoint_every: int = _opt(50, "write a checkpoint every K iterations (0: only when "
@@ -189,7 +191,7 @@ GROUPS = {
                                      "seed", "role_seed", "threads", "device", "cuda_aware_mpi",
                                      "wait", "broadcast"),
     "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "time_limit",
-                             "rank_timeout", "log_every"),
+                             "rank_timeout", "start_timeout", "log_every"),
     "fault injection (demonstrations and tests)": ("fake_ranks", "fake_mode", "fake_from",
                                                    "fake_prob", "fault_plugin"),
 }
@@ -262,6 +264,9 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError("--cuda-aware-mpi moves GPU buffers, but --device cpu uses none")
     if cfg.resume is not None and cfg.out is not None:
         raise ConfigError("--resume continues the run in its own directory; leave out --out")
+    if not math.isfinite(cfg.start_timeout) or cfg.start_timeout <= 0:
+        raise ConfigError(f"--start-timeout must be a finite number above 0, got "
+                          f"{cfg.start_timeout}")
     for name in ("lr", "lr_gamma", "rtol", "atol", "momentum", "rank_timeout", "log_every",
                  "time_limit", "weight_decay", "clip_grad_norm"):
         v = getattr(cfg, name)
@@ -321,7 +326,7 @@ def min_active(cfg: RunConfig) -> int:
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
 # data lies now, and the simulated adversary. Everything else decides the numbers it computes.
 # --device may change as long as the kind of device stays (the job checks devices.kinds).
-RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "device", "cuda_aware_mpi", "rank_timeout", "log_every", "checkpoint_every",
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "device", "cuda_aware_mpi", "rank_timeout", "start_timeout", "log_every", "checkpoint_every",
                      "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
                      "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
 

@@ -41,6 +41,13 @@ def of_arrays(alg: str, *arrays, threads: int = 1) -> str:
     return update(new(alg, threads), *arrays).hexdigest()
 
 
+def done(value) -> Future:
+    """A future that already holds `value` (a digest there is nothing to compute for)."""
+    f = Future()
+    f.set_result(value)
+    return f
+
+
 class Pool:
     """Hashes arrays on background threads while the caller goes on (the manager: while the
     other answers still arrive). Both hashlib and blake3 release the GIL on large inputs, so

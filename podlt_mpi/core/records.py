@@ -36,7 +36,11 @@ KEYED = 4                 # the first whose roles come from a secret key, summed
 LOOKED = 5                # the first that looks at every unchecked answer and logs each loss
 ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED}  # keys older formats lack
 ROLES = ("worker", "control", "recheck", "manager")  # manager: format 5's recomputations
-LOOK_VERDICTS = ("same", "differs")
+# same: applied as sent; differs: the rank removed, the manager's recomputation applied;
+# malformed: the answer refused before it was read (wrong size or fields, or none in time): the
+# rank removed, its assignment's digest null, and where it was an unchecked worker's the
+# manager's recomputation applied
+LOOK_VERDICTS = ("same", "differs", "malformed")
 VERDICTS = ("agree", "fake", "dispute")
 
 
@@ -115,7 +119,7 @@ class Assignment:
     rank: int
     role: str          # worker | control | recheck | manager
     lines: tuple       # (start, stop): absolute line numbers in the training file
-    grad_digest: str
+    grad_digest: str | None  # None (format 5): the answer was refused (a malformed look)
     loss: float | None = None
 
     def to_json(self, fmt: int = FORMAT) -> dict:
@@ -136,17 +140,19 @@ class Assignment:
         key = _key("grad_digest", fmt)
         return cls(_int(d["rank"], "an assignment's rank"), role,
                    _lines(d["lines"], "an assignment's lines"),
+                   None if fmt >= LOOKED and d[key] is None else
                    _str(d[key], f"an assignment's {key}"),
                    _float_or_none(d["loss"], "an assignment's loss") if fmt >= LOOKED else None)
 
 
 @dataclass(frozen=True)
 class Look:
-    """An unchecked answer the look held back, and what the manager's recomputation showed."""
+    """An unchecked answer the look held back, and what the manager's recomputation showed; or
+    any rank's answer refused as malformed."""
     rank: int
     lines: tuple
     why: str
-    verdict: str       # same: applied as sent | differs: the rank removed, the manager's applied
+    verdict: str       # LOOK_VERDICTS
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "lines": list(self.lines), "why": self.why,

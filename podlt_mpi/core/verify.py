@@ -16,9 +16,10 @@ from podlt_mpi.core.fused import Pair
 from podlt_mpi.core.fused import three_way as fused_three_way
 
 
-def compare(a: np.ndarray, b: np.ndarray, mode: str = "exact", rtol: float = 1e-5,
-            atol: float = 0.0) -> Pair:
-    if a.shape != b.shape or a.dtype != b.dtype:
+def compare(a: np.ndarray | None, b: np.ndarray | None, mode: str = "exact",
+            rtol: float = 1e-5, atol: float = 0.0) -> Pair:
+    """None is a rank's refused answer (malformed, or none in time): the same as nothing."""
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
         return Pair(False, float("inf"))
     bits_equal = a.tobytes() == b.tobytes()
     fa, fb = np.isfinite(a), np.isfinite(b)
@@ -54,8 +55,9 @@ class Decision:
 
 def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0.0,
            three_way=None, losses: dict | None = None) -> Decision:
-    """Votes of the checked worker and its controls (rank -> gradient; `losses`, rank -> the
-    loss it sent: from format 5 two votes are the same only if their losses are too).
+    """Votes of the checked worker and its controls (rank -> gradient, None where the rank's
+    answer was refused; `losses`, rank -> the loss it sent: from format 5 two votes are the
+    same only if their losses are too).
 
     `three_way(a, b, c) -> fused.ThreeWay`: the fused pass to use (default the numpy
     one; a GPU manager passes kernels.for_device's Triton kernel).
@@ -89,7 +91,7 @@ def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0
 
 def _same_shape(arrays) -> bool:
     arrays = list(arrays)
-    return all(a.dtype == np.float32 and a.shape == arrays[0].shape for a in arrays)
+    return all(a is not None and a.dtype == np.float32 and a.shape == arrays[0].shape for a in arrays)
 
 
 def _vote(ranks, same, rel) -> Decision:
@@ -155,8 +157,9 @@ def by_hashes(hashes: dict, reference: str) -> Decision:
     `hashes`: rank -> sha256 of the gradient it sent; `reference`: the replayed gradient's.
     Exact mode only: there, "the same" is "the same bits".
     """
-    ranks = list(hashes)
-    same = {(r, s): hashes[r] == hashes[s] for r in ranks for s in ranks if r != s}
+    ranks = list(hashes)  # None: a refused answer, the same as nothing
+    same = {(r, s): hashes[r] is not None and hashes[r] == hashes[s]
+            for r in ranks for s in ranks if r != s}
     decision = _vote(ranks, same, [])
     if decision.verdict != "fake":
         return decision

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from mpi4py import MPI
 
 SLEEP_MIN = 50e-6
@@ -19,7 +20,9 @@ SLEEP_MAX = 2e-3  # measured here: 0.2 ms sleeps gave 2.7k samples/s at N=50 on 
 
 
 class RankTimeout(RuntimeError):
-    pass
+    def __init__(self, message: str, late=()):
+        super().__init__(message)
+        self.late = list(late)  # the (request, peer) pairs still pending
 
 
 class PeerLost(RuntimeError):
@@ -53,17 +56,8 @@ def cuda_support() -> bool | None:
     return None
 
 
-def node_position(comm) -> tuple[int, int]:
-    """(this rank's index among the job's ranks on its node, how many there are). Collective."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    where = node.Get_rank(), node.Get_size()
-    node.Free()
-    return where
-
-
-def local_ranks(comm) -> int:
-    """How many ranks of this job share this node. Collective."""
-    return node_position(comm)[1]
+def host_name() -> str:
+    return MPI.Get_processor_name()
 
 
 def cores() -> int:
@@ -73,56 +67,118 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_wait(comm, requested: str) -> str:
-    """spin or sleep. Collective: every rank must call it (it splits the communicator)."""
-    on_node = local_ranks(comm)
+def choose_wait(on_node: int, requested: str) -> str:
+    """spin or sleep, for `on_node` ranks of this job on this node (run/startup.py counts them)."""
     if requested != "auto":
         return requested
     return "sleep" if on_node > cores() else "spin"
 
 
+class Checked:
+    """A receive whose size is checked before a byte is read: a matched probe (MPI_Improbe)
+    finds the message, its size comes from the probe's status, and only a message of exactly
+    `buffer`'s size is received into it (MPI_Imrecv). Any other is received into one scratch
+    byte, which MPI truncates, and `bad` says what it was: a rank can send any bytes of any size
+    on any tag, and a posted receive of the wrong size ends in MPI_ERR_TRUNCATE, an exception
+    and (before this) the job's abort. Polled by Waiter like a request."""
+
+    def __init__(self, comm, buffer, source: int, tag: int):
+        self.comm, self.buffer, self.source, self.tag = comm, buffer, source, tag
+        self.req = None      # the MPI_Imrecv, once the message is matched
+        self.bad = None      # why the message was refused, once it was
+        self.finished = False
+
+    @property
+    def matched(self) -> bool:
+        """Whether the message has arrived (if its data may still be on its way)."""
+        return self.req is not None or self.finished
+
+    def Test(self) -> bool:  # noqa: N802 (polled where MPI requests are)
+        if self.finished:
+            return True
+        if self.req is None:
+            status = MPI.Status()
+            msg = self.comm.Improbe(self.source, self.tag, status)
+            if msg is None:
+                return False
+            size = status.Get_count(MPI.BYTE)
+            want = self.buffer.nbytes
+            if size != want:
+                self.bad = f"a message of {size} bytes where {want} belong"
+                refuse(msg)
+                self.finished = True
+                return True
+            self.req = msg.Irecv(self.buffer)
+        self.finished = self.req.Test()
+        return self.finished
+
+
+def refuse(msg) -> None:
+    """Receive a matched message of the wrong size into one byte, discarding the rest."""
+    try:
+        msg.Recv(np.empty(1, np.uint8))
+    except MPI.Exception:
+        pass  # MPI_ERR_TRUNCATE, as intended: the message is consumed
+
+
 class Waiter:
-    """Waits for requests by spinning or by polling with backoff, with an optional deadline."""
+    """Waits for requests (and Checked receives) by spinning or by polling with backoff, with
+    an optional deadline."""
 
     def __init__(self, mode: str, timeout: float | None = None):
         self.mode, self.timeout = mode, timeout
 
     def wait(self, reqs, who=None, done=None) -> None:
-        """Complete all requests. `who` names each request's peer for the timeout message;
-        `done(i)`, if given, is called for each request i as soon as it completes (the manager
-        hashes an answer while the others still arrive) and may return more (request, peer)
-        pairs to wait for, numbered on from the last (a window of receive buffers)."""
-        reqs = list(reqs)  # completed requests become null in place
-        if self.mode == "spin" and self.timeout is None and done is None:
-            MPI.Request.Waitall(reqs)
-            return
-        who = list(who) if who else [None] * len(reqs)
-        start, delay, left = time.monotonic(), SLEEP_MIN, len(reqs)
-        while left:
-            if done is None:
-                finished = range(left) if MPI.Request.Testall(reqs) else ()
-            elif self.mode == "spin" and self.timeout is None:
-                finished = MPI.Request.Waitsome(reqs) or ()
-            else:
-                finished = MPI.Request.Testsome(reqs) or ()
-            for i in finished:
-                left -= 1
-                for req, peer in (done(i) if done is not None else None) or ():
-                    reqs.append(req)
-                    who.append(peer)
-                    left += 1
+        """Complete all requests, or raise RankTimeout naming the late peers. `who` names each
+        request's peer for the timeout message; `done(request)`, if given, is called for each
+        request as soon as it completes (the manager hashes an answer while the others still
+        arrive) and may return more (request, peer) pairs to wait for (a window of receive
+        buffers)."""
+        late = self.poll(reqs, who, done, self.timeout)
+        if late:
+            peers = sorted({w for _, w in late if w is not None})
+            raise RankTimeout(f"no answer within {self.timeout:g} s"
+                              + (f" from rank(s) {peers}" if peers else ""), late)
+
+    def poll(self, reqs, who=None, done=None, timeout: float | None = None) -> list:
+        """Like wait, but at the deadline return the (request, peer) pairs still pending (an
+        empty list when all completed)."""
+        items = list(reqs)
+        who = list(who) if who else [None] * len(items)
+        if (self.mode == "spin" and timeout is None and done is None
+                and all(isinstance(r, MPI.Request) for r in items)):
+            MPI.Request.Waitall(items)
+            return []
+        pending = list(zip(items, who, strict=True))
+        start, delay = time.monotonic(), SLEEP_MIN
+        while pending:
+            finished = set(_test_some([r for r, _ in pending]))
             if finished:
+                now = [pending[i] for i in sorted(finished)]
+                pending = [p for i, p in enumerate(pending) if i not in finished]
+                for req, _ in now:
+                    pending += list((done(req) if done is not None else None) or ())
                 delay = SLEEP_MIN
                 continue
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
-                # Testall completes all or nothing: ask each request to find the late peers.
-                late = sorted({w for r, w in zip(reqs, who, strict=True)
-                               if w is not None and not r.Test()})
-                raise RankTimeout(f"no answer within {self.timeout:g} s"
-                                  + (f" from rank(s) {late}" if late else ""))
+            if timeout is not None and time.monotonic() - start > timeout:
+                return pending
             if self.mode == "sleep":
                 time.sleep(delay)
                 delay = min(2 * delay, SLEEP_MAX)
+        return []
+
+
+def _test_some(items) -> list:
+    """Indices of the items that are complete now: MPI requests tested together, Checked
+    receives probed one by one."""
+    reqs = [(i, r) for i, r in enumerate(items) if isinstance(r, MPI.Request)]
+    out = []
+    if reqs:
+        got = MPI.Request.Testsome([r for _, r in reqs]) or ()
+        out = [reqs[j][0] for j in got]
+        out += [i for i, r in reqs if r == MPI.REQUEST_NULL and i not in out]
+    return sorted(out + [i for i, r in enumerate(items)
+                         if not isinstance(r, MPI.Request) and r.Test()])
 
 
 def isend(comm, array, dest: int, tag: int):
@@ -146,26 +202,6 @@ def subgroup(comm, members, old=None):
     if old is not None:
         old.Free()
     return new
-
-
-def quiet_barrier(comm, waiter: Waiter) -> None:
-    """A barrier whose waiting ranks sleep, for when one rank does long work (data generation)."""
-    waiter.wait([comm.Ibarrier()])
-
-
-def fail_together(comm, error: str | None, waiter: Waiter) -> str | None:
-    """Every rank calls this at the same point; returns the first rank's error, if any rank has one.
-
-    Used before the first message of the protocol, so bad input on any rank makes every rank
-    stop together (exit 2) instead of leaving the others blocked in a receive.
-    """
-    quiet_barrier(comm, waiter)
-    errors = comm.allgather(error)
-    return next((e for e in errors if e), None)
-
-
-def bcast(comm, obj, root: int = 0):
-    return comm.bcast(obj, root=root)
 
 
 def finish(code: int) -> None:

@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from podlt_mpi.dist import tags
+from podlt_mpi.dist import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
 HEADER_LEN = 4  # [command, iteration, lines, seed of the fragment's random generators]
@@ -36,6 +36,18 @@ def fragment_seed(run_seed: int, iteration: int, start: int, stop: int) -> int:
 
 def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
     return np.array([loss, signal, seconds], np.float64)
+
+
+def answer_problem(v: np.ndarray) -> str | None:
+    """Why [loss, signal, seconds] from a rank is malformed, or None: the signal must be 0 or a
+    stop signal's number, the seconds finite and not negative (the loss is judged with the
+    gradient)."""
+    signal, seconds = float(v[1]), float(v[2])
+    if signal != 0 and signal not in {float(s) for s in preempt.SIGNALS}:
+        return f"its signal field is {signal!r}"
+    if not np.isfinite(seconds) or seconds < 0:
+        return f"its seconds field is {seconds!r}"
+    return None
 
 
 def regroup(members) -> list:
@@ -67,3 +79,45 @@ def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray |
         seed = fragment_seed(run_seed, iteration, a.start, a.stop)
         out[a.rank] = work_messages(iteration, seed, weights, block_x[s:e], block_y[s:e])
     return out
+
+
+# ---- the job's start (run/startup.py): fixed-size records, never objects ----------------------
+
+HOST_BYTES = 256        # a rank's host name, zero-padded
+TEXT_BYTES = 600        # a start-up report's device name and error sentence, each zero-padded
+REPORT_LEN = 2 + 2 * TEXT_BYTES
+INPUTS_MAX = 4 * 2**20  # bytes of the run's inputs (JSON) a rank accepts from rank 0
+
+
+def text_field(text: str, size: int) -> np.ndarray:
+    data = text.encode("utf-8", "replace")[:size]
+    out = np.zeros(size, np.uint8)
+    out[:len(data)] = np.frombuffer(data, np.uint8)
+    return out
+
+
+def read_text(field: np.ndarray) -> str:
+    """A zero-padded text another rank sent, as printable ASCII only (it is shown and logged,
+    and a rank could send terminal escapes)."""
+    raw = bytes(field).split(b"\0", 1)[0].decode("ascii", "replace")
+    return "".join(c if " " <= c <= "~" else "?" for c in raw)
+
+
+def report(error: str | None, stochastic: bool, device: str) -> np.ndarray:
+    """A rank's start-up report: [built (1) or failed (2), stochastic model], its device, its
+    error sentence."""
+    return np.concatenate([np.array([2 if error else 1, int(bool(stochastic))], np.uint8),
+                           text_field(device, TEXT_BYTES), text_field(error or "", TEXT_BYTES)])
+
+
+def read_report(buf: np.ndarray) -> tuple:
+    """(error or None, stochastic, device) from a report, or ValueError saying why it is not
+    one."""
+    built, stochastic = int(buf[0]), int(buf[1])
+    if built not in (1, 2) or stochastic not in (0, 1):
+        raise ValueError(f"its flags are {built}, {stochastic}")
+    device = read_text(buf[2:2 + TEXT_BYTES])
+    if not (device == "cpu" or device.startswith("cuda:")):
+        raise ValueError(f"its device is {device!r}")
+    error = read_text(buf[2 + TEXT_BYTES:]) if built == 2 else None
+    return error or (None if built == 1 else "(no reason given)"), bool(stochastic), device

@@ -6,3 +6,9 @@ the weights, then X and Y if it has lines; every rank given lines answers with G
 followed by MEMBERS; a STOP header by nothing.
 """
 HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS = 1, 2, 3, 4, 5, 6, 7
+
+# The job's start and end (run/startup.py), rank 0 with every other rank, before and after the
+# protocol's messages.
+HELLO, PLACE, INPUTS_LEN, INPUTS, REPORT, VERDICT, FINISH, BYE = 11, 12, 13, 14, 15, 16, 17, 18
+KNOWN = frozenset({HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS, HELLO, PLACE, INPUTS_LEN, INPUTS,
+                   REPORT, VERDICT, FINISH, BYE})

@@ -68,6 +68,7 @@ class Checker:
         self.line_shape, self.loss_fn, self.three_way = line_shape, loss_fn, three_way
         self.exchange = exchange
         self.compare_mode, self.rtol, self.atol, self.seed = compare, rtol, atol, seed
+        self.refused = {}
 
     def same(self, a, b) -> bool:
         return verify.compare(a, b, self.compare_mode, self.rtol, self.atol).same
@@ -80,6 +81,7 @@ class Checker:
     def __call__(self, rnd: Round, active, recheck_order) -> list:
         """One Check per checked worker of the plan. `recheck_order(i, candidates)`: the order
         in which check i asks further ranks to settle a dispute (the manager's secret roles)."""
+        self.refused = {}  # rank -> why, for the rechecks' refused answers
         return [self.check_one(rnd, c, ctrl, active, lambda rs, i=i: recheck_order(i, rs))
                 for i, (c, ctrl) in enumerate(rnd.plan.checks)]
 
@@ -126,8 +128,10 @@ class Checker:
                 break
             one = schedule.Plan(rnd.plan.start, rnd.plan.stop, (), (), None,
                                 (schedule.Assignment(r, "recheck", s, e),))
-            got, loss, digest = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx, rnd.by,
-                                              active)
+            got, loss, digest, refused = self.exchange(one, rnd.iteration, rnd.weights, rnd.bx,
+                                                       rnd.by, [a for a in active
+                                                                if a not in self.refused])
+            self.refused.update(refused)
             votes[r] = rnd.grads[(r, s, e)] = got[r]
             rnd.losses[(r, s, e)] = loss[r]
             rnd.digests[(r, s, e)] = digest[r]

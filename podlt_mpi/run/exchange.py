@@ -11,6 +11,7 @@ the slowest exchange so far) and the first stop signal a worker reported with it
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -20,8 +21,11 @@ from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, preempt, tags
 from podlt_mpi.run.window import Window
 
+log = logging.getLogger("podlt_mpi")
+
 FIRST_TIMEOUT = 120.0  # seconds for the first exchange (cold caches, lazy initialisation)
-MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far)
+MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far),
+MAX_TIMEOUT = 600.0    # but never more: a slow rank could otherwise grow it tenfold each time
 # Receive buffers for the answers folded as they arrive: at least WINDOW, more while they fit in
 # WINDOW_BYTES. Folding in line order through a few buffers serialises the answers; small models
 # (50 ranks on 2 cores, sleeping between polls: 2.8x slower training with 4 buffers of 1 MB)
@@ -39,18 +43,20 @@ class Exchange:
         self.rank_timeout = rank_timeout
         self.resume_hint = resume_hint  # the run directory, for the message when a rank is lost
         self.slowest = None             # seconds of the slowest exchange so far
-        self.notice = None              # a stop signal that a worker reported with its loss
+        self.notices = {}               # rank -> the stop signal it reported with its loss
         self.cost = timing.IterationCost()  # the current iteration's, set by the manager
         self.broadcast = broadcast  # off: `everyone` is ignored, the weights go with the lines
         self.group, self.members = None, ()  # the broadcast's communicator and its world ranks
         self.spare = []  # receive buffers kept across iterations (window.py)
+        self.abandoned = []  # requests a late rank left incomplete, with what they use
+        self.lost = []       # receive buffers a stalled transfer may still write
 
     def timeout(self) -> float:
         if self.rank_timeout:
             return self.rank_timeout
         if self.slowest is None:
             return FIRST_TIMEOUT
-        return max(MIN_TIMEOUT, 10 * self.slowest)
+        return min(MAX_TIMEOUT, max(MIN_TIMEOUT, 10 * self.slowest))
 
     def regroup(self, active) -> None:
         """Make the broadcast's communicator the manager and `active`, if it is not already."""
@@ -102,26 +108,43 @@ class Exchange:
         size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if fold else len(order)
         window = Window(self.comm, self.answer_size, order, streamed, add, size,
                         lambda rank, buffer: self.pool.submit(buffer), self.spare, cost)
-        sends = len(reqs)
-        for req, peer in window.start():
-            reqs.append(req)
-            who.append(peer)
+        pending = list(zip(reqs, who)) + window.start()
         t0 = time.monotonic()
-        try:
-            mpi.Waiter(self.waiter.mode, self.timeout()).wait(
-                reqs, who, lambda i: window.done(i - sends) if i >= sends else None)
-        except mpi.RankTimeout as e:
-            raise mpi.PeerLost(f"{e} in iteration {iteration} (dead or hung); the ledger ends "
-                               f"at the last complete iteration: continue with --resume "
-                               f"{self.resume_hint}") from None
+        timeout = self.timeout()
+        while pending:
+            pending = mpi.Waiter(self.waiter.mode).poll(
+                [r for r, _ in pending], [w for _, w in pending], window.done, timeout)
+            if pending:  # the deadline: who is late is refused, the others go on
+                late = window.late()
+                more = window.give_up(late, f"no answer within {timeout:g} s")
+                gone = set(late) | {w for r, w in pending if isinstance(r, mpi.MPI.Request)}
+                self.abandoned += [r for r, w in pending if w in gone or w is None]
+                if any(w is None for _, w in pending):
+                    self.lose_broadcast(iteration)
+                pending = [(r, w) for r, w in pending if w not in gone and w is not None] + more
+        self.lost += window.lost
         dt = time.monotonic() - t0
-        self.slowest = max(self.slowest or 0.0, dt)
+        self.slowest = max(self.slowest or 0.0, dt) if not window.refused else self.slowest
         cost.seconds["exchange"] += time.monotonic() - t_start  # posting the sends, and the wait
+        losses = {}
         for r, v in window.answers.items():
+            if r in window.refused:
+                losses[r] = float("nan")
+                window.futures[r] = digests.done(None)
+                continue
             cost.compute.append(float(v[2]))
-            if v[1] and self.notice is None:
-                self.notice = f"{preempt.name(int(v[1]))} on rank {r}"
-        return window.kept(), {r: float(v[0]) for r, v in window.answers.items()}, window.futures
+            losses[r] = float(v[0])
+            if v[1]:
+                self.notices.setdefault(r, preempt.name(int(v[1])))
+        return window.kept(), losses, window.futures, dict(window.refused)
+
+    def lose_broadcast(self, iteration: int) -> None:
+        """The weights' broadcast did not complete in time (a rank in its tree did not take
+        part): the weights go to each rank directly from now on."""
+        if self.broadcast:
+            self.broadcast = False
+            log.warning("iteration %d: the weights' broadcast did not complete within the "
+                        "deadline; from now on they go to each rank directly", iteration)
 
     def reclaim(self, buffers) -> None:
         """Kept gradients the manager is done with: receive buffers for the next iterations

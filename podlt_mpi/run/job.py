@@ -4,8 +4,12 @@ usage:: mpiexec -n 50 python -m podlt_mpi [options]
 
 Bad input is found before the first protocol message and makes every rank exit 2, with one line
 from rank 0; so is a bad line of the training file, found when its block is read (every rank is
-told to stop, the run's files end at the iteration before). After that, an exception on any rank
-aborts the whole job (exit 1) so that no rank is left waiting for one that died.
+told to stop, the run's files end at the iteration before). Start-up and the end go through
+run/startup.py: typed messages to and from rank 0, with deadlines; a rank that misses the
+start, or sends a malformed report, ends the job as bad input does (exit 2, every rank ended),
+one that misses the end is ended with it once the run's files are complete (exit as the run
+would). An exception on any rank aborts the whole job (exit 1) so that
+no rank is left waiting for one that died.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from podlt_mpi import __version__
 from podlt_mpi.compute import devices
@@ -35,7 +39,7 @@ from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import launcher, preempt
 from podlt_mpi.io import data
-from podlt_mpi.run import resume, rundir
+from podlt_mpi.run import resume, rundir, startup
 
 log = logging.getLogger("podlt_mpi")
 
@@ -59,6 +63,11 @@ def run(argv) -> int:
     _setup_logging(comm.Get_rank())
     try:
         return _run(comm, argv, started)
+    except startup.Missing as e:  # the job cannot start with these ranks: refused, as bad input
+        # ranks that are hung or stopped would keep mpiexec from returning: end them all
+        print(f"podlt_mpi: error: {e}", file=sys.stderr, flush=True)
+        mpi.abort(comm, 2)
+        return 2
     except mpi.PeerLost as e:
         print(f"podlt_mpi: error: {e}", file=sys.stderr, flush=True)
         mpi.abort(comm, 1)
@@ -89,6 +98,20 @@ class _Inputs:
     changed: dict = field(default_factory=dict)   # options a resume changes
     history: list = field(default_factory=list)   # earlier resumes of the run
 
+    def for_workers(self) -> dict:
+        """What the other ranks need, as JSON (startup.share_inputs): the options and the
+        data's shapes."""
+        return {"cfg": asdict(self.cfg), "out": self.out, "line_shape": list(self.ds.line_shape),
+                "task": self.ds.task.to_meta(), "train": [self.ds.train.path, self.ds.train.start,
+                                                          self.ds.train.stop]}
+
+    @classmethod
+    def for_worker(cls, got: dict) -> _Inputs:
+        from podlt_mpi.core.tasks import Task
+        ds = data.Dataset(data.Split(*got["train"]), None, tuple(got["line_shape"]),
+                          Task.from_meta({"task": got["task"]}), None)
+        return cls(RunConfig(**got["cfg"]), ds, got["out"])
+
 
 @dataclass
 class _Built:
@@ -108,9 +131,10 @@ def _run(comm, argv, started: float) -> int:
         cfg = _options(comm, argv)
         if cfg is None:
             return 0  # --help
-        waiter = mpi.Waiter(mpi.choose_wait(comm, cfg.wait))
-        inputs = _inputs(comm, cfg, argv, waiter)
-        built = _build(comm, inputs, waiter)
+        local, on_node = startup.hello(comm, cfg.start_timeout)
+        waiter = mpi.Waiter(mpi.choose_wait(on_node, cfg.wait))
+        inputs = _inputs(comm, cfg, argv)
+        built = _build(comm, inputs, local)
     except _Exit as e:
         if e.message:
             _say(rank, e.message)
@@ -128,11 +152,10 @@ def _run(comm, argv, started: float) -> int:
         from podlt_mpi.run import worker
         cfg = inputs.cfg
         worker.run(comm, built.model, built.layout, inputs.ds.line_shape, built.faker, waiter,
-                   idle_timeout=cfg.rank_timeout, cuda_aware=cfg.cuda_aware_mpi,
+                   cuda_aware=cfg.cuda_aware_mpi,
                    task=inputs.ds.task)
         code = 0
-    _finish(comm, waiter, inputs.out)
-    return code
+    return _finish(comm, inputs, code)
 
 
 def _options(comm, argv) -> RunConfig | None:
@@ -161,18 +184,22 @@ def options(argv, size: int) -> RunConfig:
     return cfg
 
 
-def _inputs(comm, cfg, argv, waiter) -> _Inputs:
-    """Rank 0 prepares and validates the data and the run directory while the others sleep."""
-    error, found = None, None
-    if comm.Get_rank() == 0:
-        try:
-            found = inputs(cfg, argv, comm.Get_size())
-        except ConfigError as e:
-            error = str(e)
-    error = mpi.fail_together(comm, error, waiter)
-    if error:
-        raise _Exit(2, error)
-    return mpi.bcast(comm, found)
+def _inputs(comm, cfg, argv) -> _Inputs:
+    """Rank 0 prepares and validates the data and the run directory while the others wait, then
+    sends them what they need: the options and the data's shapes (never the data's files: on a
+    cluster they may be on rank 0's node alone)."""
+    if comm.Get_rank():
+        got = startup.share_inputs(comm, None)
+        if got is None:
+            raise _Exit(2)
+        return _Inputs.for_worker(got)
+    try:
+        found = inputs(cfg, argv, comm.Get_size())
+    except ConfigError as e:
+        startup.share_inputs(comm, None)
+        raise _Exit(2, str(e)) from None
+    startup.share_inputs(comm, found.for_workers())
+    return found
 
 
 def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
@@ -192,13 +219,13 @@ def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
     return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history)
 
 
-def _build(comm, inputs: _Inputs, waiter) -> _Built:
-    """Every rank builds its parts; then every rank learns every rank's device, so all reach
-    the same verdict on them without a word."""
+def _build(comm, inputs: _Inputs, local: int) -> _Built:
+    """Every rank builds its parts and reports to rank 0, which decides for all of them on
+    their devices and errors (startup.reports, startup.verdict)."""
     cfg, out, rank, size = inputs.cfg, inputs.out, comm.Get_rank(), comm.Get_size()
     built, error, stochastic, dev = None, None, False, "cpu"
     try:
-        dev = devices.place(cfg.device, rank, mpi.node_position(comm)[0])
+        dev = devices.place(cfg.device, rank, local)
         built, stochastic = rank_parts(inputs, rank, size, dev)
         if rank == 0 and cfg.resume:
             built.plan = resume.prepare(out, size, min_active(cfg), inputs.changed,
@@ -210,15 +237,22 @@ def _build(comm, inputs: _Inputs, waiter) -> _Built:
         error = str(e)
     except OSError as e:
         error = f"--out {out} cannot be created: {e.strerror}"
-    error = mpi.fail_together(comm, error, waiter)
-    if not error:
-        built.placed = comm.allgather(devices.describe(dev))
-        stochastic = any(comm.allgather(stochastic))
-        error = devices.check_kinds(built.placed, cfg.compare, inputs.resumed_kind,
-                                    cfg.cuda_aware_mpi, stochastic)
-    if error:
+    try:
+        said = startup.reports(comm, error, stochastic, devices.describe(dev), cfg.start_timeout)
+    except startup.Missing:
         if rank == 0 and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        raise
+    if rank == 0:
+        error = next((e if r == 0 else f"rank {r}: {e}" for r, (e, _, _) in enumerate(said)
+                      if e), None)
+        if built is not None:
+            built.placed = [d for _, _, d in said]
+        error = error or devices.check_kinds(built.placed, cfg.compare, inputs.resumed_kind,
+                                             cfg.cuda_aware_mpi, any(s for _, s, _ in said))
+        if error and built is not None and built.created:
+            shutil.rmtree(out, ignore_errors=True)
+    if startup.verdict(comm, 2 if error else 0):
         raise _Exit(2, error)
     return built
 
@@ -283,12 +317,21 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
     return 1 if summary["stopped_by"] == TOO_FEW else 0
 
 
-def _finish(comm, waiter, out: str) -> None:
-    # Ranks that stopped early (removed, or finished) sleep here instead of spinning in finalize.
-    mpi.quiet_barrier(comm, waiter)
-    peaks = comm.gather(peak_rss_mb(), root=0)
-    if comm.Get_rank() == 0 and os.path.exists(os.path.join(out, "summary.json")):
-        rundir.add_to_json(os.path.join(out, "summary.json"), peak_rss_mb=peaks)
+def _finish(comm, inputs: _Inputs, code: int) -> int:
+    """Every rank's last word to rank 0 (startup.finish), its peak memory into summary.json.
+    A rank that says nothing in time (stopped, hung, removed and never woken) would keep
+    mpiexec from returning: once the run's files are complete, rank 0 ends the job with
+    MPI_Abort and the run's own exit code (docs/operations.md)."""
+    peaks, missing = startup.finish(comm, peak_rss_mb(),
+                                    inputs.cfg.rank_timeout or startup.FINISH_TIMEOUT)
+    summary = os.path.join(inputs.out, "summary.json")
+    if comm.Get_rank() == 0 and os.path.exists(summary):
+        rundir.add_to_json(summary, peak_rss_mb=peaks)
+    if missing:
+        log.warning("rank(s) %s said nothing at the job's end; ending them (exit %d)",
+                    sorted(missing), code)
+        mpi.abort(comm, code)
+    return code
 
 
 def peak_rss_mb() -> float:

@@ -75,6 +75,8 @@ class Manager:
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
+        self.ignored = set()  # ranks whose repeated stop signals are not obeyed (stop_reason)
+        self.held = {}        # the look's answers held back this iteration (look, looked_again)
         if resume is not None and resume.checkpoint is not None:
             self.restore(resume.checkpoint, resume.active)
         if self.keyed:
@@ -169,8 +171,16 @@ class Manager:
             return TOO_FEW
         if preempt.requested():
             return preempt.requested()
-        if self.exchange.notice:
-            return self.exchange.notice
+        reported, self.exchange.notices = self.exchange.notices, {}
+        for rank, signal in sorted(reported.items()):
+            if rank not in self.state.stopped_by:
+                self.state.stopped_by.append(rank)
+                return f"{signal} on rank {rank}"
+            if rank not in self.ignored:
+                self.ignored.add(rank)
+                log.warning("rank %d reports %s again, after it stopped this run once: not "
+                            "obeyed, so that no rank can keep the run from finishing", rank,
+                            signal)
         if self.deadline.near():
             return "--time-limit"
         return None
@@ -230,26 +240,40 @@ class Manager:
                 fold = training.Fold(self.model, self.layout)
                 streamed = (order, list(unchecked),
                             lambda r, grad, answer: fold.add(grad, *unchecked[r][1:]))
-        sent, losses, hashed = self.exchange(plan, iteration, weights, bx, by, st.active, streamed)
+        sent, losses, hashed, refused = self.exchange(plan, iteration, weights, bx, by,
+                                                      st.active, streamed)
+        self.refuse_old_format(refused, iteration)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
                     *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments
                        if a.rank in got} for got in (sent, losses, hashed)))
+        if self.looking:  # a refused unchecked answer: the manager computes that fragment
+            self.held.update({r: refused[r] for r in refused if r in unchecked})
         with cost.part("verify"):
-            checks = self.checker(rnd, st.active, self.recheck_order(iteration))
-            held = self.looked_again(rnd, fold, unchecked) if self.looking else []
-        replaced = [x.lines for x in held if x.verdict == "differs"]
+            checks = self.checker(rnd, [r for r in st.active if r not in refused],
+                                  self.recheck_order(iteration))
+            self.refuse_old_format(self.checker.refused, iteration)
+            refused.update(self.checker.refused)
+            held = self.looked_again(rnd, fold, unchecked, refused) if self.looking else []
+        held += [records.Look(a.rank, (a.start, a.stop), refused[a.rank], "malformed")
+                 for a in (*plan.assignments, *(a for c in checks for a in c.rechecks))
+                 if a.rank in refused and a.rank not in unchecked]
+        replaced = [x.lines for x in held if x.verdict != "same" and x.rank in unchecked]
         applied = self.accepted(plan, checks, replaced)
         fake = sorted({r for c in checks for r in c.decision.fake})
         loss = self.apply(rnd, applied, epoch, fold, checked) if applied else None
         for r in fake:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
-                                                         plan.controls))
+                                                         plan.controls),
+                        *((f"its answer was refused: {refused[r]}",) if r in refused else ()))
+        roles_of = {a.rank: a.role for a in (*plan.assignments, *(a for c in checks
+                                                                   for a in c.rechecks))}
         for x in held:
-            if x.verdict == "differs" and x.rank in st.active:
-                self.remove(x.rank, iteration, "worker", f"its answer ({x.why}) differs from "
-                            "the manager's recomputation")
-        fake = sorted({*fake, *(x.rank for x in held if x.verdict == "differs")})
+            if x.verdict != "same" and x.rank in st.active:
+                self.remove(x.rank, iteration, roles_of[x.rank],
+                            f"its answer was refused: {x.why}" if x.verdict == "malformed" else
+                            f"its answer ({x.why}) differs from the manager's recomputation")
+        fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same")})
         done = [c.record() for c in checks]
         rechecks = [a for c in checks for a in c.rechecks]
         mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]
@@ -258,7 +282,8 @@ class Manager:
             record = records.Record(
                 iteration, epoch, block, (start, stop), data_digest.result(), model_before,
                 tuple(records.Assignment(a.rank, a.role, (a.start, a.stop),
-                                         rnd.digests[(a.rank, a.start, a.stop)].result(),
+                                         rnd.digests[(a.rank, a.start, a.stop)].result()
+                                         if a.rank not in refused else None,
                                          ledger.finite_or_none(rnd.losses[(a.rank, a.start,
                                                                            a.stop)])
                                          if self.looking else None)
@@ -273,6 +298,16 @@ class Manager:
         for c in checks:
             st.counts[c.decision.verdict] += 1
         return record
+
+    def refuse_old_format(self, refused: dict, iteration: int) -> None:
+        """Ledger formats before 5 cannot record a refused answer: a run resumed in one ends
+        here, as it did, to be resumed (its next resume starts format 5 only with a new run)."""
+        if refused and not self.looking:
+            r, why = sorted(refused.items())[0]
+            raise mpi.PeerLost(f"rank {r}'s answer in iteration {iteration} was refused ({why}), "
+                               f"which this run's ledger format {self.format} cannot record; "
+                               f"the ledger ends at the last complete iteration: continue with "
+                               f"--resume {self.out}")
 
     def look(self, plan, iteration, weights, bx, by, fold, unchecked):
         """The window's add(rank, gradient, answer) for the unchecked answers: each is looked at
@@ -300,16 +335,18 @@ class Manager:
             return False
         return add
 
-    def looked_again(self, rnd: Round, fold, unchecked) -> list:
+    def looked_again(self, rnd: Round, fold, unchecked, refused) -> list:
         """The held-back answers, in line order: each fragment recomputed by the manager, the
-        rank's answer folded if it is the same, else the manager's (records.Look). Then the
-        next iteration's reference, from this one's standing answers."""
+        rank's answer folded if it is the same, else (or if `refused`) the manager's
+        (records.Look). Then the next iteration's reference, from this one's standing
+        answers."""
         out = []
         for rank, why in sorted(self.held.items(), key=lambda x: unchecked[x[0]][0]):
             a = next(a for a in rnd.plan.assignments if a.rank == rank)
             key, lines = (rank, a.start, a.stop), (a.start, a.stop)
             grad, loss = self.checker.recompute(rnd, *lines)
-            same = self.checker.same_answer(rnd.grads[key], rnd.losses[key], grad, loss)
+            same = rank not in refused and self.checker.same_answer(rnd.grads[key],
+                                                                    rnd.losses[key], grad, loss)
             if same:
                 self.sizes[rank] = training.answer_sizes(self.layout, grad, loss, fold.before)
             else:
@@ -319,10 +356,12 @@ class Manager:
                 key = mine
             i, count, n = unchecked[rank]
             fold.set(i, rnd.grads[key], count, n)
-            out.append(records.Look(rank, lines, why, "same" if same else "differs"))
-            log.info("iteration %d: rank %d's answer (%s) held back; the manager's "
-                     "recomputation is %s", rnd.iteration, rank, why,
-                     "the same" if same else "different")
+            verdict = "same" if same else "malformed" if rank in refused else "differs"
+            out.append(records.Look(rank, lines, why, verdict))
+            if verdict != "malformed":
+                log.info("iteration %d: rank %d's answer (%s) held back; the manager's "
+                         "recomputation is %s", rnd.iteration, rank, why,
+                         "the same" if same else "different")
         self.state.look_reference = looks.reference(self.sizes.values()) or \
             self.state.look_reference
         return out

@@ -25,6 +25,7 @@ class RunState:
     protected: list = field(default_factory=list)  # checkpoints the audit restarts from
     role_key: bytes | None = None  # ledger format 4: the secret the roles come from (roles.py)
     look_reference: looks.Reference | None = None  # format 5: the last iteration's median norms
+    stopped_by: list = field(default_factory=list)  # ranks whose reported signal stopped the run
 
     @classmethod
     def fresh(cls, world_size: int, seed: int) -> RunState:
@@ -42,7 +43,8 @@ class RunState:
                 "world_size": self.world_size,
                 **({"role_key": self.role_key.hex()} if self.role_key is not None else {}),
                 **({"look_reference": self.look_reference.to_json()}
-                   if self.look_reference is not None else {})}
+                   if self.look_reference is not None else {}),
+                **({"stopped_by": list(self.stopped_by)} if self.stopped_by else {})}
 
     def position(self, written: int, record_hash: str, elapsed: float) -> dict:
         """Where the run's files end: not fingerprinted (the fingerprint is in that record)."""
@@ -55,6 +57,7 @@ class RunState:
         self.rng.bit_generator.state = proof["rng"]
         self.role_key = bytes.fromhex(proof["role_key"]) if "role_key" in proof else None
         self.look_reference = looks.Reference.from_json(proof.get("look_reference"))
+        self.stopped_by = [int(r) for r in proof.get("stopped_by", [])]
         self.active = active
         self.removed = proof["removed"]
         self.counts = proof["counts"]

@@ -38,45 +38,90 @@ class Window:
         self.comm, self.answer_size, self.add, self.hash_it = comm, answer_size, add, hash_it
         self.order, self.streamed, self.spare, self.cost = list(order), set(streamed), spare, cost
         self.size = max(1, size)
-        self.callbacks = []                    # request i -> what to do when it completes
+        self.callbacks = {}                    # id(receive) -> what to do when it completes
         self.answers, self.grads, self.futures = {}, {}, {}  # by rank
+        self.receives = {}                     # rank -> its open GRAD receive
+        self.refused = {}                      # rank -> why its answer is not one
+        self.lost = []                         # buffers a stalled receive may still write
         self.loss_in, self.grad_in = set(), set()
         self.front = deque()                   # the open turns' ranks, in order
         self.opened = 0
 
     def start(self) -> list:
-        """The first (request, peer) pairs to wait for."""
+        """The first (receive, peer) pairs to wait for."""
         out = []
         for r in self.order:
             self.answers[r] = np.empty(messages.ANSWER_LEN, np.float64)
             self.cost.bytes_in += self.answers[r].nbytes
-            out.append(self._post(mpi.irecv(self.comm, self.answers[r], r, tags.LOSS), r,
-                                  lambda r=r: self._arrived(self.loss_in, r)))
+            out.append(self._post(mpi.Checked(self.comm, self.answers[r], r, tags.LOSS), r,
+                                  lambda it, r=r: self._loss(it, r)))
         while self.opened < min(self.size, len(self.order)):
-            out.append(self._open())
+            out += self._open()
         return out
 
-    def done(self, i: int) -> list:
-        """Request i completed: what follows from it, as more (request, peer) pairs."""
-        return self.callbacks[i]()
+    def done(self, item) -> list:
+        """A receive completed: what follows from it, as more (receive, peer) pairs."""
+        return self.callbacks.pop(id(item), lambda it: None)(item) or []
 
-    def _post(self, req, rank, then) -> tuple:
-        self.callbacks.append(then)
-        return req, rank
+    def _post(self, item, rank, then) -> tuple:
+        self.callbacks[id(item)] = then
+        return item, rank
 
-    def _open(self) -> tuple:
+    def _open(self) -> list:
+        """The next turn's receive (none for a rank already refused, or past the last)."""
+        while self.opened < len(self.order) and self.order[self.opened] in self.refused:
+            self.opened += 1
+        if self.opened == len(self.order):
+            return []
         r = self.order[self.opened]
         self.opened += 1
         self.front.append(r)
         buffer = self.spare.pop() if self.spare else np.empty(self.answer_size, np.float32)
         self.grads[r] = buffer
         self.cost.bytes_in += buffer.nbytes
-        return self._post(mpi.irecv(self.comm, buffer, r, tags.GRAD), r,
-                          lambda: self._hashed(r))
+        self.receives[r] = mpi.Checked(self.comm, buffer, r, tags.GRAD)
+        return [self._post(self.receives[r], r, lambda it: self._grad(it, r))]
 
-    def _hashed(self, rank) -> list:
-        self.futures[rank] = self.hash_it(rank, self.grads[rank])
+    def _loss(self, item, rank) -> list:
+        why = item.bad or messages.answer_problem(self.answers[rank])
+        if why:
+            self.refused.setdefault(rank, f"its [loss, signal, seconds] message: {why}")
+        return self._arrived(self.loss_in, rank)
+
+    def _grad(self, item, rank) -> list:
+        if item.bad:
+            self.refused.setdefault(rank, f"its gradient message: {item.bad}")
+        else:
+            self.futures[rank] = self.hash_it(rank, self.grads[rank])
         return self._arrived(self.grad_in, rank)
+
+    def late(self) -> list:
+        """The ranks whose answers are not in and not arriving: a part not sent, or a
+        gradient's transfer that has stalled (a turn not yet open counts as arriving if its
+        message is there)."""
+        out = []
+        for r in self.order:
+            if r in self.loss_in and r in self.grad_in:
+                continue
+            grad = self.receives.get(r)
+            grad_there = (grad.finished if grad is not None
+                          else self.comm.Iprobe(source=r, tag=tags.GRAD))
+            if r not in self.loss_in or not grad_there:
+                out.append(r)
+        return out
+
+    def give_up(self, ranks, why: str) -> list:
+        """Late ranks' answers are refused and the turns go on without them; the caller stops
+        waiting for their receives."""
+        out = []
+        for r in ranks:
+            self.refused.setdefault(r, why)
+            grad = self.receives.get(r)
+            if grad is not None and grad.req is not None and not grad.finished:
+                self.lost.append(self.grads.pop(r))  # MPI may still write it: never reused
+            self.loss_in.add(r)
+            out += self._arrived(self.grad_in, r)
+        return out
 
     def _arrived(self, parts: set, rank) -> list:
         """One of rank's two messages is in: deal with every answer now complete at the front,
@@ -85,13 +130,20 @@ class Window:
         out = []
         while self.front and self.front[0] in self.grad_in and self.front[0] in self.loss_in:
             r = self.front.popleft()
-            if r in self.streamed and not self.add(r, self.grads[r], self.answers[r]):
-                self.futures[r].result()  # its digest has read it too: the buffer is free
-                self.spare.append(self.grads.pop(r))
-            if self.opened < len(self.order):
-                out.append(self._open())
+            if r in self.refused:
+                self._free(r)
+            elif r in self.streamed and not self.add(r, self.grads[r], self.answers[r]):
+                self._free(r)
+            out += self._open()
         return out
 
+    def _free(self, rank) -> None:
+        """The rank's buffer serves the next turn, once its digest (if any) has read it."""
+        if rank in self.futures:
+            self.futures[rank].result()
+        if rank in self.grads:
+            self.spare.append(self.grads.pop(rank))
+
     def kept(self) -> dict:
-        """rank -> gradient, for every rank whose answer was not streamed."""
-        return dict(self.grads)
+        """rank -> gradient, for every rank whose answer was not streamed (None: refused)."""
+        return {**dict(self.grads), **{r: None for r in self.refused}}

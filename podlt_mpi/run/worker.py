@@ -32,7 +32,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     line, cross-entropy).
     `on_message(tag, array)` sees everything the rank receives (used by the secrecy test).
     `idle_timeout`: seconds to wait for the manager (0: max(IDLE_MIN, 10 x the longest pause so
-    far); evaluation and checkpoints make some pauses long).
+    far); evaluation, checkpoints and the manager's deadline for a silent rank (up to
+    exchange.MAX_TIMEOUT) make some pauses long).
     `cuda_aware`: weights arrive in, and the gradient leaves from, GPU memory (a CUDA-aware MPI
     moves them); otherwise both travel through host buffers. The manager's side stays on the
     host either way: it hashes every byte it receives into the ledger.

@@ -413,13 +413,18 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
     if len(ctrl) != sum(len(c.controls) for c in checks) or \
             len(again) != sum(len(c.rechecks) for c in checks):
         out.append("a control or recheck belongs to no check")
-    replaced = [x.lines for x in rec.looks if x.verdict == "differs"]
+    replaced = [x.lines for x in rec.looks if x.verdict == "differs" or
+                x.verdict == "malformed" and frag.get(x.rank) == x.lines and x.rank not in later]
     if sorted(a.lines for a in rec.role_of("manager")) != sorted(replaced) or \
             any(a.rank != rules.MANAGER for a in rec.role_of("manager")):
         out.append("the manager's recomputations are not those of the looks that differ")
-    if any(frag.get(x.rank) != x.lines or x.rank in later for x in rec.looks):
+    if any((frag.get(x.rank) != x.lines or x.rank in later) for x in rec.looks
+           if x.verdict != "malformed"):
         out.append("a look names a fragment that is not an unchecked worker's")
-    fake |= {x.rank for x in rec.looks if x.verdict == "differs"}
+    refused = {(x.rank, x.lines) for x in rec.looks if x.verdict == "malformed"}
+    if refused != {(a.rank, a.lines) for a in rec.assignments if a.grad_digest is None}:
+        out.append("the refused answers are not those of the assignments without a digest")
+    fake |= {x.rank for x in rec.looks if x.verdict in ("differs", "malformed")}
     if sorted(rec.removed) != sorted(fake):
         out.append(f"removed {list(rec.removed)} but the checks and looks found {sorted(fake)} "
                    "fake")

@@ -167,7 +167,8 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
         answer = lambda r: sent.get((r, (s, e)))  # noqa: E731
     else:
         ref = (digests.of_arrays(alg, g), ledger.finite_or_none(loss))
-        answer = lambda r: (sent.get((r, (s, e))), said.get((r, (s, e))))  # noqa: E731
+        answer = lambda r: (None if sent.get((r, (s, e))) is None  # noqa: E731
+                            else (sent.get((r, (s, e))), said.get((r, (s, e)))))
     votes = {r: answer(r) for r in (check.worker, *check.controls)}
     extra = {r: answer(r) for r in rechecks}
     if mode != "exact" and not all(h == ref for h in votes.values()):
@@ -186,9 +187,11 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
 
 def _confirm_look(look: records.Look, sent, said, fragment, alg: str, mode: str) -> bool | None:
     """Whether a look's verdict follows from the rank's answer and the replay (None where
-    tolerance mode makes bits insufficient)."""
-    g, loss = fragment(*look.lines)
+    tolerance mode makes bits insufficient). A malformed answer has no digest to replay."""
     key = (look.rank, look.lines)
+    if look.verdict == "malformed":
+        return sent.get(key) is None
+    g, loss = fragment(*look.lines)
     same = sent.get(key) == digests.of_arrays(alg, g) and said.get(key) == \
         ledger.finite_or_none(loss)
     if mode != "exact" and not same:

@@ -49,7 +49,7 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
             buffers.append(weakref.ref(answer))
         gc.disable()  # the buffers must go when the exchange returns, not when a collection runs
         try:
-            grads, losses, hashed = exchange(plan, 7, host(layout.state()), bx, by,
+            grads, losses, hashed, _ = exchange(plan, 7, host(layout.state()), bx, by,
                                              range(1, size),
                                              (line_order, line_order, add))
             # nothing holds the window but the exchange's one spare buffer for the next

@@ -57,14 +57,14 @@ def manager(comm, model, size):
             bx = np.random.default_rng(it).random((LINES, 6), dtype=np.float32)
             by = (np.arange(LINES) % 3).astype(np.int64)
             weights = host(layout.state()) + it  # each iteration's weights differ
-            grads, _, _ = exchange(plan, it, weights, bx, by, active)
+            grads, _, _, _ = exchange(plan, it, weights, bx, by, active)
             # a dispute's recheck: the checked lines again, on a rank drawn from the others
             s, e = plan.fragment_of(plan.checked)
             others = [r for r in active if r != plan.checked and r not in plan.controls]
             again = roles.recheck_order(key, it, 0, others)[0]
             one = schedule.Plan(0, LINES, (), (), None,
                                 (schedule.Assignment(again, "recheck", s, e),))
-            got, _, _ = exchange(one, it, weights, bx, by, active)
+            got, _, _, _ = exchange(one, it, weights, bx, by, active)
             assert got[again].tobytes() == grads[plan.checked].tobytes()
             done.append((broadcast, plan.checked, list(plan.controls), list(plan.workers),
                          again, it))
