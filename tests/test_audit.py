@@ -259,3 +259,44 @@ def test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there(honest, tmp_
     r = run_job(6, ["--resume", run, "--epochs", "2"])
     assert r.returncode == 2, r.stderr
     assert "this run computed on cuda, this job would on cpu" in r.stderr
+
+
+def test_the_audit_imports_no_code_a_run_names_unless_the_auditor_allows_it(honest, tmp_path):
+    # a run directory from someone else, whose config names a "model" that runs a shell command
+    import subprocess
+    import sys
+    run, marker = str(tmp_path / "run"), tmp_path / "ran"
+    shutil.copytree(honest, run)
+    path = os.path.join(run, "config.json")
+    cfg = read_json(path)
+    cfg.update(model="subprocess:run", model_args=f"args=touch {marker},shell=true")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    for extra in ([], ["--loss", "subprocess:run"], ["--model", "os:system"]):
+        r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", run, *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "the run names its model subprocess:run" in r.stderr
+        assert "--model subprocess:run" in r.stderr and "--trust-config" in r.stderr
+        assert not marker.exists()
+
+
+def test_the_replay_sample_is_fresh_unless_a_seed_is_given(honest):
+    from podlt_mpi.tools.audit import Audit
+    seeds = {Audit(honest).run(sample=0)["replay"]["seed"] for _ in range(3)}
+    assert len(seeds) == 3  # 32 random bits each
+    a, b = (Audit(honest).run(sample=3, seed=7)["replay"] for _ in range(2))
+    assert a["seed"] == b["seed"] == 7 and a["targets"] == b["targets"]
+
+
+def test_named_code_and_its_refusal():
+    from podlt_mpi.core.config import RunConfig
+    from podlt_mpi.core.tasks import classification
+    from podlt_mpi.tools.audit import TRUST_CONFIG, named_code, refused_code
+    task = classification(10)
+    assert named_code(RunConfig(model="mlp"), task) == []
+    user = named_code(RunConfig(model="mymodels:net"), task)
+    assert user == [("--model", "mymodels:net")]
+    assert refused_code(user, [("--model", "mymodels:net")]) is None
+    assert refused_code(user, TRUST_CONFIG) is None
+    assert "--model mymodels:net" in refused_code(user, [("--loss", "mymodels:net")])

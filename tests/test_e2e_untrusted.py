@@ -138,3 +138,30 @@ def test_no_object_message_passes_between_ranks(mpi, job_args, tmp_path):
     r = run_job(4, job_args(blocks=3), program=guard)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(tmp_path / "run", 3)
+
+
+def test_resume_writes_through_no_link_and_never_starts_over_unasked(mpi, job_args, tmp_path):
+    import shutil
+    r = run_job(4, job_args(blocks=2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "run"
+    # a ledger that is a link to someone else's file: refused, the file untouched
+    elsewhere = tmp_path / "precious.jsonl"
+    shutil.move(out / "ledger.jsonl", elsewhere)
+    before = elsewhere.read_bytes()
+    os.symlink(elsewhere, out / "ledger.jsonl")
+    r = run_job(4, ["--resume", str(out)])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "ledger.jsonl is a symbolic link" in r.stderr and "Traceback" not in r.stderr
+    assert elsewhere.read_bytes() == before
+    os.unlink(out / "ledger.jsonl")
+    shutil.move(elsewhere, out / "ledger.jsonl")
+    # no checkpoint to continue from: an error, unless --restart says to start over
+    shutil.rmtree(out / "checkpoints")
+    r = run_job(4, ["--resume", str(out)])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no checkpoint can be continued from" in r.stderr and "--restart" in r.stderr
+    assert (out / "ledger.jsonl").read_bytes() == before
+    r = run_job(4, ["--resume", str(out), "--restart"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_complete(out, 2)

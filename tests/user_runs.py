@@ -22,7 +22,8 @@ def job(ranks, argv, **kw):
 
 
 def audit_all(out, iterations=8):
-    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
+    r = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all",
+                        "--trust-config"],
                        capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
     assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr

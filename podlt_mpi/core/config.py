@@ -117,6 +117,9 @@ class RunConfig:
                                     "the audit replay any segment cheaply)")
     resume: Optional[str] = _opt(None, "continue the run in this directory from its newest valid "
                                        "checkpoint (any number of ranks)")
+    restart: bool = _opt(False, "with --resume: start the run over from iteration 0 if no "
+                                "checkpoint can be continued from (else that is an error)",
+                         type="bool")
     time_limit: float = _opt(0.0, "minutes: stop, checkpoint and exit 0 before this much time has "
                                   "passed (0: no limit)")
     # Fault injection (demonstration and tests)
@@ -190,7 +193,8 @@ GROUPS = {
     "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
                                      "seed", "role_seed", "threads", "device", "cuda_aware_mpi",
                                      "wait", "broadcast"),
-    "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "time_limit",
+    "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "restart",
+                             "time_limit",
                              "rank_timeout", "start_timeout", "log_every"),
     "fault injection (demonstrations and tests)": ("fake_ranks", "fake_mode", "fake_from",
                                                    "fake_prob", "fault_plugin"),
@@ -262,6 +266,8 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError("--checkpoint-every and --keep-checkpoints must be >= 0")
     if cfg.cuda_aware_mpi and cfg.device == "cpu":
         raise ConfigError("--cuda-aware-mpi moves GPU buffers, but --device cpu uses none")
+    if cfg.restart and cfg.resume is None:
+        raise ConfigError("--restart belongs to --resume: it starts a run over")
     if cfg.resume is not None and cfg.out is not None:
         raise ConfigError("--resume continues the run in its own directory; leave out --out")
     if not math.isfinite(cfg.start_timeout) or cfg.start_timeout <= 0:
@@ -326,7 +332,7 @@ def min_active(cfg: RunConfig) -> int:
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
 # data lies now, and the simulated adversary. Everything else decides the numbers it computes.
 # --device may change as long as the kind of device stays (the job checks devices.kinds).
-RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "device", "cuda_aware_mpi", "rank_timeout", "start_timeout", "log_every", "checkpoint_every",
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "device", "cuda_aware_mpi", "rank_timeout", "start_timeout", "restart", "log_every", "checkpoint_every",
                      "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
                      "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
 
@@ -377,7 +383,7 @@ def resumed(saved: dict, cfg: RunConfig, argv) -> tuple:
                               f"was started with {before!r}, this command gives {now!r})")
         base[name] = now
         changed[name] = (before, now)
-    base.update(resume=cfg.resume, out=None)
+    base.update(resume=cfg.resume, out=None, restart=cfg.restart)  # restart: this job's only
     out = RunConfig(**base)
     check_options(out)
     return out, changed

@@ -48,13 +48,19 @@ def check_chain(records) -> list:
     return problems
 
 
+def no_links(path: str, flags: int) -> int:
+    """open()'s opener for the run's files: a symbolic link where one belongs is refused
+    (ELOOP), so no run writes or truncates a file that a link points to elsewhere."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
 class LedgerWriter:
     """Appends sealed records to ledger.jsonl, flushed and synced every iteration."""
 
     def __init__(self, path: str, prev: str = GENESIS):
         self.path = path
         self.prev = prev
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8", opener=no_links)
 
     def append(self, record: dict) -> dict:
         sealed = seal(record, self.prev)
@@ -90,7 +96,7 @@ def _parse(line: str) -> dict:
 
 def truncate(path: str, records: int) -> None:
     """Keep the first `records` lines of a JSON-lines file: a resumed run rewrites the rest."""
-    with open(path, "rb+") as f:
+    with open(path, "rb+", opener=no_links) as f:
         kept = 0
         for _ in range(records):
             line = f.readline()

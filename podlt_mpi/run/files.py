@@ -38,7 +38,8 @@ class RunFiles:
             prev = resume.prev
         self.written = resume.records if resume else 0
         self.ledger = ledger.LedgerWriter(self.path("ledger.jsonl"), prev)
-        self.metrics = open(self.path("metrics.jsonl"), "a", encoding="utf-8")
+        self.metrics = open(self.path("metrics.jsonl"), "a", encoding="utf-8",
+                            opener=ledger.no_links)
 
     @property
     def head(self) -> str:

@@ -206,6 +206,7 @@ def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
     """The run to continue or the directory to write, and the data. Raises ConfigError."""
     changed, history, kind = {}, [], None
     if cfg.resume:
+        rundir.check_links(cfg.resume, "--resume")
         saved = resume.saved_config(cfg.resume)
         history, kind = saved.get("resumed", []), saved.get("device_kind", "cpu")
         cfg, changed = resumed(saved, cfg, argv)
@@ -229,7 +230,7 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
         built, stochastic = rank_parts(inputs, rank, size, dev)
         if rank == 0 and cfg.resume:
             built.plan = resume.prepare(out, size, min_active(cfg), inputs.changed,
-                                        inputs.history)
+                                        inputs.history, cfg.restart)
         elif rank == 0:
             built.created = not os.path.exists(out)
             os.makedirs(out, exist_ok=True)

@@ -76,8 +76,9 @@ def active_ranks(proof: dict | None, world_size: int) -> tuple:
 
 
 def prepare(run_dir: str, world_size: int, need: int, changed: dict,
-            history: list) -> Resume:
-    """Choose the checkpoint to continue from; raise ConfigError if the run cannot continue."""
+            history: list, restart: bool = False) -> Resume:
+    """Choose the checkpoint to continue from; raise ConfigError if the run cannot continue
+    (with no usable checkpoint, unless `restart`: then from iteration 0)."""
     kept = records.load(os.path.join(run_dir, "ledger.jsonl"))
     found = None
     for _, path in reversed(checkpoint.available(os.path.join(run_dir, "checkpoints"))):
@@ -97,6 +98,10 @@ def prepare(run_dir: str, world_size: int, need: int, changed: dict,
         raise ConfigError(f"--resume {run_dir}: only {len(active)} active ranks remain on "
                           f"{world_size} ranks, and the checks need {need}")
     n = found["iteration"] if found else 0
+    if found is None and not restart and len(kept):
+        raise ConfigError(f"--resume {run_dir}: no checkpoint can be continued from, and "
+                          f"going on would cut the ledger's {len(kept)} records; --restart "
+                          f"starts the run over from iteration 0")
     if found is None:
         notes.insert(0, "no usable checkpoint: starting over from iteration 0")
     for name, (before, now) in changed.items():

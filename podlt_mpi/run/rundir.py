@@ -19,8 +19,28 @@ def default_out() -> str:
     return path
 
 
+# what a run directory holds (docs/ledger.md); none of it may be a symbolic link
+RUN_FILES = ("config.json", "ledger.jsonl", "metrics.jsonl", "summary.json", "model_init.pt",
+             "model_final.pt", roles.KEY_FILE, "checkpoints")
+
+
+def check_links(path: str, option: str) -> None:
+    """Raise ConfigError if the run directory, or any of its files, is a symbolic link: the
+    job writes and truncates them, and would do it to whatever a link points to."""
+    folders = [path, os.path.join(path, "checkpoints")]
+    names = [path] + [os.path.join(path, n) for n in RUN_FILES]
+    if os.path.isdir(folders[1]) and not os.path.islink(folders[1]):
+        names += [os.path.join(folders[1], n) for n in sorted(os.listdir(folders[1]))]
+    linked = [n for n in names if os.path.islink(n)]
+    if linked:
+        what = "it" if linked[0] == path else os.path.relpath(linked[0], path)
+        raise ConfigError(f"{option} {path}: {what} is a symbolic link, and the job does not "
+                          f"write through links: put the file itself there")
+
+
 def check(path: str) -> None:
     """Raise ConfigError unless `path` can become a fresh run directory."""
+    check_links(path, "--out")
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ConfigError(f"--out {path} exists and is not a directory")

@@ -23,7 +23,8 @@ from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, tags
 
 WAIT_FOR_ZERO = 3600.0  # seconds a rank waits for rank 0 at start-up (it may be generating data)
-FINISH_TIMEOUT = 60.0   # seconds rank 0 waits for the ranks' last word at the end
+FINISH_TIMEOUT = 20.0   # seconds rank 0 waits for the ranks' last word at the end (the others
+                        # are idle by then, waiting to send it)
 _kept: list = []        # send buffers whose sends may not complete (to a rank that never reads)
 
 

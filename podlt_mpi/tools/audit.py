@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 
 import numpy as np
@@ -31,9 +32,37 @@ from podlt_mpi.run import checkpoint
 from podlt_mpi.tools.replay import Outcome, Replayer
 
 
+def named_code(cfg: RunConfig, task: Task) -> list:
+    """(option, "module:function") of the code a run's config.json names, which the replay
+    would import and run: a user's model and loss (the fault plugin is never replayed)."""
+    return [(opt, spec) for opt, spec in (("--model", cfg.model), ("--loss", task.loss))
+            if ":" in spec]
+
+
+def refused_code(named: list, allow) -> str | None:
+    """The sentence refusing the code of `named` that `allow` ((option, spec) pairs the auditor
+    named: a model is not allowed by naming it as the loss; or TRUST_CONFIG) does not allow, or
+    None."""
+    if allow == TRUST_CONFIG:
+        return None
+    left = [(opt, spec) for opt, spec in named if (opt, spec) not in set(allow)]
+    if not left:
+        return None
+    what = ", ".join(f"{opt.lstrip('-')} {spec}" for opt, spec in left)
+    flags = " ".join(f"{opt} {spec}" for opt, spec in left)
+    return (f"the run names its {what}: code that the audit would import and run, which a run "
+            f"directory from someone else may use to run anything here. Name it to allow it "
+            f"({flags}), or pass --trust-config")
+
+
+TRUST_CONFIG = "trust-config"
+
+
 class Audit:
-    def __init__(self, run_dir: str, data: str | None = None):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str, data: str | None = None, allow=()):
+        """`allow`: the (option, "module:function") pairs of user code the auditor allows the
+        replay to import (named_code), or TRUST_CONFIG for whatever the run's config names."""
+        self.run_dir, self.allow = run_dir, allow
         self.problems = []
         self.notes = []
         if not os.path.isdir(run_dir):
@@ -301,8 +330,15 @@ class Audit:
             self.problem(None, "ledger_head", f"the ledger ends in {head}, not in the published "
                          f"{expected}")
 
-    def run(self, sample: int | None = 10, seed: int = 0, expect_head: str | None = None) -> dict:
-        """`sample`: how many iterations to replay, None for all."""
+    def run(self, sample: int | None = 10, seed: int | None = None,
+            expect_head: str | None = None) -> dict:
+        """`sample`: how many iterations to replay, None for all; `seed`: of their choice
+        (None: a fresh one, so that a forger cannot know which; the report gives it)."""
+        refused = refused_code(named_code(self.cfg, Task.from_meta(self.meta)), self.allow)
+        if refused:
+            raise ConfigError(refused)
+        if seed is None:
+            seed = secrets.randbits(32)
         if expect_head:
             self.check_head(expect_head)
         self.check_chain()
@@ -326,7 +362,7 @@ class Audit:
             "status": (self.summary or {}).get("status", "unfinished"),
             "problems": self.problems, "notes": self.notes,
             "replay": {
-                "targets": targets, "replayed": len(outcomes),
+                "targets": targets, "seed": seed, "replayed": len(outcomes),
                 "verified": sum(o.in_sync for o in outcomes.values()),
                 "verdicts_confirmed": sum(bool(o.verdict_confirmed) for o in outcomes.values()),
                 "skipped": rep["skipped"], "checkpoints": sorted(anchors),
@@ -447,7 +483,9 @@ def text(report: dict) -> str:
              f"  replay: {len(rp['targets'])} iterations asked, {rp['replayed']} replayed, "
              f"{rp['verified']} reproduced bit for bit, {rp['verdicts_confirmed']} verdicts "
              f"confirmed, {len(rp['skipped'])} not replayable; checkpoints vouched for: "
-             f"{len(rp['checkpoints'])}"]
+             f"{len(rp['checkpoints'])}",
+             f"  sample: iterations chosen with seed {rp['seed']} (repeat with --seed "
+             f"{rp['seed']})"]
     removed = ", ".join(f"rank {r['rank']} at {r['iteration']}" for r in report["removed"])
     lines.append(f"  removed: {removed or 'none'}")
     u = report["unverified_from_removed"]
@@ -477,7 +515,14 @@ def main(argv) -> int:
     how.add_argument("--sample", type=int, default=10, help="replay this many iterations, "
                      "chosen at random (each from its nearest checkpoint)")
     how.add_argument("--all", action="store_true", help="replay every iteration")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing the sample")
+    p.add_argument("--seed", type=int, help="seed for choosing the sample (default: a fresh "
+                   "one, printed with the report so the audit can be repeated)")
+    p.add_argument("--model", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="allow the replay to import the user's model the run names")
+    p.add_argument("--loss", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="allow the replay to import the user's loss the run names")
+    p.add_argument("--trust-config", action="store_true", help="allow whatever code the run's "
+                   "config.json names (only for a run directory you trust)")
     p.add_argument("--expect-head", metavar="HASH", help="the ledger head printed at the end "
                    "of the job's log: proves the files were not rewritten as a whole")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-': stdout)")
@@ -485,8 +530,10 @@ def main(argv) -> int:
     try:
         if a.sample < 0:
             raise ConfigError(f"--sample must be >= 0, got {a.sample}")
-        report = Audit(a.run_dir, a.data).run(None if a.all else a.sample, a.seed,
-                                              a.expect_head)
+        allow = TRUST_CONFIG if a.trust_config else [*(("--model", m) for m in a.model),
+                                                      *(("--loss", m) for m in a.loss)]
+        report = Audit(a.run_dir, a.data, allow).run(None if a.all else a.sample, a.seed,
+                                                     a.expect_head)
     except ConfigError as e:
         print(f"podlt_mpi audit: error: {e}", file=sys.stderr)
         return 2
