@@ -165,3 +165,63 @@ def test_resume_writes_through_no_link_and_never_starts_over_unasked(mpi, job_ar
     r = run_job(4, ["--resume", str(out), "--restart"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(out, 2)
+
+
+def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat(
+        mpi, job_args, tmp_path):
+    # 20,000 messages of 4 KB (80 MB) on a tag rank 0 never receives: counted and discarded as
+    # they come, so rank 0's peak stays within a fraction of them of an honest run's
+    flooder = first_plan(WORLD).workers[0]
+    honest = run_job(WORLD, job_args(out="honest", blocks=5))
+    assert honest.returncode == 0, honest.stdout + honest.stderr
+    r = run_job(WORLD, job_args(blocks=5), adversary=(flooder, os.path.join(ADVERSARIES,
+                                                                           "flood.py")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "adversary: flooded 20000" in r.stderr
+    assert f"rank {flooder} sends messages nobody asked for" in r.stderr
+    out = tmp_path / "run"
+    assert_complete(out, 5)
+    s = read_json(out / "summary.json")
+    # counted as they are taken in: MPI delivers a flood as fast as rank 0 takes it, and the
+    # run may end before the last of it has come. The flooder's own answer comes behind its
+    # flood: it may miss its deadline, and be removed for it; no other rank is
+    assert list(s["unsolicited_messages"]) == [str(flooder)]
+    assert [x["rank"] for x in s["removed"]] in ([], [flooder])
+    assert 1000 < s["unsolicited_messages"][str(flooder)] <= 20000
+    base = read_json(tmp_path / "honest" / "summary.json")["peak_rss_mb"][0]
+    assert s["peak_rss_mb"][0] < base + 30, (s["peak_rss_mb"][0], base)
+
+
+@pytest.mark.parametrize("mode", ["altered", "withheld"])
+def test_weights_altered_or_withheld_on_the_way_remove_no_honest_rank(mode, mpi, job_args,
+                                                                      tmp_path):
+    # an honest rank whose broadcast a forwarder tampered with says so, gets the weights
+    # directly, and the broadcast is not used again
+    victim = first_plan(WORLD).workers[0]
+    r = run_job(WORLD, job_args(blocks=4, rank_timeout=10), adversary=(
+        victim, os.path.join(ADVERSARIES, "forwarded.py")), env={"MODE": mode})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"adversary: the weights were {mode} on the way" in r.stderr
+    assert f"rank(s) [{victim}] did not get the weights by the broadcast as sent" in r.stderr
+    assert r.stderr.count("from now on the weights go to each rank directly") == 1
+    out = tmp_path / "run"
+    assert_complete(out, 4)
+    assert removed(out) == []
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+
+
+def test_a_rank_that_never_joins_the_broadcast_group_hangs_nothing(mpi, job_args, tmp_path):
+    liar = 3
+    t0 = time.monotonic()
+    r = run_job(WORLD, job_args(blocks=3, rank_timeout=5), adversary=(
+        liar, os.path.join(ADVERSARIES, "nogroup.py")), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "adversary: not joining" in r.stderr
+    assert "the broadcast's group of 6 ranks was not formed within 5 s" in r.stderr
+    out = tmp_path / "run"
+    assert_complete(out, 3)
+    assert removed(out) == [liar]  # it never answered the work it was then sent directly
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+    assert time.monotonic() - t0 < 5 + 5 + 5 + 120

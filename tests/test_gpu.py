@@ -165,6 +165,7 @@ def test_dropout_and_batchnorm_on_the_gpu_agree_and_audit(fake, small_data, tmp_
     summary = read_json(out / "summary.json")
     assert summary["checks"]["dispute"] == 0
     assert [x["rank"] for x in summary["removed"]] == ([4] if fake else [])
-    a = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all"],
+    a = subprocess.run([sys.executable, "-m", "podlt_mpi", "audit", str(out), "--all",
+                        "--model", "usermodels:combined"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
     assert a.returncode == 0 and "8 reproduced bit for bit" in a.stdout, a.stdout + a.stderr

@@ -23,7 +23,7 @@ def test_messages_have_the_same_form_for_every_role():
         a = [a for a in plan.assignments if a.rank == r][0]
         # nothing about role or position: the seed is a hash of the lines, not the lines
         seed = messages.fragment_seed(9, 4, a.start, a.stop)
-        assert header.tolist() == [messages.WORK, 4, a.lines, seed]
+        assert header.tolist() == [messages.WORK, 4, a.lines, seed, 0, 0, 0, 0, 0]
     c = plan.checked
     for k in plan.controls:
         assert msgs[k][2][1].tobytes() == msgs[c][2][1].tobytes()
@@ -34,7 +34,9 @@ def test_shared_weights_leave_the_messages_and_idle_ranks_get_a_header():
     # 3 lines for 5 workers: two workers idle; the weights go by broadcast, not in any message
     plan = schedule.plan_iteration(range(1, 8), 2, 0, 3, np.random.default_rng(5))
     bx, by = np.zeros((3, 4), np.float32), np.arange(3, dtype=np.int64)
-    msgs = messages.messages_for_plan(plan, 4, 9, None, bx, by, everyone=range(1, 8))
+    state = (5000, messages.state_digest(np.ones(10, np.float32)))
+    msgs = messages.messages_for_plan(plan, 4, 9, None, bx, by, everyone=range(1, 8),
+                                      state=state)
     assert set(msgs) == set(range(1, 8))
     busy = {a.rank for a in plan.assignments}
     assert len(busy) == 5  # three workers with a line each and the two controls
@@ -44,10 +46,21 @@ def test_shared_weights_leave_the_messages_and_idle_ranks_get_a_header():
             assert [t for t, _ in m] == [messages.tags.HEADER, messages.tags.X, messages.tags.Y]
             assert m[0][1][0] == messages.SHARED and m[0][1][2] == 1
         else:
-            assert [(t, a.tolist()) for t, a in m] == [(messages.tags.HEADER,
-                                                        [messages.SHARED, 4, 0, 0])]
+            assert [(t, a.tolist()[:5]) for t, a in m] == [(messages.tags.HEADER,
+                                                            [messages.SHARED, 4, 0, 0, 5000])]
+        # every SHARED header names the same state, the one the broadcast must bring
+        assert m[0][1][5:].tolist() == state[1].tolist()
     head, members = messages.regroup([0, 2, 5])
-    assert head[1].tolist() == [messages.REGROUP, -1, 3, 0] and members[1].tolist() == [0, 2, 5]
+    assert head[1].tolist()[:4] == [messages.REGROUP, -1, 3, 0]
+    assert members[1].tolist() == [0, 2, 5]
+
+
+def test_the_state_digest_tells_one_changed_value():
+    w = np.arange(1000, dtype=np.float32)
+    d = messages.state_digest(w)
+    w[500] = np.nextafter(w[500], np.float32(1e9))
+    assert d.shape == (4,) and d.dtype == np.int64
+    assert not np.array_equal(d, messages.state_digest(w))
 
 
 def test_fragment_seed_depends_on_run_iteration_and_lines_only():

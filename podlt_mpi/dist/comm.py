@@ -16,6 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 SLEEP_MIN = 50e-6
+IDLE_EVERY = 0.05  # seconds between a waiting manager's drains of unsolicited messages
 SLEEP_MAX = 2e-3  # measured here: 0.2 ms sleeps gave 2.7k samples/s at N=50 on 2 cores, 2 ms 7.4k
 
 
@@ -77,10 +78,10 @@ def choose_wait(on_node: int, requested: str) -> str:
 class Checked:
     """A receive whose size is checked before a byte is read: a matched probe (MPI_Improbe)
     finds the message, its size comes from the probe's status, and only a message of exactly
-    `buffer`'s size is received into it (MPI_Imrecv). Any other is received into one scratch
-    byte, which MPI truncates, and `bad` says what it was: a rank can send any bytes of any size
-    on any tag, and a posted receive of the wrong size ends in MPI_ERR_TRUNCATE, an exception
-    and (before this) the job's abort. Polled by Waiter like a request."""
+    `buffer`'s size is received into it (MPI_Imrecv). Any other is refused (refuse) and `bad`
+    says what it was: a rank can send any bytes of any size on any tag, and a posted receive
+    of the wrong size ends in MPI_ERR_TRUNCATE, an exception and (before this) the job's abort.
+    Polled by Waiter like a request."""
 
     def __init__(self, comm, buffer, source: int, tag: int):
         self.comm, self.buffer, self.source, self.tag = comm, buffer, source, tag
@@ -105,7 +106,7 @@ class Checked:
             want = self.buffer.nbytes
             if size != want:
                 self.bad = f"a message of {size} bytes where {want} belong"
-                refuse(msg)
+                refuse(msg, size)
                 self.finished = True
                 return True
             self.req = msg.Irecv(self.buffer)
@@ -113,12 +114,46 @@ class Checked:
         return self.finished
 
 
-def refuse(msg) -> None:
-    """Receive a matched message of the wrong size into one byte, discarding the rest."""
-    try:
-        msg.Recv(np.empty(1, np.uint8))
-    except MPI.Exception:
-        pass  # MPI_ERR_TRUNCATE, as intended: the message is consumed
+def drain(comm, sources, expected, known) -> dict:
+    """Receive and discard the messages from `sources` that nobody asked for: {source: how
+    many}. `expected(source, tag)` says whether a message is awaited (its receive will come);
+    `known`: the tags to look for behind an awaited one. A rank that floods rank 0 with
+    messages it never receives would otherwise grow MPI's queue of unexpected messages in rank
+    0's memory without bound (refuse says how each is taken)."""
+    out = {}
+    status = MPI.Status()
+    if not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
+        return out  # nothing waiting at all: the usual case, one call
+    for r in sources:
+        if not comm.Iprobe(r, MPI.ANY_TAG, status):
+            continue
+        for tag in (MPI.ANY_TAG, *(t for t in known if not expected(r, t))):
+            # the first message, then each unawaited tag behind an awaited one. Iprobe only
+            # looks; the matched probe of the same source and tag then takes that very message
+            # (MPI keeps one source's messages of one tag in order)
+            while comm.Iprobe(r, tag, status) and not expected(r, status.Get_tag()):
+                msg = comm.Improbe(r, status.Get_tag(), status)
+                if msg is None:
+                    break
+                refuse(msg, status.Get_count(MPI.BYTE))
+                out[r] = out.get(r, 0) + 1
+    return out
+
+
+REFUSE_MAX = 64 * 2**20  # bytes: a refused message up to this size is received and dropped
+_unreceived: list = []   # larger ones: matched, never received (their data stays with the sender)
+
+
+def refuse(msg, size: int) -> None:
+    """Take a matched message nobody will use. Up to REFUSE_MAX it is received into scratch
+    memory and dropped. A larger one is left unreceived: every MPI sends a message that size
+    by rendezvous, so its data waits with its sender and costs rank 0 nothing; receiving it
+    truncated would be cheaper still, but Open MPI 4.1's shared-memory transport then copies
+    the whole message into the small buffer (a segmentation fault, measured)."""
+    if size > REFUSE_MAX:
+        _unreceived.append(msg)
+        return
+    msg.Recv(np.empty(max(size, 1), np.uint8))
 
 
 class Waiter:
@@ -140,9 +175,11 @@ class Waiter:
             raise RankTimeout(f"no answer within {self.timeout:g} s"
                               + (f" from rank(s) {peers}" if peers else ""), late)
 
-    def poll(self, reqs, who=None, done=None, timeout: float | None = None) -> list:
+    def poll(self, reqs, who=None, done=None, timeout: float | None = None,
+             idle=None) -> list:
         """Like wait, but at the deadline return the (request, peer) pairs still pending (an
-        empty list when all completed)."""
+        empty list when all completed). `idle()`, if given, is called while nothing completes,
+        at most every IDLE_EVERY seconds (the manager drains unsolicited messages there)."""
         items = list(reqs)
         who = list(who) if who else [None] * len(items)
         if (self.mode == "spin" and timeout is None and done is None
@@ -151,6 +188,7 @@ class Waiter:
             return []
         pending = list(zip(items, who, strict=True))
         start, delay = time.monotonic(), SLEEP_MIN
+        idled = start
         while pending:
             finished = set(_test_some([r for r, _ in pending]))
             if finished:
@@ -160,8 +198,12 @@ class Waiter:
                     pending += list((done(req) if done is not None else None) or ())
                 delay = SLEEP_MIN
                 continue
-            if timeout is not None and time.monotonic() - start > timeout:
+            now = time.monotonic()
+            if timeout is not None and now - start > timeout:
                 return pending
+            if idle is not None and now - idled > IDLE_EVERY:
+                idle()
+                idled = now
             if self.mode == "sleep":
                 time.sleep(delay)
                 delay = min(2 * delay, SLEEP_MAX)
@@ -194,14 +236,35 @@ def ibcast(group, buffer, root: int = 0):
     return group.Ibcast(buffer, root=root)
 
 
-def subgroup(comm, members, old=None):
+stuck: list = []  # threads left in a group's creation that never completed (subgroup)
+
+
+def subgroup(comm, members, old=None, timeout: float | None = None, give_up=None):
     """A communicator of the world ranks `members` (in that order: the first is its rank 0),
-    replacing `old`. Collective over the members only (MPI_Comm_create_group): ranks outside,
-    removed ones that have already left their loop included, take no part."""
-    new = comm.Create_group(comm.Get_group().Incl([int(m) for m in members]))
+    replacing `old`, or None if it was not formed within `timeout` seconds or before
+    `give_up()` said to stop waiting. Collective over the
+    members only (MPI_Comm_create_group): ranks outside, removed ones that have already left
+    their loop included, take no part. MPI has no non-blocking form of it, and one member that
+    never joins would hold the others in it for ever: it runs in a thread (MPI is initialised
+    with MPI_THREAD_MULTIPLE) that the caller stops waiting for at the deadline, left in
+    `stuck`."""
+    import threading
+    group = comm.Get_group().Incl([int(m) for m in members])
+    got = []
+    thread = threading.Thread(target=lambda: got.append(comm.Create_group(group)), daemon=True,
+                              name="podlt-create-group")
+    thread.start()
+    start, delay = time.monotonic(), SLEEP_MIN
+    while thread.is_alive():
+        if (timeout is not None and time.monotonic() - start > timeout or
+                give_up is not None and give_up()):
+            stuck.append(thread)
+            return None
+        time.sleep(delay)
+        delay = min(2 * delay, SLEEP_MAX)
     if old is not None:
         old.Free()
-    return new
+    return got[0] if got else None
 
 
 def finish(code: int) -> None:
@@ -216,7 +279,8 @@ def finish(code: int) -> None:
     import ctypes
     sys.stdout.flush()
     sys.stderr.flush()
-    MPI.Finalize()
+    if not stuck:  # a thread inside an MPI call would hold MPI_Finalize for ever
+        MPI.Finalize()
     ctypes.CDLL(None).exit(code)
 
 

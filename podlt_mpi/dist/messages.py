@@ -17,12 +17,25 @@ import numpy as np
 from podlt_mpi.dist import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
-HEADER_LEN = 4  # [command, iteration, lines, seed of the fragment's random generators]
+# [command, iteration, lines, seed of the fragment's random generators, then for SHARED: the
+# milliseconds to wait for the broadcast, and the state's digest (state_digest) as 4 values]
+HEADER_LEN = 9
+UNSEEN = -1  # an answer's signal field: the rank did not get the state its header names
 ANSWER_LEN = 3  # float64 [loss, stop signal seen (0: none), seconds spent computing], with the gradient
 
 
-def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0) -> np.ndarray:
-    return np.array([command, iteration, lines, seed], dtype=np.int64)
+def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0,
+           state=None) -> np.ndarray:
+    """`state`: (milliseconds to wait for the broadcast, the state's digest) for SHARED."""
+    wait_ms, digest = state if state is not None else (0, np.zeros(4, np.int64))
+    return np.array([command, iteration, lines, seed, wait_ms, *digest], dtype=np.int64)
+
+
+def state_digest(weights) -> np.ndarray:
+    """The digest of the flat state a SHARED header names, as 4 int64 values: what a rank
+    compares with what the broadcast, which passes through other ranks, brought it."""
+    h = hashlib.blake2b(memoryview(np.ascontiguousarray(weights)).cast("B"), digest_size=32)
+    return np.frombuffer(h.digest(), np.int64).copy()
 
 
 def fragment_seed(run_seed: int, iteration: int, start: int, stop: int) -> int:
@@ -43,7 +56,7 @@ def answer_problem(v: np.ndarray) -> str | None:
     stop signal's number, the seconds finite and not negative (the loss is judged with the
     gradient)."""
     signal, seconds = float(v[1]), float(v[2])
-    if signal != 0 and signal not in {float(s) for s in preempt.SIGNALS}:
+    if signal not in (0, UNSEEN) and signal not in {float(s) for s in preempt.SIGNALS}:
         return f"its signal field is {signal!r}"
     if not np.isfinite(seconds) or seconds < 0:
         return f"its seconds field is {seconds!r}"
@@ -57,27 +70,29 @@ def regroup(members) -> list:
 
 
 def work_messages(iteration: int, seed: int, weights: np.ndarray | None, x: np.ndarray,
-                  y: np.ndarray) -> list:
+                  y: np.ndarray, state=None) -> list:
     """The (tag, array) messages for one rank's slice x, y, in the order they are sent. x and y
     travel in the types data.Reader gives them (float32 or int64; int64 or float32). Without
     `weights` the rank takes them from the group's broadcast (SHARED)."""
     if weights is None:
-        msgs = [(tags.HEADER, header(SHARED, iteration, len(y), seed))]
+        msgs = [(tags.HEADER, header(SHARED, iteration, len(y), seed, state))]
     else:
         msgs = [(tags.HEADER, header(WORK, iteration, len(y), seed)), (tags.WEIGHTS, weights)]
     return msgs + [(tags.X, np.ascontiguousarray(x)), (tags.Y, np.ascontiguousarray(y))]
 
 
 def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray | None, block_x,
-                      block_y, everyone=()) -> dict:
+                      block_y, everyone=(), state=None) -> dict:
     """rank -> its messages for this iteration, slicing the block [plan.start, plan.stop).
     weights None: they go by broadcast to `everyone` (the active ranks), and those without work
-    in this plan get a SHARED header of 0 lines, to take part in the broadcast."""
-    out = {r: [(tags.HEADER, header(SHARED, iteration))] for r in everyone}
+    in this plan get a SHARED header of 0 lines, to take part in the broadcast; `state`: what
+    the SHARED headers say of it (header)."""
+    out = {r: [(tags.HEADER, header(SHARED, iteration, 0, 0, state))] for r in everyone}
     for a in plan.assignments:
         s, e = a.start - plan.start, a.stop - plan.start
         seed = fragment_seed(run_seed, iteration, a.start, a.stop)
-        out[a.rank] = work_messages(iteration, seed, weights, block_x[s:e], block_y[s:e])
+        out[a.rank] = work_messages(iteration, seed, weights, block_x[s:e], block_y[s:e],
+                                    state)
     return out
 
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from podlt_mpi.core import digests, timing
+from podlt_mpi.core import digests, schedule, timing
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, preempt, tags
 from podlt_mpi.run.window import Window
@@ -50,6 +50,8 @@ class Exchange:
         self.spare = []  # receive buffers kept across iterations (window.py)
         self.abandoned = []  # requests a late rank left incomplete, with what they use
         self.lost = []       # receive buffers a stalled transfer may still write
+        self.unsolicited = {}  # rank -> messages it sent unasked, discarded (drain)
+        self.ordered_fold = False  # format 3: answers folded in arrival order (no redo)
 
     def timeout(self) -> float:
         if self.rank_timeout:
@@ -58,17 +60,27 @@ class Exchange:
             return FIRST_TIMEOUT
         return min(MAX_TIMEOUT, max(MIN_TIMEOUT, 10 * self.slowest))
 
-    def regroup(self, active) -> None:
+    def regroup(self, active, iteration: int = -1) -> None:
         """Make the broadcast's communicator the manager and `active`, if it is not already."""
         members = (0, *sorted(active))
         if members == self.members:
             return
         self.send({r: messages.regroup(members) for r in active})
-        self.group, self.members = mpi.subgroup(self.comm, members, self.group), members
+        group = mpi.subgroup(self.comm, members, self.group, self.timeout())
+        if group is None:  # a member never joined: no broadcast from here on
+            self.lose_broadcast(iteration, why=f"the broadcast's group of {len(members)} ranks was "
+                                        f"not formed within {self.timeout():g} s (a rank did "
+                                        f"not join)")
+            self.group, self.members = None, ()
+            return
+        self.group, self.members = group, members
 
     def send(self, outgoing: dict) -> None:
-        reqs = self.post(outgoing, [], [])
-        self.waiter.wait(reqs)
+        """Post the sends and wait for them to their deadline: one to a rank that never
+        receives is left (its buffer kept alive), not waited on for ever."""
+        who = []
+        reqs = self.post(outgoing, [], who)
+        self.abandoned += mpi.Waiter(self.waiter.mode).poll(reqs, who, None, self.timeout())
 
     def post(self, outgoing: dict, reqs: list, who: list) -> list:
         """Post the sends of {rank: [(tag, array)...]}, counting their bytes. In rank order:
@@ -82,30 +94,65 @@ class Exchange:
 
     def __call__(self, plan, iteration: int, weights, bx, by, everyone=None,
                  fold=None) -> tuple:
-        """Send every assigned rank its messages; return (grads, losses, digests) by rank: the
-        gradients kept whole, every rank's loss, and futures of the gradients' hex digests. `everyone` (the active ranks): the weights go to all of them by
-        the group's broadcast (if `broadcast`), those without lines taking part with a header
-        of none; None: with each rank's lines.
+        """Send every assigned rank its messages; return (grads, losses, digests, refused) by
+        rank: the gradients kept whole (None: refused), every rank's loss, futures of the
+        gradients' hex digests, and why each refused answer was. `everyone` (the active
+        ranks): the weights go to all of them by the group's broadcast (if `broadcast`), those
+        without lines taking part with a header of none; None: with each rank's lines.
         `fold`: (order, streamed, add): the answers come in one at a time in `order` through
         the window (window.py); those of `streamed` go, in that order, to add(rank, gradient,
         answer) and are not returned (the manager's memory stays flat in the ranks). Without
-        it every answer is received at once and kept."""
+        it every answer is received at once and kept.
+        A rank that says it did not get the state its header names (the broadcast passes
+        through other ranks, which may alter or withhold it) is sent its work again with the
+        weights, directly, and the broadcast is not used again (lose_broadcast)."""
+        t_start = time.monotonic()
+        order, streamed, add = fold or ([a.rank for a in plan.assignments], (), None)
+        window = self.round(plan, iteration, weights, bx, by, everyone, order, streamed, add,
+                            fold is not None)
+        grads, losses, futures, refused = self.collect(window)
+        if window.unseen and self.ordered_fold:
+            raise mpi.PeerLost(f"rank(s) {sorted(window.unseen)} did not get the weights by the "
+                               f"broadcast in iteration {iteration}, which this run's ledger "
+                               f"format (3: an update summed in arrival order) cannot redo; "
+                               f"continue with --resume {self.resume_hint} --broadcast off")
+        if window.unseen:
+            self.lose_broadcast(iteration, sorted(window.unseen))
+            again = schedule.Plan(plan.start, plan.stop, (), (), None,
+                                  tuple(a for a in plan.assignments if a.rank in window.unseen))
+            redo = self.round(again, iteration, weights, bx, by, None,
+                              [r for r in order if r in window.unseen], streamed, add,
+                              fold is not None)
+            more = self.collect(redo)
+            for mine, theirs in zip((grads, losses, futures, refused), more, strict=True):
+                mine.update(theirs)
+            for r in redo.unseen:  # the weights came directly: a false claim is a lie
+                refused[r], grads[r] = "it claimed not to get the weights sent to it", None
+        self.cost.seconds["exchange"] += time.monotonic() - t_start  # the sends and the waits
+        return grads, losses, futures, refused
+
+    def round(self, plan, iteration, weights, bx, by, everyone, order, streamed, add,
+              folding: bool) -> Window:
+        """One sending of the plan's work and the receipt of its answers, to their deadline."""
         reqs, who = [], []
         cost = self.cost
-        t_start = time.monotonic()
         everyone = everyone if self.broadcast else None
+        state = None
         if everyone is not None:
-            self.regroup(everyone)
+            self.regroup(everyone, iteration)
+            everyone = everyone if self.broadcast else None  # the group may not have formed
+        if everyone is not None:
+            wait_ms = int(1000 * self.timeout() / 2)  # a rank says so before its deadline
+            state = (wait_ms, messages.state_digest(weights))
         outgoing = messages.messages_for_plan(plan, iteration, self.seed,
                                               None if everyone is not None else weights, bx, by,
-                                              everyone or ())
+                                              everyone or (), state)
         self.post(outgoing, reqs, who)
         if everyone is not None:  # one copy of the weights out, whatever the number of ranks
             reqs.append(mpi.ibcast(self.group, weights))
             who.append(None)
             cost.bytes_out += weights.nbytes
-        order, streamed, add = fold or ([a.rank for a in plan.assignments], (), None)
-        size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if fold else len(order)
+        size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if folding else len(order)
         window = Window(self.comm, self.answer_size, order, streamed, add, size,
                         lambda rank, buffer: self.pool.submit(buffer), self.spare, cost)
         pending = list(zip(reqs, who)) + window.start()
@@ -113,7 +160,8 @@ class Exchange:
         timeout = self.timeout()
         while pending:
             pending = mpi.Waiter(self.waiter.mode).poll(
-                [r for r, _ in pending], [w for _, w in pending], window.done, timeout)
+                [r for r, _ in pending], [w for _, w in pending], window.done, timeout,
+                lambda: self.drain(window.awaits))
             if pending:  # the deadline: who is late is refused, the others go on
                 late = window.late()
                 more = window.give_up(late, f"no answer within {timeout:g} s")
@@ -124,27 +172,48 @@ class Exchange:
                 pending = [(r, w) for r, w in pending if w not in gone and w is not None] + more
         self.lost += window.lost
         dt = time.monotonic() - t0
-        self.slowest = max(self.slowest or 0.0, dt) if not window.refused else self.slowest
-        cost.seconds["exchange"] += time.monotonic() - t_start  # posting the sends, and the wait
+        if not window.refused and not window.unseen:  # a deadline met is no measure
+            self.slowest = max(self.slowest or 0.0, dt)
+        return window
+
+    def collect(self, window: Window) -> tuple:
+        """(grads, losses, futures, refused) of a round's window."""
         losses = {}
         for r, v in window.answers.items():
-            if r in window.refused:
+            if r in window.refused or r in window.unseen:
                 losses[r] = float("nan")
                 window.futures[r] = digests.done(None)
                 continue
-            cost.compute.append(float(v[2]))
+            self.cost.compute.append(float(v[2]))
             losses[r] = float(v[0])
             if v[1]:
                 self.notices.setdefault(r, preempt.name(int(v[1])))
-        return window.kept(), losses, window.futures, dict(window.refused)
+        grads = {r: g for r, g in window.kept().items() if r not in window.unseen}
+        return grads, losses, window.futures, dict(window.refused)
 
-    def lose_broadcast(self, iteration: int) -> None:
-        """The weights' broadcast did not complete in time (a rank in its tree did not take
-        part): the weights go to each rank directly from now on."""
+    def drain(self, awaits=lambda rank, tag: False) -> None:
+        """Discard what ranks sent unasked (comm.drain), counting it per rank, with one warning
+        per rank. A rank's last word (FINISH) is always awaited: a removed rank says it early."""
+        got = mpi.drain(self.comm, range(1, self.comm.Get_size()),
+                        lambda r, t: t == tags.FINISH or awaits(r, t), tags.KNOWN)
+        for r, n in got.items():
+            if r not in self.unsolicited:
+                log.warning("rank %d sends messages nobody asked for: discarded and counted",
+                            r)
+            self.unsolicited[r] = self.unsolicited.get(r, 0) + n
+
+    def lose_broadcast(self, iteration: int, unseen=(), why: str | None = None) -> None:
+        """The weights' broadcast did not complete in time, or ranks say it brought them other
+        weights than the header names: a rank on its way (MPI's broadcast has ranks forward
+        to ranks) withheld or altered them, and nothing tells which. The weights go to each
+        rank directly from now on, said once."""
         if self.broadcast:
             self.broadcast = False
-            log.warning("iteration %d: the weights' broadcast did not complete within the "
-                        "deadline; from now on they go to each rank directly", iteration)
+            why = why or (f"rank(s) {list(unseen)} did not get the weights by the broadcast as "
+                          "sent (withheld or altered by a rank that forwards them)" if unseen
+                          else "the weights' broadcast did not complete within the deadline")
+            log.warning("iteration %d: %s; from now on the weights go to each rank directly",
+                        iteration, why)
 
     def reclaim(self, buffers) -> None:
         """Kept gradients the manager is done with: receive buffers for the next iterations

@@ -328,9 +328,11 @@ def _finish(comm, inputs: _Inputs, code: int) -> int:
     summary = os.path.join(inputs.out, "summary.json")
     if comm.Get_rank() == 0 and os.path.exists(summary):
         rundir.add_to_json(summary, peak_rss_mb=peaks)
-    if missing:
+    if missing or (mpi.stuck and comm.Get_rank() == 0):
         log.warning("rank(s) %s said nothing at the job's end; ending them (exit %d)",
-                    sorted(missing), code)
+                    sorted(missing), code) if missing else log.warning(
+            "a broadcast group was never formed, and MPI cannot finish with a thread still "
+            "in it: ending the job (exit %d)", code)
         mpi.abort(comm, code)
     return code
 

@@ -68,6 +68,7 @@ class Manager:
         self.state = RunState.fresh(comm.Get_size(), cfg.seed)
         self.exchange = Exchange(comm, waiter, self.layout.answer_size, cfg.seed,
                                  cfg.rank_timeout, out, self.pool, broadcasts(cfg, waiter.mode))
+        self.exchange.ordered_fold = self.folding and not self.keyed
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
@@ -210,6 +211,7 @@ class Manager:
 
     def step(self, iteration, epoch, block, start, stop) -> records.Record:
         cost, st = self.cost, self.state
+        self.exchange.drain()  # what ranks sent unasked since the last exchange
         active = tuple(sorted(st.active))  # the ranks the roles are drawn from
         plan = self.plan(iteration, start, stop)
         weights = host(self.layout.state())
@@ -452,6 +454,7 @@ class Manager:
             progress.close()
             files.close()
         self.exchange.stop(st.active)
+        self.exchange.drain()  # the count of unsolicited messages, complete
         summary = self.summary(stop, st.elapsed_before + time.monotonic() - t_start)
         if stop is None and self.keyed:  # the run is over: its roles may be audited now
             rundir.reveal(self.out, self.state.role_key)
@@ -507,6 +510,8 @@ class Manager:
             "out": out, "status": "complete" if stop is None else "stopped",
             "stopped_by": stop, "ranks": st.world_size, "iterations": st.next_iteration,
             "total_iterations": self.total, "removed": st.removed,
+            "unsolicited_messages": {str(r): n for r, n in
+                                     sorted(self.exchange.unsolicited.items())},
             "disputes": st.counts["dispute"], "checks": st.counts, "credits": st.credits,
             "final_loss": st.last_loss, **{k: st.test.get(k) for k in self.task.figures()},
             "wall_time_s": wall, "useful_samples": st.useful,

@@ -42,6 +42,7 @@ class Window:
         self.answers, self.grads, self.futures = {}, {}, {}  # by rank
         self.receives = {}                     # rank -> its open GRAD receive
         self.refused = {}                      # rank -> why its answer is not one
+        self.unseen = set()                    # ranks that did not get the state (UNSEEN)
         self.lost = []                         # buffers a stalled receive may still write
         self.loss_in, self.grad_in = set(), set()
         self.front = deque()                   # the open turns' ranks, in order
@@ -86,6 +87,8 @@ class Window:
         why = item.bad or messages.answer_problem(self.answers[rank])
         if why:
             self.refused.setdefault(rank, f"its [loss, signal, seconds] message: {why}")
+        elif self.answers[rank][1] == messages.UNSEEN:  # its gradient is no answer
+            self.unseen.add(rank)
         return self._arrived(self.loss_in, rank)
 
     def _grad(self, item, rank) -> list:
@@ -94,6 +97,13 @@ class Window:
         else:
             self.futures[rank] = self.hash_it(rank, self.grads[rank])
         return self._arrived(self.grad_in, rank)
+
+    def awaits(self, rank, tag) -> bool:
+        """Whether this window still waits for rank's message of `tag` (comm.drain)."""
+        if rank not in self.answers or rank in self.refused:
+            return False
+        return (tag == tags.LOSS and rank not in self.loss_in or
+                tag == tags.GRAD and rank not in self.grad_in)
 
     def late(self) -> list:
         """The ranks whose answers are not in and not arriving: a part not sent, or a
@@ -130,7 +140,7 @@ class Window:
         out = []
         while self.front and self.front[0] in self.grad_in and self.front[0] in self.loss_in:
             r = self.front.popleft()
-            if r in self.refused:
+            if r in self.refused or r in self.unseen:
                 self._free(r)
             elif r in self.streamed and not self.add(r, self.grads[r], self.answers[r]):
                 self._free(r)

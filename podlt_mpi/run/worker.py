@@ -46,6 +46,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                else np.empty(layout.state_size, np.float32))
     head = np.empty(messages.HEADER_LEN, np.int64)
     pending, done, longest, group = [], 0, 0.0, None
+    others = [r for r in range(1, comm.Get_size()) if r != comm.Get_rank()]
+    stuck = []  # broadcasts that never completed, with their buffers, kept alive
     while True:
         # Wait for the next header while our last answer drains: the manager may still be
         # receiving it, and the buffers it reads must stay alive until it has.
@@ -57,13 +59,16 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 mpi.Waiter(waiter.mode, 1.0).wait(reqs)
                 break
             except mpi.RankTimeout:
+                # only rank 0 speaks to a worker: what other ranks send it is discarded
+                mpi.drain(comm, others, lambda r, t: False, ())
                 if time.monotonic() - t0 > limit:
                     raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
                                        f"for {limit:.0f} s") from None
         longest = max(longest, time.monotonic() - t0)
         if on_message:
             on_message(tags.HEADER, head.copy())
-        command, iteration, lines, seed = (int(v) for v in head)
+        command, iteration, lines, seed, wait_ms = (int(v) for v in head[:5])
+        digest = head[5:].copy()
         if command == messages.STOP:
             return done
         if command == messages.REGROUP:
@@ -71,15 +76,33 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
             waiter.wait([mpi.irecv(comm, members, 0, tags.MEMBERS)])
             if on_message:
                 on_message(tags.MEMBERS, members.copy())
-            group = mpi.subgroup(comm, members, group)
+            # the manager, if it gives up on the group (a member did not join), sends work
+            group = mpi.subgroup(comm, members, group, limit,
+                                 lambda: comm.Iprobe(source=0, tag=tags.HEADER)) or group
             continue
         x = np.empty((lines, line_size), task.x_dtype)
         y = np.empty((lines, *task.target_shape), task.y_dtype)
-        reqs = [mpi.ibcast(group, weights) if command == messages.SHARED
+        shared = command == messages.SHARED
+        reqs = [mpi.ibcast(group, weights) if shared
                 else mpi.irecv(comm, weights, 0, tags.WEIGHTS)]
         if lines:
             reqs += [mpi.irecv(comm, x, 0, tags.X), mpi.irecv(comm, y, 0, tags.Y)]
-        waiter.wait(reqs)
+        waiter.wait(reqs[1:])  # from rank 0 itself
+        if shared and not _got_state(reqs[0], weights, digest, wait_ms, waiter, cuda_aware,
+                                     stuck):
+            # the broadcast, which passes through other ranks, did not bring the state the
+            # header names: say so instead of computing (the manager sends it directly)
+            if stuck and stuck[-1][1] is weights:
+                weights = (torch.empty_like(weights) if cuda_aware
+                           else np.empty(layout.state_size, np.float32))
+            if lines:  # grad and loss_buf stay referenced until the sends complete
+                grad = np.zeros(layout.answer_size, np.float32)
+                loss_buf = messages.answer(float("nan"), messages.UNSEEN, 0.0)
+                pending = [mpi.isend(comm, grad, 0, tags.GRAD),
+                           mpi.isend(comm, loss_buf, 0, tags.LOSS)]
+            continue
+        if not shared:
+            waiter.wait(reqs[:1])
         if on_message:
             seen = host(weights) if cuda_aware else weights
             for tag, arr in ((tags.WEIGHTS, seen), (tags.X, x), (tags.Y, y))[:len(reqs)]:
@@ -101,3 +124,14 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         loss_buf = messages.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
+
+
+def _got_state(req, weights, digest, wait_ms: int, waiter, cuda_aware: bool, stuck) -> bool:
+    """Whether the broadcast `req` brought, within `wait_ms`, the state whose digest the header
+    names. One that did not complete is kept in `stuck` with its buffer (MPI may still write
+    it)."""
+    if mpi.Waiter(waiter.mode).poll([req], [0], None, wait_ms / 1000 if wait_ms else None):
+        stuck.append((req, weights))
+        return False
+    return bool(np.array_equal(messages.state_digest(host(weights) if cuda_aware else weights),
+                               digest))
