@@ -7,6 +7,7 @@ from conftest import read_json, read_jsonl, run_job
 from staging import first_plan, first_rechecks
 
 from podlt_mpi.core.config import FAKE_MODES
+from podlt_mpi.dist import messages
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +133,9 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
         lines = [e - s for s, e in (a["lines"] for a in rec["assignments"])]
         # one copy of the weights (the group's broadcast), a header and lines for each rank;
         # first, each of the 5 ranks learns the group: a header and the 6 members
-        regroup = 5 * (4 * 8 + 4 * 6) if rec["iteration"] == 0 else 0
-        assert row["bytes_out"] == regroup + 4 * n + sum(4 * 8 + k * (4 * line + 8) for k in lines)
+        head = 8 * messages.HEADER_LEN  # int64s: with the broadcast's state digest (issue 27)
+        regroup = 5 * (head + 4 * 6) if rec["iteration"] == 0 else 0
+        assert row["bytes_out"] == regroup + 4 * n + sum(head + k * (4 * line + 8) for k in lines)
         assert row["bytes_in"] == len(lines) * (4 * n + 3 * 8)
         assert {"exchange", "verify", "update", "ledger", "read"} <= set(row["time"])
         assert 0 < row["compute_max"] <= row["time"]["exchange"] <= row["seconds"]
