@@ -9,6 +9,8 @@ import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.staging import first_plan
 
+from podlt_mpi.dist import tags
+
 pytestmark = pytest.mark.slow
 ADVERSARIES = os.path.join(ROOT, "tests", "adversaries")
 LIAR = os.path.join(ADVERSARIES, "lie.py")
@@ -167,15 +169,18 @@ def test_resume_writes_through_no_link_and_never_starts_over_unasked(mpi, job_ar
     assert_complete(out, 2)
 
 
+@pytest.mark.parametrize("tag,size", [(99, 4096), (tags.FINISH, 8)])
 def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat(
-        mpi, job_args, tmp_path):
-    # 20,000 messages of 4 KB (80 MB) on a tag rank 0 never receives: counted and discarded as
-    # they come, so rank 0's peak stays within a fraction of them of an honest run's
-    flooder = first_plan(4).workers[0]
-    honest = run_job(4, job_args(out="honest", blocks=4))
+        tag, size, mpi, job_args, tmp_path):
+    # 20,000 messages of 4 KB (80 MB) on a tag rank 0 never receives, or of a last word's
+    # size and tag (rank 0 keeps a rank's first): counted and discarded as they come, so rank
+    # 0's peak stays within a fraction of them of an honest run's
+    flooder = first_plan(5).workers[0]
+    honest = run_job(5, job_args(out="honest", blocks=4))
     assert honest.returncode == 0, honest.stdout + honest.stderr
-    r = run_job(4, job_args(blocks=4), adversary=(flooder, os.path.join(ADVERSARIES,
-                                                                       "flood.py")))
+    r = run_job(5, job_args(blocks=4), adversary=(flooder, os.path.join(ADVERSARIES,
+                                                                       "flood.py")),
+                env={"FLOOD_TAG": str(tag), "FLOOD_BYTES": str(size)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "adversary: flooded 20000" in r.stderr
     assert f"rank {flooder} sends messages nobody asked for" in r.stderr

@@ -114,10 +114,12 @@ class Checked:
         return self.finished
 
 
-def drain(comm, sources, expected, known) -> dict:
+def drain(comm, sources, expected, known, keep=None) -> dict:
     """Receive and discard the messages from `sources` that nobody asked for: {source: how
     many}. `expected(source, tag)` says whether a message is awaited (its receive will come);
-    `known`: the tags to look for behind an awaited one. A rank that floods rank 0 with
+    `known`: the tags to look for behind an awaited one; `keep(source, tag, nbytes)`, if given,
+    may return a buffer of that size to receive the message into instead (counted as kept,
+    not as unsolicited). A rank that floods rank 0 with
     messages it never receives would otherwise grow MPI's queue of unexpected messages in rank
     0's memory without bound (refuse says how each is taken)."""
     out = {}
@@ -135,7 +137,12 @@ def drain(comm, sources, expected, known) -> dict:
                 msg = comm.Improbe(r, status.Get_tag(), status)
                 if msg is None:
                     break
-                refuse(msg, status.Get_count(MPI.BYTE))
+                size = status.Get_count(MPI.BYTE)
+                buffer = keep(r, status.Get_tag(), size) if keep is not None else None
+                if buffer is not None and buffer.nbytes == size:
+                    msg.Recv(buffer)
+                    continue
+                refuse(msg, size)
                 out[r] = out.get(r, 0) + 1
     return out
 
@@ -258,13 +265,28 @@ def subgroup(comm, members, old=None, timeout: float | None = None, give_up=None
     while thread.is_alive():
         if (timeout is not None and time.monotonic() - start > timeout or
                 give_up is not None and give_up()):
-            stuck.append(thread)
+            stuck.append((thread, got, old))
             return None
         time.sleep(delay)
         delay = min(2 * delay, SLEEP_MAX)
     if old is not None:
         old.Free()
     return got[0] if got else None
+
+
+def late_group(timeout: float):
+    """The group whose creation subgroup stopped waiting for, if it forms within `timeout`
+    (a rank that stopped waiting for work that turned out to come by that group), else None."""
+    if not stuck:
+        return None
+    thread, got, old = stuck[-1]
+    thread.join(timeout)
+    if thread.is_alive() or not got:
+        return None
+    stuck.pop()
+    if old is not None:
+        old.Free()
+    return got[0]
 
 
 def finish(code: int) -> None:
@@ -280,7 +302,14 @@ def finish(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if not stuck:  # a thread inside an MPI call would hold MPI_Finalize for ever
-        MPI.Finalize()
+        world = MPI.COMM_WORLD
+        # MPICH's MPI_Finalize fails on a communicator that still holds unmatched messages: a
+        # flood's last ones, a lying rank's extra answer. Nothing is awaited any more.
+        drain(world, range(world.Get_size()), lambda r, t: False, ())
+        try:
+            MPI.Finalize()
+        except MPI.Exception:
+            pass  # what arrived after the drain: the job's work is done and written
     ctypes.CDLL(None).exit(code)
 
 

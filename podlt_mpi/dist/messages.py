@@ -14,6 +14,7 @@ import hashlib
 
 import numpy as np
 
+from podlt_mpi.core import digests
 from podlt_mpi.dist import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
@@ -34,8 +35,10 @@ def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0,
 def state_digest(weights) -> np.ndarray:
     """The digest of the flat state a SHARED header names, as 4 int64 values: what a rank
     compares with what the broadcast, which passes through other ranks, brought it."""
-    h = hashlib.blake2b(memoryview(np.ascontiguousarray(weights)).cast("B"), digest_size=32)
-    return np.frombuffer(h.digest(), np.int64).copy()
+    # BLAKE3 on one thread: 30 ms for 97 MB here (blake2b took 131 ms), every rank, every
+    # iteration that broadcasts
+    hexdigest = digests.of_arrays(digests.BLAKE3, np.ascontiguousarray(weights))
+    return np.frombuffer(bytes.fromhex(hexdigest), np.int64).copy()
 
 
 def fragment_seed(run_seed: int, iteration: int, start: int, stop: int) -> int:

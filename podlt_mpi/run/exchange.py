@@ -6,8 +6,15 @@ broadcast over a communicator of the manager and the active ranks, rebuilt whene
 ranks change (a removal, a resume), or, without the broadcast, with each rank's lines. The answers
 come in through window.py, in an order that does not depend on the roles; each is handed to the
 digest pool the moment it arrives, so its ledger digest is computed while the other
-answers are still on their way. The exchange also keeps the automatic rank timeout (ten times
-the slowest exchange so far) and the first stop signal a worker reported with its answer.
+answers are still on their way.
+
+Nothing a rank sends can stop the exchange: an answer of the wrong size or fields is refused
+(window.py, comm.Checked), one not in by the deadline too (ten times the slowest exchange so
+far, at least MIN_TIMEOUT, at most MAX_TIMEOUT), and the refused ones go back to the manager,
+which removes their ranks. What ranks send unasked is drained and counted. A broadcast that
+did not bring a rank the state its header names, or did not complete, or whose group did not
+form, is given up for the run, and the rank's work sent again directly. The exchange also keeps
+the stop signals the workers reported with their answers.
 """
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ class Exchange:
         self.abandoned = []  # requests a late rank left incomplete, with what they use
         self.lost = []       # receive buffers a stalled transfer may still write
         self.unsolicited = {}  # rank -> messages it sent unasked, discarded (drain)
+        self.last_words = {}   # rank -> its last word (FINISH), if it said it early (drain)
+        self.misbehaved = set()  # ranks refused or sending unasked: ended with the job
         self.ordered_fold = False  # format 3: answers folded in arrival order (no redo)
 
     def timeout(self) -> float:
@@ -129,6 +138,7 @@ class Exchange:
             for r in redo.unseen:  # the weights came directly: a false claim is a lie
                 refused[r], grads[r] = "it claimed not to get the weights sent to it", None
         self.cost.seconds["exchange"] += time.monotonic() - t_start  # the sends and the waits
+        self.misbehaved |= set(refused)
         return grads, losses, futures, refused
 
     def round(self, plan, iteration, weights, bx, by, everyone, order, streamed, add,
@@ -193,14 +203,20 @@ class Exchange:
 
     def drain(self, awaits=lambda rank, tag: False) -> None:
         """Discard what ranks sent unasked (comm.drain), counting it per rank, with one warning
-        per rank. A rank's last word (FINISH) is always awaited: a removed rank says it early."""
-        got = mpi.drain(self.comm, range(1, self.comm.Get_size()),
-                        lambda r, t: t == tags.FINISH or awaits(r, t), tags.KNOWN)
+        per rank. A rank's first last word (FINISH) is kept in `last_words`: a removed rank
+        says it early, and the job's end (startup.finish) takes it from there."""
+        def keep(r, tag, nbytes):
+            if tag == tags.FINISH and r not in self.last_words and nbytes == 8:
+                self.last_words[r] = np.empty(1, np.float64)
+                return self.last_words[r]
+            return None
+        got = mpi.drain(self.comm, range(1, self.comm.Get_size()), awaits, tags.KNOWN, keep)
         for r, n in got.items():
             if r not in self.unsolicited:
                 log.warning("rank %d sends messages nobody asked for: discarded and counted",
                             r)
             self.unsolicited[r] = self.unsolicited.get(r, 0) + n
+            self.misbehaved.add(r)
 
     def lose_broadcast(self, iteration: int, unseen=(), why: str | None = None) -> None:
         """The weights' broadcast did not complete in time, or ranks say it brought them other

@@ -140,9 +140,10 @@ def _run(comm, argv, started: float) -> int:
             _say(rank, e.message)
         return e.code
     _warn_about_devices(rank, inputs.cfg, built.placed)
+    exchange = None  # rank 0's, once its run is over
     if rank == 0:
         try:
-            code = _manage(comm, inputs, built, waiter, started)
+            code, exchange = _manage(comm, inputs, built, waiter, started)
         except ConfigError as e:  # a bad line met in a block: every rank has been told to stop
             _say(rank, str(e))
             code = 2
@@ -155,7 +156,7 @@ def _run(comm, argv, started: float) -> int:
                    cuda_aware=cfg.cuda_aware_mpi,
                    task=inputs.ds.task)
         code = 0
-    return _finish(comm, inputs, code)
+    return _finish(comm, inputs, code, exchange)
 
 
 def _options(comm, argv) -> RunConfig | None:
@@ -314,25 +315,36 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
              "(%d trainable, %d buffer values), out %s", comm.Get_size(), waiter.mode,
              devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],
              layout.n_grad, layout.n_float + layout.n_count, out)
-    summary = Manager(comm, cfg, ds, built.model, out, waiter, meta, built.plan, started).run()
-    return 1 if summary["stopped_by"] == TOO_FEW else 0
+    manager = Manager(comm, cfg, ds, built.model, out, waiter, meta, built.plan, started)
+    summary = manager.run()
+    return 1 if summary["stopped_by"] == TOO_FEW else 0, manager.exchange
 
 
-def _finish(comm, inputs: _Inputs, code: int) -> int:
+def _finish(comm, inputs: _Inputs, code: int, exchange=None) -> int:
     """Every rank's last word to rank 0 (startup.finish), its peak memory into summary.json.
     A rank that says nothing in time (stopped, hung, removed and never woken) would keep
     mpiexec from returning: once the run's files are complete, rank 0 ends the job with
-    MPI_Abort and the run's own exit code (docs/operations.md)."""
+    MPI_Abort and the run's own exit code (docs/operations.md); so does a rank that broke the
+    protocol (a refused answer, a flood), whose own exit could otherwise decide the launcher's.
+    `exchange` (rank 0): the run's, with the last words it took early (removed ranks say
+    theirs at once) and the ranks that misbehaved."""
     peaks, missing = startup.finish(comm, peak_rss_mb(),
-                                    inputs.cfg.rank_timeout or startup.FINISH_TIMEOUT)
+                                    inputs.cfg.rank_timeout or startup.FINISH_TIMEOUT,
+                                    exchange.last_words if exchange else None)
     summary = os.path.join(inputs.out, "summary.json")
     if comm.Get_rank() == 0 and os.path.exists(summary):
         rundir.add_to_json(summary, peak_rss_mb=peaks)
-    if missing or (mpi.stuck and comm.Get_rank() == 0):
-        log.warning("rank(s) %s said nothing at the job's end; ending them (exit %d)",
-                    sorted(missing), code) if missing else log.warning(
-            "a broadcast group was never formed, and MPI cannot finish with a thread still "
-            "in it: ending the job (exit %d)", code)
+    bad = sorted(exchange.misbehaved) if exchange else []
+    if missing or bad or (mpi.stuck and comm.Get_rank() == 0):
+        if missing:
+            log.warning("rank(s) %s said nothing at the job's end; ending them (exit %d)",
+                        sorted(missing), code)
+        elif bad:
+            log.warning("rank(s) %s broke the protocol; ending them with the job (exit %d)",
+                        bad, code)
+        else:
+            log.warning("a broadcast group was never formed, and MPI cannot finish with a "
+                        "thread still in it: ending the job (exit %d)", code)
         mpi.abort(comm, code)
     return code
 

@@ -147,16 +147,20 @@ def verdict(comm, code: int | None = None) -> int:
     return code
 
 
-def finish(comm, peak: float, timeout: float = FINISH_TIMEOUT) -> tuple:
+def finish(comm, peak: float, timeout: float = FINISH_TIMEOUT, said=None) -> tuple:
     """The job's last word. Rank 0: ([every rank's peak memory in MB, None where it said
     nothing], {rank: why} of the ranks that did not say it in time). The others send their
     peak and wait for rank 0's leave, sleeping: a removed rank waits here from its removal
-    on, and spinning would steal a core from ranks still computing."""
+    on, and spinning would steal a core from ranks still computing. `said`: {rank: [peak]}
+    rank 0 has taken already."""
     if comm.Get_rank():
         send(comm, np.array([peak], np.float64), tags.FINISH)
         expect(comm, 1, np.int64, tags.BYE, float("inf"))
         return [], {}
-    got, problems = take(comm, range(1, comm.Get_size()), tags.FINISH, 1, np.float64, timeout)
+    said = dict(said or {})
+    got, problems = take(comm, [r for r in range(1, comm.Get_size()) if r not in said],
+                         tags.FINISH, 1, np.float64, timeout)
+    got.update(said)
     tell(comm, {r: np.zeros(1, np.int64) for r in got}, tags.BYE)
     peaks = [peak] + [float(got[r][0]) if r in got and np.isfinite(got[r][0]) else None
                       for r in range(1, comm.Get_size())]

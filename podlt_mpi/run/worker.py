@@ -78,18 +78,21 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 on_message(tags.MEMBERS, members.copy())
             # the manager, if it gives up on the group (a member did not join), sends work
             group = mpi.subgroup(comm, members, group, limit,
-                                 lambda: comm.Iprobe(source=0, tag=tags.HEADER)) or group
+                                 lambda: comm.Iprobe(source=0, tag=tags.HEADER))
             continue
         x = np.empty((lines, line_size), task.x_dtype)
         y = np.empty((lines, *task.target_shape), task.y_dtype)
         shared = command == messages.SHARED
-        reqs = [mpi.ibcast(group, weights) if shared
+        if shared and group is None or shared and mpi.stuck:
+            # work by a group this rank stopped waiting for (a header came first): it forms
+            group = mpi.late_group(limit) or group
+        reqs = [None if shared and group is None else mpi.ibcast(group, weights) if shared
                 else mpi.irecv(comm, weights, 0, tags.WEIGHTS)]
         if lines:
             reqs += [mpi.irecv(comm, x, 0, tags.X), mpi.irecv(comm, y, 0, tags.Y)]
         waiter.wait(reqs[1:])  # from rank 0 itself
-        if shared and not _got_state(reqs[0], weights, digest, wait_ms, waiter, cuda_aware,
-                                     stuck):
+        if shared and (reqs[0] is None or not _got_state(reqs[0], weights, digest, wait_ms,
+                                                         waiter, cuda_aware, stuck)):
             # the broadcast, which passes through other ranks, did not bring the state the
             # header names: say so instead of computing (the manager sends it directly)
             if stuck and stuck[-1][1] is weights:
