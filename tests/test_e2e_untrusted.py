@@ -178,8 +178,8 @@ def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat
     flooder = first_plan(5).workers[0]
     honest = run_job(5, job_args(out="honest", blocks=4))
     assert honest.returncode == 0, honest.stdout + honest.stderr
-    r = run_job(5, job_args(blocks=4), adversary=(flooder, os.path.join(ADVERSARIES,
-                                                                       "flood.py")),
+    r = run_job(5, job_args(blocks=4, rank_timeout=5),
+                adversary=(flooder, os.path.join(ADVERSARIES, "flood.py")),
                 env={"FLOOD_TAG": str(tag), "FLOOD_BYTES": str(size)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "adversary: flooded 20000" in r.stderr
