@@ -89,11 +89,6 @@ class Checked:
         self.bad = None      # why the message was refused, once it was
         self.finished = False
 
-    @property
-    def matched(self) -> bool:
-        """Whether the message has arrived (if its data may still be on its way)."""
-        return self.req is not None or self.finished
-
     def Test(self) -> bool:  # noqa: N802 (polled where MPI requests are)
         if self.finished:
             return True

@@ -257,9 +257,10 @@ class Manager:
             self.refuse_old_format(self.checker.refused, iteration)
             refused.update(self.checker.refused)
             held = self.looked_again(rnd, fold, unchecked, refused) if self.looking else []
+        rechecks = [a for c in checks for a in c.rechecks]
+        assigned = (*plan.assignments, *rechecks)
         held += [records.Look(a.rank, (a.start, a.stop), refused[a.rank], "malformed")
-                 for a in (*plan.assignments, *(a for c in checks for a in c.rechecks))
-                 if a.rank in refused and a.rank not in unchecked]
+                 for a in assigned if a.rank in refused and a.rank not in unchecked]
         replaced = [x.lines for x in held if x.verdict != "same" and x.rank in unchecked]
         applied = self.accepted(plan, checks, replaced)
         fake = sorted({r for c in checks for r in c.decision.fake})
@@ -268,8 +269,7 @@ class Manager:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
                                                          plan.controls),
                         *((f"its answer was refused: {refused[r]}",) if r in refused else ()))
-        roles_of = {a.rank: a.role for a in (*plan.assignments, *(a for c in checks
-                                                                   for a in c.rechecks))}
+        roles_of = {a.rank: a.role for a in assigned}
         for x in held:
             if x.verdict != "same" and x.rank in st.active:
                 self.remove(x.rank, iteration, roles_of[x.rank],
@@ -277,7 +277,6 @@ class Manager:
                             f"its answer ({x.why}) differs from the manager's recomputation")
         fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same")})
         done = [c.record() for c in checks]
-        rechecks = [a for c in checks for a in c.rechecks]
         mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]
         with cost.part("ledger"):  # the weights' digest; the rest is mostly done by now
             self.weights_digest = self.weights_now()

@@ -47,7 +47,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     head = np.empty(messages.HEADER_LEN, np.int64)
     pending, done, longest, group = [], 0, 0.0, None
     others = [r for r in range(1, comm.Get_size()) if r != comm.Get_rank()]
-    stuck = []  # broadcasts that never completed, with their buffers, kept alive
+    stalled = []  # broadcasts that never completed, with their buffers, kept alive
     while True:
         # Wait for the next header while our last answer drains: the manager may still be
         # receiving it, and the buffers it reads must stay alive until it has.
@@ -92,10 +92,10 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
             reqs += [mpi.irecv(comm, x, 0, tags.X), mpi.irecv(comm, y, 0, tags.Y)]
         waiter.wait(reqs[1:])  # from rank 0 itself
         if shared and (reqs[0] is None or not _got_state(reqs[0], weights, digest, wait_ms,
-                                                         waiter, cuda_aware, stuck)):
+                                                         waiter, cuda_aware, stalled)):
             # the broadcast, which passes through other ranks, did not bring the state the
             # header names: say so instead of computing (the manager sends it directly)
-            if stuck and stuck[-1][1] is weights:
+            if stalled and stalled[-1][1] is weights:
                 weights = (torch.empty_like(weights) if cuda_aware
                            else np.empty(layout.state_size, np.float32))
             if lines:  # grad and loss_buf stay referenced until the sends complete
@@ -129,12 +129,13 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
 
 
-def _got_state(req, weights, digest, wait_ms: int, waiter, cuda_aware: bool, stuck) -> bool:
+def _got_state(req, weights, digest, wait_ms: int, waiter, cuda_aware: bool,
+               stalled) -> bool:
     """Whether the broadcast `req` brought, within `wait_ms`, the state whose digest the header
-    names. One that did not complete is kept in `stuck` with its buffer (MPI may still write
+    names. One that did not complete is kept in `stalled` with its buffer (MPI may still write
     it)."""
     if mpi.Waiter(waiter.mode).poll([req], [0], None, wait_ms / 1000 if wait_ms else None):
-        stuck.append((req, weights))
+        stalled.append((req, weights))
         return False
     return bool(np.array_equal(messages.state_digest(host(weights) if cuda_aware else weights),
                                digest))
