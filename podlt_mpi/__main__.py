@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from podlt_mpi.core import portable
+
 SUBCOMMANDS = ("run", "prepare", "audit", "report", "simulate")
 
 
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     if command == "simulate":
         from podlt_mpi.tools.simulate import main as simulate
         return simulate(argv)
+    portable.enter(portable.for_job(argv), [command, *argv])
     from podlt_mpi.run.job import run
     code = run(argv)
     if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2

@@ -11,6 +11,12 @@ import pytest
 # (torch.load does): set it before any test runs, or the interpreter tests of the fused
 # comparison would skip after the first test that loads a checkpoint. CPU-only here.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests compare runs with training and audits in this process (single_process.py, Audit):
+# it computes with the kernels a run uses by default, set before torch is first imported.
+from podlt_mpi.core import portable  # noqa: E402
+
+assert "torch" not in sys.modules, "torch was imported before conftest could set the kernels"
+portable.apply(portable.PORTABLE)
 
 ROOT = mpi_impls.ROOT
 # the models and data helpers that jobs load as user plugins; tests import some of them too
@@ -35,11 +41,12 @@ def pytest_generate_tests(metafunc):
 # Test tiers. The README's test command runs `-m "not full"`: every feature once, end to end
 # under MPICH, in under 10 minutes on 2 cores. CI then runs `-m full`: the rest of the matrix,
 # the same runs under Open MPI, every fault mode (twice), every kind of user model and task, the
-# other bad-input cases, Slurm. Below: for parametrized tests, the cases the first tier keeps
-# (fragments of the test's id); their other cases, and everything under Open MPI or Slurm, are
-# `full`.
+# other bad-input cases, Slurm. Below: for the tests named, the cases the first tier keeps
+# (fragments of the test's id; none: the whole test is `full`); their other cases, and everything
+# under Open MPI or Slurm, are `full`.
 FIRST_TIER_CASES = {
-    "test_e2e_bad_input.py::test_bad_data_file": ("missing", "negative"),
+    "test_e2e_bad_input.py::test_bad_data_file": ("missing",),
+    "test_e2e_bad_input.py::test_a_bad_line_ends_the_run_when_its_block_is_read": (),
     "test_e2e_bad_input.py::test_device_options_that_cannot_work_are_bad_input": ("args0-",),
     "test_e2e_bad_input.py::test_a_user_model_that_cannot_train_is_bad_input": ("no_backward",),
     "test_e2e_bad_input.py::test_unwritable_out": (),
@@ -58,7 +65,22 @@ FIRST_TIER_CASES = {
     "test_e2e_reproducible.py::test_matches_single_process_training": (),
     "test_e2e_resume.py::test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes":
         ("term-job",),
-    "test_e2e_resume.py::test_kill_9_ends_the_job_quickly_and_resume_completes": ("worker",),
+    "test_e2e_resume.py::test_kill_9_ends_the_job_quickly_and_resume_completes": (),
+    "test_e2e_resume.py::test_time_limit_stops_in_time_and_resume_completes": (),
+    # a silent rank's removal is test_e2e_untrusted's; SIGSTOP is its full-tier variant
+    "test_e2e_resume.py::test_a_hanging_rank_is_removed_within_30_s_and_the_job_finishes": (),
+    # bitwise reproducibility: test_matches_single_process_training, against the reference
+    "test_e2e_reproducible.py::test_same_seed_same_bytes": (),
+    "test_e2e_reproducible.py::test_user_model_and_held_out_split": (),
+    "test_e2e_roles.py::test_two_runs_of_one_command_draw_other_roles_give_one_model_and_audit_every_role": (),
+    "test_e2e_faults.py::test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_names_it": (),
+    "test_e2e_lies.py::test_a_lying_loss_gets_the_rank_removed_and_the_audit_names_it": (),
+    # the stored runs: each is audited; the current format's is resumed, and reports a record
+    # of an unknown format
+    "test_records.py::test_an_old_run_is_resumed_and_its_records_kept": ("format5",),
+    "test_records.py::test_a_record_of_an_unknown_format_is_reported_at_its_iteration":
+        ("format5",),
+
     "test_user_models.py::test_honest_run_agrees_audits_and_equals_single_process_training":
         ("combined",),
     **{f"test_user_models.py::{name}": () for name in (
@@ -67,17 +89,16 @@ FIRST_TIER_CASES = {
         "test_batchnorm_statistics_are_the_training_data_s",
         "test_adamw_clipping_and_cosine_warmup_match_single_process_and_audit",
         "test_clipping_changes_the_run")},
-    **{f"test_tasks.py::{name}": ("lm",) for name in (
-        "test_honest_run_agrees_audits_and_equals_single_process_training",
-        "test_a_cheater_is_removed_and_no_honest_rank")},
+    "test_tasks.py::test_honest_run_agrees_audits_and_equals_single_process_training": ("lm",),
+    "test_tasks.py::test_a_cheater_is_removed_and_no_honest_rank": (),
     "test_tasks.py::test_resume_after_a_signal_is_byte_identical": (),
     "test_audit.py::test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there": (),
     "test_gpu_benchmark.py::test_the_script_measures_and_writes_its_tables": (),
     "test_prepare.py::test_debians_fashion_mnist_converts_and_trains": (),
     "test_e2e_lies.py::test_a_wild_answer_from_an_unchecked_worker_removes_it_at_once": ("nan",),
-    # one case of each kind of lie an owned rank tells (issue 27); SIGSTOP: test_e2e_resume's
+    # one case of each kind of lie an owned rank tells (issue 27); SIGSTOP: full tier
     "test_e2e_untrusted.py::test_a_malformed_answer_is_refused_and_the_rank_removed":
-        ("short", "signal"),
+        ("short",),
     "test_e2e_untrusted.py::test_a_rank_that_stops_answering_is_removed_and_the_job_finishes":
         ("silent",),
     "test_e2e_untrusted.py::test_a_rank_that_cannot_start_properly_is_refused_and_runs_no_code_on_rank_0":

@@ -1,6 +1,6 @@
 """The ledger's typed records (core/records.py): one schema for the writer and every reader, and
-runs written before it (tests/data/format1, format2, format4) still audited, reported and
-resumed."""
+runs written before it (tests/data/format1, format2, format4, and format5 with the portable
+kernels) still audited, reported and resumed."""
 import dataclasses
 import json
 import os
@@ -16,12 +16,14 @@ from podlt_mpi.core import digests, ledger, records
 
 OLD = os.path.join(ROOT, "tests", "data", "format1")
 # runs written by earlier versions, by ledger format: (folder, the arrays' hash)
-OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3"), 4: ("format4", "blake3")}
+OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3"), 4: ("format4", "blake3"),
+            5: ("format5", "blake3")}
 HELPERS = os.path.join(ROOT, "tests", "helpers")
-# The kernels the stored runs were written with (tests/data/format*/README.md): pinned to AVX2,
-# so that any x86-64 machine with AVX2, Intel or AMD, computes the same bits. Natively, MKL and
-# ATen choose by vendor and vector unit, and a run replays only where it was written.
-PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# The kernels the stored runs were written with (tests/data/format*/README.md), on an AMD EPYC
+# (Zen 2). They recorded none: they were written before core/portable.py. MKL's AVX2 branch
+# holds on Intel processors only, so on an Intel machine, or another AMD one, these runs may
+# not replay bit for bit: the audit then says "not reproducible here", which is no failure.
+AVX2_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @pytest.fixture(params=sorted(OLD_RUNS), ids=lambda f: f"format{f}")
@@ -46,7 +48,7 @@ ALLOW = ("--model", "usermodels:regressor")
 def tool(*args, cwd):
     return subprocess.run([sys.executable, "-m", "podlt_mpi", *args], cwd=cwd, timeout=300,
                           capture_output=True, text=True,
-                          env={**os.environ, **PORTABLE,
+                          env={**os.environ, **AVX2_PINS,
                                "PYTHONPATH": os.pathsep.join([HELPERS, ROOT])})
 
 
@@ -161,11 +163,26 @@ def test_a_record_of_an_unknown_format_is_reported_at_its_iteration(old_run):
     assert not [p for p in rep["problems"] if p["check"] == "chain"]
 
 
+def replayed(rep: dict, iterations: int) -> None:
+    """An old run's audit passed: every iteration reproduced bit for bit, or, on a machine
+    whose kernels compute otherwise, each one that did not was found so on fragments its ranks
+    had agreed on, and said to be "not reproducible here" instead of blaming a rank."""
+    rp = rep["replay"]
+    assert rep["passed"] and rep["problems"] == [] and rep["fake_contributions"] == []
+    assert rp["replayed"] == iterations
+    if rep["kernels_differ"] is not None:  # written with the portable kernels: bit for bit here
+        assert rep["verdict"] == "passed" and rp["verified"] == iterations, rep
+    if rp["unreproducible"]:
+        assert rep["verdict"] == "not reproducible here" and rep["kernels_differ"] is None
+        assert any(n.startswith("not reproducible here:") for n in rep["notes"])
+    assert rp["verified"] + len(rp["unreproducible"]) == iterations, rp
+
+
 def test_an_old_run_is_audited_bit_for_bit_and_reported(old_run):
     r = tool("audit", "run", "--all", *ALLOW, "--json", "audit.json", cwd=old_run)
     assert r.returncode == 0, r.stdout + r.stderr
     rep = audit_json(old_run)
-    assert rep["passed"] and rep["replay"]["verified"] == 6
+    replayed(rep, 6)
     assert rep["removed"] == [{"rank": 2, "iteration": 0}]
     r = tool("report", "run", cwd=old_run)
     assert r.returncode == 0, r.stderr
@@ -181,7 +198,7 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
     once (before, it waited for work until its 600 s timeout)."""
     before = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
     r = run_job(5, ["--resume", "run", "--blocks", "10", "--epochs", "2"], cwd=old_run,
-                path=[HELPERS], timeout=120, env=PORTABLE)
+                path=[HELPERS], timeout=120, env=AVX2_PINS)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ranks [2] stay removed" in r.stderr
     after = open(os.path.join(old_run, "run", "ledger.jsonl"), "rb").read()
@@ -195,4 +212,4 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
         {(old_run.format, OLD_RUNS[old_run.format][1])}
     r = tool("audit", "run", "--all", *ALLOW, "--json", "audit.json", cwd=old_run)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert audit_json(old_run)["replay"]["verified"] == 10
+    replayed(audit_json(old_run), 10)

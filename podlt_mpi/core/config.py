@@ -92,6 +92,12 @@ class RunConfig:
                                           "roles' key from this number, so that anyone who "
                                           "knows it knows who is checked (logged as insecure)")
     threads: int = _opt(1, "torch intra-op threads on every rank (must match for exact mode)")
+    kernels: str = _opt("portable", "CPU kernels: portable, the same bits on any x86-64 "
+                                    "processor with AVX2, Intel or AMD (ATen's AVX2 kernels, "
+                                    "MKL's COMPATIBLE branch, oneDNN up to AVX2), so mixed nodes "
+                                    "agree and any machine audits the run; native, the fastest "
+                                    "the processor has (the environment's settings), for a "
+                                    "cluster of one processor model", choices=("portable", "native"))
     device: str = _opt("auto", "where ranks compute: cuda (GPU local_rank %% visible GPUs, local "
                                "rank from the launcher), cpu, or auto (cuda where present)",
                        choices=("auto", "cpu", "cuda"))
@@ -191,7 +197,7 @@ GROUPS = {
                             "momentum", "nesterov", "weight_decay", "clip_grad_norm",
                             "lr_schedule", "warmup", "lr_drops", "lr_gamma"),
     "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
-                                     "seed", "role_seed", "threads", "device", "cuda_aware_mpi",
+                                     "seed", "role_seed", "threads", "kernels", "device", "cuda_aware_mpi",
                                      "wait", "broadcast"),
     "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "restart",
                              "time_limit",
@@ -354,7 +360,7 @@ def explicit_options(argv) -> set:
 # Options added since runs were first written, with the value that gives an older run's
 # behaviour: a run's config.json that lacks one continues, and is audited, as it was started.
 BEFORE_OPTION = {"shuffle_blocks": False, "device": "cpu", "cuda_aware_mpi": False,
-                 "lr_schedule": "step"}
+                 "lr_schedule": "step", "kernels": "native"}
 # A cosine rate depends on the run's length: these may not change on resume under it.
 LENGTH = {"epochs", "blocks"}
 

@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from podlt_mpi.core import digests
+from podlt_mpi.core import digests, portable
 from podlt_mpi.dist import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
@@ -102,8 +102,8 @@ def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray |
 # ---- the job's start (run/startup.py): fixed-size records, never objects ----------------------
 
 HOST_BYTES = 256        # a rank's host name, zero-padded
-TEXT_BYTES = 600        # a start-up report's device name and error sentence, each zero-padded
-REPORT_LEN = 2 + 2 * TEXT_BYTES
+TEXT_BYTES = 600        # a start-up report's texts (device, error, compute, processor), each
+REPORT_LEN = 2 + 4 * TEXT_BYTES  # zero-padded
 INPUTS_MAX = 4 * 2**20  # bytes of the run's inputs (JSON) a rank accepts from rank 0
 
 
@@ -121,21 +121,27 @@ def read_text(field: np.ndarray) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in raw)
 
 
-def report(error: str | None, stochastic: bool, device: str) -> np.ndarray:
+def report(error: str | None, stochastic: bool, device: str, compute: dict,
+           processor: dict) -> np.ndarray:
     """A rank's start-up report: [built (1) or failed (2), stochastic model], its device, its
-    error sentence."""
+    error sentence, its compute configuration and processor (core/portable.py)."""
+    texts = (device, error or "", portable.encode(compute), portable.encode(processor))
     return np.concatenate([np.array([2 if error else 1, int(bool(stochastic))], np.uint8),
-                           text_field(device, TEXT_BYTES), text_field(error or "", TEXT_BYTES)])
+                           *(text_field(t, TEXT_BYTES) for t in texts)])
 
 
 def read_report(buf: np.ndarray) -> tuple:
-    """(error or None, stochastic, device) from a report, or ValueError saying why it is not
-    one."""
+    """(error or None, stochastic, device, compute, processor) from a report, or ValueError
+    saying why it is not one."""
     built, stochastic = int(buf[0]), int(buf[1])
     if built not in (1, 2) or stochastic not in (0, 1):
         raise ValueError(f"its flags are {built}, {stochastic}")
-    device = read_text(buf[2:2 + TEXT_BYTES])
+    device, error, compute, processor = (read_text(buf[2 + i * TEXT_BYTES:2 + (i + 1) * TEXT_BYTES])
+                                         for i in range(4))
     if not (device == "cpu" or device.startswith("cuda:")):
         raise ValueError(f"its device is {device!r}")
-    error = read_text(buf[2 + TEXT_BYTES:]) if built == 2 else None
-    return error or (None if built == 1 else "(no reason given)"), bool(stochastic), device
+    compute = portable.decode(compute, portable.COMPUTE_KEYS)
+    processor = portable.decode(processor, portable.PROCESSOR_KEYS)
+    error = error if built == 2 else None
+    return (error or (None if built == 1 else "(no reason given)"), bool(stochastic), device,
+            compute, processor)

@@ -35,6 +35,7 @@ from podlt_mpi.core.config import (
     parse_args,
     resumed,
 )
+from podlt_mpi.core import portable
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import launcher, preempt
@@ -97,6 +98,9 @@ class _Inputs:
     resumed_kind: str | None = None  # the device kind the resumed run computed on
     changed: dict = field(default_factory=dict)   # options a resume changes
     history: list = field(default_factory=list)   # earlier resumes of the run
+    # False for a resumed run written before runs recorded their kernels: it goes on with the
+    # environment's, and stays unrecorded (its audit cannot know those of its first part)
+    records_kernels: bool = True
 
     def for_workers(self) -> dict:
         """What the other ranks need, as JSON (startup.share_inputs): the options and the
@@ -120,6 +124,7 @@ class _Built:
     layout: object
     faker: object
     placed: list                 # every rank's device, in rank order
+    compute: list = field(default_factory=list)  # rank 0: every rank's compute configuration
     plan: object = None          # resume.Resume on rank 0 when resuming
     created: bool = False        # rank 0 made the run directory (removed again on bad input)
 
@@ -205,11 +210,12 @@ def _inputs(comm, cfg, argv) -> _Inputs:
 
 def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
     """The run to continue or the directory to write, and the data. Raises ConfigError."""
-    changed, history, kind = {}, [], None
+    changed, history, kind, records_kernels = {}, [], None, True
     if cfg.resume:
         rundir.check_links(cfg.resume, "--resume")
         saved = resume.saved_config(cfg.resume)
         history, kind = saved.get("resumed", []), saved.get("device_kind", "cpu")
+        records_kernels = "kernel_settings" in saved
         cfg, changed = resumed(saved, cfg, argv)
         check_world(cfg, size)
         out = cfg.resume
@@ -218,17 +224,19 @@ def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
         rundir.check(out)
     if cfg.uses_default_data:
         data.ensure_default_data()
-    return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history)
+    return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history, records_kernels)
 
 
 def _build(comm, inputs: _Inputs, local: int) -> _Built:
     """Every rank builds its parts and reports to rank 0, which decides for all of them on
     their devices and errors (startup.reports, startup.verdict)."""
     cfg, out, rank, size = inputs.cfg, inputs.out, comm.Get_rank(), comm.Get_size()
-    built, error, stochastic, dev = None, None, False, "cpu"
+    built, error, stochastic, dev, compute = None, None, False, "cpu", None
     try:
         dev = devices.place(cfg.device, rank, local)
         built, stochastic = rank_parts(inputs, rank, size, dev)
+        from podlt_mpi.compute import machine
+        compute = machine.compute(cfg.kernels)
         if rank == 0 and cfg.resume:
             built.plan = resume.prepare(out, size, min_active(cfg), inputs.changed,
                                         inputs.history, cfg.restart)
@@ -240,18 +248,23 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
     except OSError as e:
         error = f"--out {out} cannot be created: {e.strerror}"
     try:
-        said = startup.reports(comm, error, stochastic, devices.describe(dev), cfg.start_timeout)
+        said = startup.reports(comm, error, stochastic, devices.describe(dev),
+                               compute or dict.fromkeys(portable.COMPUTE_KEYS),
+                               portable.processor(), cfg.start_timeout)
     except startup.Missing:
         if rank == 0 and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
         raise
     if rank == 0:
-        error = next((e if r == 0 else f"rank {r}: {e}" for r, (e, _, _) in enumerate(said)
+        error = next((e if r == 0 else f"rank {r}: {e}" for r, (e, *_) in enumerate(said)
                       if e), None)
         if built is not None:
-            built.placed = [d for _, _, d in said]
+            built.placed = [d for _, _, d, _, _ in said]
+            built.compute = [{**c, "processor": p} for _, _, _, c, p in said]
         error = error or devices.check_kinds(built.placed, cfg.compare, inputs.resumed_kind,
-                                             cfg.cuda_aware_mpi, any(s for _, s, _ in said))
+                                             cfg.cuda_aware_mpi, any(s for _, s, *_ in said))
+        if not error and cfg.compare == "exact":
+            error = portable.disagreeing([c for *_, c, _ in said], [p for *_, p in said])
         if error and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)
     if startup.verdict(comm, 2 if error else 0):
@@ -311,6 +324,8 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
             "device_kind": devices.kinds(placed),
             "versions": {"podlt_mpi": __version__, "torch": models.torch.__version__,
                          "python": platform.python_version(), "mpi": mpi.library()}}
+    if inputs.records_kernels:
+        meta.update(kernel_settings=portable.settings(cfg.kernels), compute=built.compute)
     log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters "
              "(%d trainable, %d buffer values), out %s", comm.Get_size(), waiter.mode,
              devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],

@@ -9,7 +9,8 @@ is JSON of a bounded size, sent to each rank directly, never forwarded through a
 
   hello    rank -> 0: its host name;  0 -> rank: [its index among the job's ranks on its node, their number]
   inputs   0 -> rank: [length] then the options and the data's shapes as JSON; length -1: exit 2
-  report   rank -> 0: built or failed (and why), its device, whether its model draws random numbers
+  report   rank -> 0: built or failed (and why), its device, whether its model draws random
+           numbers, its compute configuration and processor (core/portable.py)
   verdict  0 -> rank: [exit code]: 0 goes on to the protocol
   finish   rank -> 0: [peak memory in MB];  0 -> rank: [0], leave
 """
@@ -117,16 +118,19 @@ def share_inputs(comm, payload: dict | None) -> dict | None:
     return payload
 
 
-def reports(comm, error: str | None, stochastic: bool, device: str, timeout: float) -> list:
-    """Rank 0: [(error, stochastic, device)] of every rank in rank order, its own first.
-    Raises Missing for ranks that sent nothing in time or a malformed report. Other ranks send
-    theirs and return []."""
+def reports(comm, error: str | None, stochastic: bool, device: str, compute: dict,
+            processor: dict, timeout: float) -> list:
+    """Rank 0: [(error, stochastic, device, compute, processor)] of every rank in rank order,
+    its own first (its configuration read back as the others' are, so that all compare alike). Raises Missing for
+    ranks that sent nothing in time or a malformed report. Other ranks send theirs and return
+    []."""
+    mine = messages.report(error, stochastic, device, compute, processor)
     if comm.Get_rank():
-        send(comm, messages.report(error, stochastic, device), tags.REPORT)
+        send(comm, mine, tags.REPORT)
         return []
     got, problems = take(comm, range(1, comm.Get_size()), tags.REPORT, messages.REPORT_LEN,
                          np.uint8, timeout)
-    out = [(error, stochastic, device)]
+    out = [(error, stochastic, device, *messages.read_report(mine)[3:])]
     for r in range(1, comm.Get_size()):
         if r in got:
             try:

@@ -1,7 +1,9 @@
 """python -m podlt_mpi audit RUN_DIR: prove a run to someone who did not watch it.
 
-One process, no MPI. Exit 0 only if everything holds, 1 if something does not (the report says
-what, and at which iteration), 2 on bad input. The checks:
+One process, no MPI, with the kernels the run recorded (core/portable.py). Exit 0 only if
+everything holds, 1 if something does not (the report says what, and at which iteration), 2 on
+bad input, 3 where everything holds but the replay, which this machine computes otherwise than
+the run's ranks agreed on: the cause is the machine, never a rank. The checks:
   chain       every record's hash and its link to the previous one;
   structure   each record follows the protocol: the schedule's lines, fragments covering the
               block, controls shadowing the checked worker, removals matching the verdict, no
@@ -24,12 +26,13 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.core import credits, digests, records, roles, rules, schedule
+from podlt_mpi.core import credits, digests, portable, records, roles, rules, schedule
 from podlt_mpi.core.config import RunConfig, model_kwargs, saved_options
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task
-from podlt_mpi.run import checkpoint
-from podlt_mpi.tools.replay import Outcome, Replayer
+
+# torch is imported once the run's kernel settings are in the environment (main); checkpoint
+# and replay import it
 
 
 def named_code(cfg: RunConfig, task: Task) -> list:
@@ -56,6 +59,9 @@ def refused_code(named: list, allow) -> str | None:
 
 
 TRUST_CONFIG = "trust-config"
+PASSED, FAILED = "passed", "failed"
+CANNOT_REPRODUCE, NOT_HERE = "cannot reproduce on this machine", "not reproducible here"
+EXIT = {PASSED: 0, NOT_HERE: 0, FAILED: 1, CANNOT_REPRODUCE: 3}
 
 
 class Audit:
@@ -162,8 +168,9 @@ class Audit:
         the kind of device the run computed on."""
         import torch
 
-        from podlt_mpi.compute import devices, models, training
+        from podlt_mpi.compute import devices, machine, models, training
         from podlt_mpi.io.data import Reader
+        from podlt_mpi.tools.replay import Replayer
         here = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         dev, note = devices.for_replay(self.meta.get("device_kind", "cpu"),
                                        devices.gpu_models(self.meta.get("devices", [])), here,
@@ -171,6 +178,7 @@ class Audit:
         if note:
             self.notes.append(note)
         training.set_determinism(self.cfg.threads, exact=self.cfg.compare == "exact")
+        self.compare_kernels(machine.compute(self.cfg.kernels), portable.processor())
         task = Task.from_meta(self.meta)
         model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
                              self.cfg.seed, task, model_kwargs(self.cfg.model_args)).to(dev)
@@ -178,7 +186,8 @@ class Audit:
         first, last = self.meta["train_lines"]
         total = schedule.total_iterations(last - first, self.cfg.block_lines, self.cfg.epochs,
                                           self.cfg.blocks)
-        self.replayer = Replayer(model, self.cfg, self.reader, total, task)
+        self.replayer = Replayer(model, self.cfg, self.reader, total, task,
+                                 same_kernels=self.kernels_differ == [])
         try:
             self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
                                          weights_only=True)
@@ -189,6 +198,26 @@ class Audit:
         if ours and ours != torch.__version__:
             self.notes.append(f"the run used torch {ours}, this audit {torch.__version__}: "
                               "bitwise replay may differ")
+
+    def compare_kernels(self, here: dict, processor: dict) -> None:
+        """What in this machine's compute configuration differs from the one the run's manager
+        computed with (`kernels_differ`; None: the run recorded none), said in a note."""
+        run = (self.meta.get("compute") or [None])[0]
+        if not isinstance(run, dict):
+            self.kernels_differ = None
+            self.notes.append("the run recorded no compute configuration (written before "
+                              "portable kernels): where its replay fails on fragments that its "
+                              "ranks agreed on, this machine's kernels are the cause")
+            return
+        keys = portable.COMPUTE_KEYS
+        if run.get("kernels") == "native":  # the processor chose the kernels
+            here, keys = {**here, **processor}, keys + portable.NATIVE_KEYS
+            run = {**run, **(run.get("processor") or {})}
+        here = portable.decode(portable.encode({k: here.get(k) for k in keys}), keys)
+        self.kernels_differ = portable.differences(run, here, keys)
+        if self.kernels_differ:
+            self.notes.append("this machine computes with other kernels than the run's manager "
+                              f"({'; '.join(self.kernels_differ)}): bitwise replay may differ")
 
     def check_weights(self) -> None:
         import torch
@@ -213,6 +242,7 @@ class Audit:
 
     def check_checkpoints(self) -> dict:
         """Checkpoints the ledger vouches for, by the iteration they come before."""
+        from podlt_mpi.run import checkpoint
         anchors = {}
         for n, path in checkpoint.available(self._path("checkpoints")):
             try:
@@ -232,6 +262,7 @@ class Audit:
     # ---- replay --------------------------------------------------------------------------------
 
     def replay(self, targets: list, anchors: dict) -> dict:
+        from podlt_mpi.tools.replay import Outcome
         rp, recs = self.replayer, self.records
         outcomes, skipped, pos, broken = {}, [], None, None
         starts = sorted({0, *anchors})
@@ -318,6 +349,26 @@ class Audit:
             self.problem(None, "credits", f"summary.json and the ledger disagree: {d}")
         return table
 
+    def verdict(self, unrep: list, outcomes: dict) -> str:
+        """PASSED, FAILED (a problem), or, where only this machine's bits are in question,
+        CANNOT_REPRODUCE (the run recorded its kernels) or NOT_HERE (an older run, which did
+        not: its structure holds, and that is its audit)."""
+        if self.problems:
+            return FAILED
+        if not unrep:
+            return PASSED
+        what = [f"iteration {it}: {', '.join(map(str, outcomes[it].unreproducible))}"
+                for it in unrep[:5]]
+        said = (f"{len(unrep)} replayed iteration(s) give other bits than the ranks that agreed "
+                f"on them ({'; '.join(what)}{'; ...' if len(unrep) > 5 else ''})")
+        if self.kernels_differ is None:
+            self.notes.append(f"not reproducible here: {said}; the run recorded no kernels")
+            return NOT_HERE
+        differ = "; ".join(self.kernels_differ) or "no difference recorded"
+        self.notes.append(f"cannot reproduce on this machine: {said}; this machine against "
+                          f"the run's manager: {differ}")
+        return CANNOT_REPRODUCE
+
     # ---- all of it -----------------------------------------------------------------------------
 
     def head(self) -> str:
@@ -357,8 +408,11 @@ class Audit:
         found = self.attribute(outcomes)
         table = self.check_credits()
         self.reader.close()
+        unrep = sorted(it for it, o in outcomes.items() if o.unreproducible)
+        verdict = self.verdict(unrep, outcomes)
         return {
-            "run": self.run_dir, "passed": not self.problems, "iterations": n,
+            "run": self.run_dir, "passed": verdict in (PASSED, NOT_HERE), "verdict": verdict,
+            "iterations": n, "kernels_differ": self.kernels_differ,
             "status": (self.summary or {}).get("status", "unfinished"),
             "problems": self.problems, "notes": self.notes,
             "replay": {
@@ -366,6 +420,7 @@ class Audit:
                 "verified": sum(o.in_sync for o in outcomes.values()),
                 "verdicts_confirmed": sum(bool(o.verdict_confirmed) for o in outcomes.values()),
                 "skipped": rep["skipped"], "checkpoints": sorted(anchors),
+                "unreproducible": unrep,
             },
             "removed": [{"rank": r, "iteration": it} for r, it in sorted(self.removed_at.items())],
             "fake_contributions": found,
@@ -478,11 +533,12 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
 
 def text(report: dict) -> str:
     rp = report["replay"]
-    lines = [f"audit of {report['run']}: {'PASSED' if report['passed'] else 'FAILED'}",
+    lines = [f"audit of {report['run']}: {report['verdict'].upper()}",
              f"  ledger: {report['iterations']} iterations, run {report['status']}",
              f"  replay: {len(rp['targets'])} iterations asked, {rp['replayed']} replayed, "
              f"{rp['verified']} reproduced bit for bit, {rp['verdicts_confirmed']} verdicts "
-             f"confirmed, {len(rp['skipped'])} not replayable; checkpoints vouched for: "
+             f"confirmed, {len(rp['unreproducible'])} not reproducible on this machine, "
+             f"{len(rp['skipped'])} not replayable; checkpoints vouched for: "
              f"{len(rp['checkpoints'])}",
              f"  sample: iterations chosen with seed {rp['seed']} (repeat with --seed "
              f"{rp['seed']})"]
@@ -508,7 +564,9 @@ def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m podlt_mpi audit",
                                 description="Check a run from its files alone: hash chain, "
                                 "weights chain, checkpoints, replay, credits. Exit 0: all holds; "
-                                "1: something does not; 2: bad input.")
+                                "1: something does not; 2: bad input; 3: everything holds but "
+                                "the replay, which this machine computes otherwise than the "
+                                "run's ranks agreed (its kernels differ).")
     p.add_argument("run_dir", help="the run directory (--out of the run)")
     p.add_argument("--data", help="training data file, if it moved since the run")
     how = p.add_mutually_exclusive_group()
@@ -527,6 +585,9 @@ def main(argv) -> int:
                    "of the job's log: proves the files were not rewritten as a whole")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-': stdout)")
     a = p.parse_args(argv)
+    kept = portable.recorded(a.run_dir)  # before torch is imported: the run's kernels
+    if kept is not None:
+        portable.enter(kept["settings"], ["audit", *argv])
     try:
         if a.sample < 0:
             raise ConfigError(f"--sample must be >= 0, got {a.sample}")
@@ -544,7 +605,7 @@ def main(argv) -> int:
         if a.json:
             from podlt_mpi.run.rundir import write_json
             write_json(a.json, report)
-    return 0 if report["passed"] else 1
+    return EXIT[report["verdict"]]
 
 
 def _alg(raw: dict) -> str:

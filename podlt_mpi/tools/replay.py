@@ -31,13 +31,19 @@ class Outcome:
     problems: list = field(default_factory=list)       # unexplained: the audit fails
     fake_fragments: list = field(default_factory=list)  # [{lines, rank}] applied, not honest
     verdict_confirmed: bool | None = None
+    # what this machine computes otherwise than the run: the lines of fragments whose replay
+    # differs from the answer the run's ranks agreed on, or "update"
+    unreproducible: list = field(default_factory=list)
 
 
 class Replayer:
-    def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None):
+    def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None,
+                 same_kernels: bool = True):
         """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
-        (default: one class per line, cross-entropy)."""
+        (default: one class per line, cross-entropy); `same_kernels`: whether this machine is
+        known to compute with the kernels of the run's manager (the audit compares them)."""
         self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
+        self.same_kernels = same_kernels
         self.task = task or classification()
         self.loss_fn = loss_function(self.task)
         self.layout = Layout(model)
@@ -93,8 +99,13 @@ class Replayer:
         for check in rec.checks:
             ok = _confirm(check, sent, fragment, out, self.cfg.compare, alg,
                           said if looked else None)
-            if ok is not None:
+            if ok == UNREPRODUCIBLE:
+                out.unreproducible.append(list(check.lines))
+            elif ok is not None:
                 confirmed.append(ok)
+        if out.unreproducible:
+            out.problems.clear()  # this machine's bits, not the ranks', are in question
+            return out
         for look in rec.looks:  # the same answer as the replay's, or a rank rightly removed
             ok = _confirm_look(look, sent, said, fragment, alg, self.cfg.compare)
             if ok is not None:
@@ -148,17 +159,25 @@ class Replayer:
             if loss != rec.loss:
                 out.problems.append(f"the logged loss {rec.loss} differs from the replayed {loss}")
         if self.weights_digest(alg) != rec.model_after:
-            out.problems.append("the manager's update does not give the logged model_after")
+            if self.same_kernels:
+                out.problems.append("the manager's update does not give the logged model_after")
+            else:  # the optimizer's arithmetic runs on this machine's kernels too
+                out.unreproducible.append("update")
             return out
         out.in_sync = True
         return out
 
 
+UNREPRODUCIBLE = "unreproducible"
+
+
 def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
-             alg: str, said=None) -> bool | None:
+             alg: str, said=None) -> bool | None | str:
     """Re-derive one check's verdict from the hashes the ranks sent (and from format 5 their
     losses, `said`) and the replayed answer (None where tolerance mode makes bits
-    insufficient)."""
+    insufficient). UNREPRODUCIBLE where the replay differs from an answer that two ranks the
+    check did not find fake agreed on: honest ranks agree bit for bit, so this machine computes
+    otherwise than they did, and the check's verdict cannot be judged here."""
     s, e = check.lines
     g, loss = fragment(s, e)
     rechecks = check.rechecks
@@ -171,6 +190,10 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
                             else (sent.get((r, (s, e))), said.get((r, (s, e)))))
     votes = {r: answer(r) for r in (check.worker, *check.controls)}
     extra = {r: answer(r) for r in rechecks}
+    accepted = [h for r, h in {**votes, **extra}.items() if r not in check.fake and h is not None]
+    if mode == "exact" and ref not in accepted and \
+            any(accepted.count(h) >= 2 for h in accepted):
+        return UNREPRODUCIBLE
     if mode != "exact" and not all(h == ref for h in votes.values()):
         return None
     expected = verify.by_hashes(votes, ref)

@@ -1,0 +1,208 @@
+"""The CPU kernels a run computes with, so that honest ranks on any x86-64 processor with AVX2,
+Intel or AMD, with or without AVX-512, give the same bits, and any such machine audits the run.
+Pure (no torch): the settings must be in the environment before torch is imported.
+
+Three libraries choose their kernels by the processor they find (measured in
+benchmarks/RESULTS.md, "Portable kernels"):
+- ATen's vectorized CPU kernels (exp, tanh, softmax, the optimizers' arithmetic) by its vector
+  unit: AVX-512 or AVX2. ATEN_CPU_CAPABILITY=avx2 takes the AVX2 ones everywhere.
+- MKL's matrix products and vector maths by vendor and vector unit. MKL_CBWR=AVX2 holds on Intel
+  processors only (Intel documents it so; measured: an AMD EPYC computes other bits under it).
+  COMPATIBLE (SSE2 code without the approximate rcpps/rsqrtps) is the branch that gives the same
+  bits on both vendors; STRICT keeps them independent of the thread count too.
+- oneDNN by its instruction set: ONEDNN_MAX_CPU_ISA=AVX2.
+
+--kernels native leaves the environment as it is, for a homogeneous cluster that wants speed:
+its ranks must then run on the same processor model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT",
+            "ONEDNN_MAX_CPU_ISA": "AVX2"}
+VARIABLES = tuple(PORTABLE)
+MODES = ("portable", "native")
+# processor flags that decide which kernels a library picks
+FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+         "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def settings(mode: str, environ=None) -> dict:
+    """{variable: value or None} a process of a run in `mode` computes with: the portable ones,
+    or, natively, whatever the environment says."""
+    environ = os.environ if environ is None else environ
+    if mode == "portable":
+        return dict(PORTABLE)
+    return {v: environ.get(v) for v in VARIABLES}
+
+
+def apply(values: dict, environ=None) -> bool:
+    """Put `values` (settings()) into the environment, removing the unset ones; True if that
+    changed anything."""
+    environ = os.environ if environ is None else environ
+    changed = False
+    for var, value in values.items():
+        if environ.get(var) != value:
+            changed = True
+            if value is None:
+                environ.pop(var, None)
+            else:
+                environ[var] = value
+    return changed
+
+
+def enter(values: dict, argv) -> None:
+    """Put `values` into the environment before torch reads them. Where torch was imported
+    already (by a caller), it would not read them again: run `python -m podlt_mpi ARGV` anew
+    in this process, with them."""
+    if apply(values) and "torch" in sys.modules:
+        os.execv(sys.executable, [sys.executable, "-m", "podlt_mpi", *argv])
+
+
+def mode_in_argv(argv) -> str | None:
+    """The --kernels value on a job's command line, or None (a light scan before torch is
+    imported; the option parser reports a bad value later)."""
+    for i, arg in enumerate(argv):
+        if arg == "--kernels" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--kernels="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def resume_dir_in_argv(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--resume" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--resume="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _saved(run_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def recorded(run_dir: str) -> dict | None:
+    """The kernels the run in `run_dir` recorded in config.json (`kernels`, the option, and
+    `kernel_settings`): {"mode", "settings"}; None where the file cannot be read, the record is
+    malformed, or the run is older than the record."""
+    saved = _saved(run_dir) or {}
+    mode, values = saved.get("kernels"), saved.get("kernel_settings")
+    if mode not in MODES or not isinstance(values, dict) or set(values) != set(VARIABLES) or \
+            not all(v is None or isinstance(v, str) for v in values.values()):
+        return None
+    return {"mode": mode, "settings": dict(values)}
+
+
+def for_job(argv, environ=None) -> dict:
+    """The settings a job's rank computes with: a resumed run's recorded ones (a run older than
+    the record: the environment's, as it ran), else those of --kernels (default portable),
+    also where a rank cannot read the run directory (rank 0 reads it; the start-up reports
+    show a rank that computes otherwise)."""
+    run_dir = resume_dir_in_argv(argv)
+    if run_dir is not None:
+        kept = recorded(run_dir)
+        if kept is not None:
+            return kept["settings"]
+        if "kernel_settings" not in (_saved(run_dir) or {"kernel_settings": None}):
+            return settings("native", environ)
+    mode = mode_in_argv(argv)
+    return settings("native" if mode == "native" else "portable", environ)
+
+
+# ---- what a process reports -----------------------------------------------------------------
+
+def processor(cpuinfo: str | None = None) -> dict:
+    """{vendor, model, flags}: this machine's processor as /proc/cpuinfo names it (the flags of
+    FLAGS it has, in that order)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read(1 << 16)
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    have = set(fields.get("flags", "").split())
+    import platform
+    return {"vendor": fields.get("vendor_id") or platform.machine() or "unknown",
+            "model": fields.get("model name") or platform.processor() or "unknown",
+            "flags": " ".join(f for f in FLAGS if f in have)}
+
+
+def encode(values: dict) -> str:
+    """`key=value;...` with the keys sorted: the text a start-up report carries."""
+    return ";".join(f"{k}={_clean(v)}" for k, v in sorted(values.items()))
+
+
+def decode(text: str, keys) -> dict:
+    """encode's inverse for exactly the keys `keys`; ValueError saying what is wrong."""
+    out = {}
+    for item in text.split(";") if text else []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys or key in out:
+            raise ValueError(f"its compute report has the item {item[:40]!r}")
+        out[key] = value
+    missing = sorted(set(keys) - set(out))
+    if missing:
+        raise ValueError(f"its compute report lacks {', '.join(missing)}")
+    return out
+
+
+def _clean(value) -> str:
+    return "-" if value is None else str(value).replace(";", ",").replace("=", ":")
+
+
+# what a rank's compute configuration holds (compute/machine.py fills it in)
+COMPUTE_KEYS = ("kernels", "aten", "mkl_cbwr", "onednn_isa", "capability", "mkl_branch",
+                "threads", "torch", "mkl", "onednn")
+PROCESSOR_KEYS = ("vendor", "model", "flags")
+# in native mode the processor decides the kernels too
+NATIVE_KEYS = ("vendor", "model", "flags")
+
+
+def disagreeing(configs: list, processors: list) -> str | None:
+    """In exact mode: the sentence naming the ranks whose compute configuration (COMPUTE_KEYS,
+    and in native mode the processor) differs from rank 0's, or None when every rank can give
+    rank 0's bits. The manager's own recomputations are rank 0's."""
+    def key(r):
+        mine = tuple(configs[r][k] for k in COMPUTE_KEYS)
+        if configs[r]["kernels"] == "native":
+            mine += tuple(processors[r][k] for k in NATIVE_KEYS)
+        return mine
+
+    ref = key(0)
+    odd = [r for r in range(len(configs)) if key(r) != ref]
+    if not odd:
+        return None
+    r = odd[0]
+    diff = [f"{k} {mine} where rank 0 has {theirs}" for k, mine, theirs in
+            zip((*COMPUTE_KEYS, *NATIVE_KEYS), key(r), ref) if mine != theirs]
+    if len(key(r)) != len(ref):
+        diff = [f"kernels {configs[r]['kernels']} where rank 0 has {configs[0]['kernels']}"]
+    ranks = ", ".join(map(str, odd))
+    return (f"rank(s) {ranks} compute with other kernels than rank 0 (rank {r}: "
+            f"{'; '.join(diff)}), which cannot give the same bits under --compare exact: give "
+            "every rank the same torch and --kernels portable (the default), or use --compare "
+            "tolerance")
+
+
+def differences(run: dict, here: dict, keys=COMPUTE_KEYS) -> list:
+    """'key: run X, here Y' for every key of `keys` where two compute configurations differ."""
+    return [f"{k}: the run {run.get(k, 'unrecorded')}, here {here.get(k)}" for k in keys
+            if run.get(k) != here.get(k)]
