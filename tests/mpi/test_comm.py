@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from podlt_mpi.core import portable
 from podlt_mpi.dist import comm as mpi
 
 pytestmark = pytest.mark.mpi(min_size=4)
@@ -104,12 +105,17 @@ def test_start_up_messages_between_rank_0_and_the_others():
     got = startup.share_inputs(comm, {"cfg": {"seed": 3}, "shape": [1, 28, 28]} if rank == 0
                                else None)
     assert got == {"cfg": {"seed": 3}, "shape": [1, 28, 28]}
+    compute = dict.fromkeys(portable.COMPUTE_KEYS, "x")
+    processor = {"vendor": "V", "model": f"rank {rank}'s", "flags": "avx2"}
     said = startup.reports(comm, "out of memory" if rank == 2 else None, rank == 3,
-                           "cpu", 30)
+                           "cpu", {**compute, "threads": rank}, processor, 30)
     if rank == 0:
-        assert said == [(None, False, "cpu"), (None, False, "cpu"),
-                        ("out of memory", False, "cpu"), (None, True, "cpu")] + \
+        assert [s[:3] for s in said] == [(None, False, "cpu"), (None, False, "cpu"),
+                                         ("out of memory", False, "cpu"), (None, True, "cpu")] + \
             [(None, False, "cpu")] * (size - 4)
+        # each rank's configuration and processor, as it sent them (text: rank 0's too)
+        assert [s[3] for s in said] == [{**compute, "threads": str(r)} for r in range(size)]
+        assert [s[4]["model"] for s in said] == [f"rank {r}'s" for r in range(size)]
     assert startup.verdict(comm, 0 if rank == 0 else None) == 0
 
 
@@ -127,7 +133,8 @@ def test_rank_0_names_a_rank_whose_report_is_malformed_or_missing():
                                             tags.REPORT)])
     elif rank == 0:
         with pytest.raises(startup.Missing) as e:
-            startup.reports(comm, None, False, "cpu", 2)
+            startup.reports(comm, None, False, "cpu", dict.fromkeys(portable.COMPUTE_KEYS),
+                            portable.processor(), 2)
         assert sorted(e.value.problems) == [1, 2, *range(3, comm.Get_size())]
         assert "bytes where" in e.value.problems[1] and "flags" in e.value.problems[2]
         assert "nothing within 2 s" in e.value.problems[3]
