@@ -87,20 +87,27 @@ def test_an_audit_on_other_kernels_cannot_reproduce_and_blames_no_rank(portable_
     assert "never caught" not in a.stdout
 
 
+def native(small_data, out) -> list:
+    return ["--data", small_data["train"], "--test-data", small_data["test"], "--out", str(out),
+            "--block-lines", "200", "--blocks", "3", "--kernels", "native"]
+
+
 def test_ranks_whose_native_kernels_differ_are_refused_in_exact_mode(small_data, tmp_path):
     """Rank 2 on a node whose ATen kernels differ, with --kernels native: in exact mode the
-    job refuses to start (before, it removed the honest rank as fake); tolerance mode runs,
-    and removes nobody."""
-    base = ["--data", small_data["train"], "--test-data", small_data["test"],
-            "--block-lines", "200", "--blocks", "3", "--kernels", "native"]
+    job refuses to start (before, it removed the honest rank as fake)."""
     out = tmp_path / "exact"
-    r = run_job(WORLD, [*base, "--out", str(out)], adversary=(2, OTHER))
+    r = run_job(WORLD, native(small_data, out), adversary=(2, OTHER))
     assert r.returncode == 2, r.stderr[-3000:]
     assert "podlt_mpi: error: rank(s) 2 compute with other kernels than rank 0" in r.stderr
     assert "capability DEFAULT where rank 0 has" in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(out)
+
+
+@pytest.mark.full
+def test_ranks_whose_native_kernels_differ_run_in_tolerance_mode_and_none_is_removed(
+        small_data, tmp_path):
     out = tmp_path / "tolerance"
-    r = run_job(WORLD, [*base, "--out", str(out), "--compare", "tolerance"],
+    r = run_job(WORLD, [*native(small_data, out), "--compare", "tolerance"],
                 adversary=(2, OTHER))
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = read_json(out / "config.json")
