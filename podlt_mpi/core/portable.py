@@ -62,22 +62,13 @@ def enter(values: dict, argv) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "podlt_mpi", *argv])
 
 
-def mode_in_argv(argv) -> str | None:
-    """The --kernels value on a job's command line, or None (a light scan before torch is
-    imported; the option parser reports a bad value later)."""
+def option_in_argv(argv, name: str) -> str | None:
+    """The value of option `name` (e.g. --kernels) on a job's command line, or None: a light
+    scan before torch is imported, which the option parser checks later."""
     for i, arg in enumerate(argv):
-        if arg == "--kernels" and i + 1 < len(argv):
+        if arg == name and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--kernels="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def resume_dir_in_argv(argv) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--resume" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--resume="):
+        if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return None
 
@@ -95,7 +86,10 @@ def recorded(run_dir: str) -> dict | None:
     """The kernels the run in `run_dir` recorded in config.json (`kernels`, the option, and
     `kernel_settings`): {"mode", "settings"}; None where the file cannot be read, the record is
     malformed, or the run is older than the record."""
-    saved = _saved(run_dir) or {}
+    return _recorded(_saved(run_dir) or {})
+
+
+def _recorded(saved: dict) -> dict | None:
     mode, values = saved.get("kernels"), saved.get("kernel_settings")
     if mode not in MODES or not isinstance(values, dict) or set(values) != set(VARIABLES) or \
             not all(v is None or isinstance(v, str) for v in values.values()):
@@ -108,14 +102,15 @@ def for_job(argv, environ=None) -> dict:
     the record: the environment's, as it ran), else those of --kernels (default portable),
     also where a rank cannot read the run directory (rank 0 reads it; the start-up reports
     show a rank that computes otherwise)."""
-    run_dir = resume_dir_in_argv(argv)
-    if run_dir is not None:
-        kept = recorded(run_dir)
+    run_dir = option_in_argv(argv, "--resume")
+    saved = None if run_dir is None else _saved(run_dir)
+    if saved is not None:
+        kept = _recorded(saved)
         if kept is not None:
             return kept["settings"]
-        if "kernel_settings" not in (_saved(run_dir) or {"kernel_settings": None}):
+        if "kernel_settings" not in saved:
             return settings("native", environ)
-    mode = mode_in_argv(argv)
+    mode = option_in_argv(argv, "--kernels")
     return settings("native" if mode == "native" else "portable", environ)
 
 
