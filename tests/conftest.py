@@ -139,13 +139,15 @@ def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None, adversary
     """mpiexec -n N python -m podlt_mpi ARGS, with a timeout; returns CompletedProcess.
 
     Under the current test's MPI implementation. `path`: extra folders on PYTHONPATH (for user
-    plugins and models); `env`: extra variables; `adversary`: (rank, program) runs that rank as
-    the program (tests/adversaries/), given the same ARGS; `program`: every rank runs it
-    instead of the package.
+    plugins and models); `env`: extra variables (None: unset, e.g. this process's portable
+    kernel settings for a job whose ranks choose natively); `adversary`: (rank, program) runs
+    that rank as the program (tests/adversaries/), given the same ARGS; `program`: every rank
+    runs it instead of the package.
     """
     impl = _current["mpi"] or mpi_impls.get("mpich")
     full_env = impl.environ({**(env or {}),
                              "PYTHONPATH": os.pathsep.join([*map(str, path), ROOT])})
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     job = (program, *args) if program else ("-m", "podlt_mpi", *args)
     if adversary is None:
         command = impl.command(n, *job)

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.forge import rechain
 
-from podlt_mpi.core import roles
+from podlt_mpi.core import records, roles
 
 pytestmark = pytest.mark.slow
 ADVERSARY = os.path.join(ROOT, "tests", "adversaries", "predict_roles.py")
@@ -71,7 +71,7 @@ def test_two_runs_of_one_command_draw_other_roles_give_one_model_and_audit_every
     for o in outs:
         config, ledger = read_json(o / "config.json"), read_jsonl(o / "ledger.jsonl")
         committed = config["roles"]["commitment"]
-        assert config["roles"]["key"] == "secret" and ledger[0]["format"] == 5
+        assert config["roles"]["key"] == "secret" and ledger[0]["format"] == records.FORMAT
         assert {rec["roles"] for rec in ledger} == {committed}
         assert roles.read_revealed(read_json(o / roles.KEY_FILE)).keys() == {committed}
         rep = audit(o)

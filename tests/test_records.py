@@ -87,7 +87,9 @@ def base() -> dict:
     (lambda d: d["assignments"][0].update(role="boss"), "role is 'boss', not one of worker"),
     (lambda d: d["check"].update(verdict="maybe"), "verdict is 'maybe', not one of agree"),
     (lambda d: d["check"].update(referee={"by": "manager"}), "a referee step lacks agrees"),
-    (lambda d: d.update(format=6), "says it is format 6; this version reads format 1, 2, 3, 4, 5"),
+    (lambda d: d.update(format=records.FORMAT + 1),
+     f"says it is format {records.FORMAT + 1}; this version reads format "
+     + ", ".join(map(str, records.FORMATS))),
     (lambda d: d["assignments"][0].update(role="manager"), "role is 'manager', not one of"),
     (lambda d: d["assignments"][0].update(loss=1.0), "an assignment of format 1 has a loss"),
     (lambda d: d.update(digest="blake3"), "a format 1 record has no digest field"),

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
+
+from podlt_mpi.core import sketch
 
 SHA256, BLAKE3 = "sha256", "blake3"
 ALGORITHMS = (SHA256, BLAKE3)
@@ -48,6 +51,16 @@ def done(value) -> Future:
     return f
 
 
+class Seal(NamedTuple):
+    """What the ledger keeps of one answer: its digest and, in tolerance mode, its sketch
+    (sketch.py); both None for a refused answer."""
+    digest: str | None
+    sketch: sketch.Sketch | None = None
+
+
+REFUSED = Seal(None)
+
+
 class Pool:
     """Hashes arrays on background threads while the caller goes on (the manager: while the
     other answers still arrive). Both hashlib and blake3 release the GIL on large inputs, so
@@ -58,10 +71,22 @@ class Pool:
         self.alg = alg
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="digest")
+        self.codes = None  # tolerance mode: this iteration's sketch codes (sketch.codes)
 
     def submit(self, *arrays) -> Future:
         """The digest of `arrays`, later; the arrays must not change until it is done."""
         return self._pool.submit(of_arrays, self.alg, *arrays)
+
+    def answer(self, grad) -> Future:
+        """The Seal of an answer, later: its digest and, where `codes` are set, its sketch."""
+        codes = self.codes
+        return self._pool.submit(self._seal, grad, codes)
+
+    def _seal(self, grad, codes) -> Seal:
+        digest = of_arrays(self.alg, grad)
+        if codes is None:
+            return Seal(digest)
+        return Seal(digest, sketch.of(grad, codes, lambda *a: of_arrays(self.alg, *a)))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -21,6 +21,9 @@ record how to read it and runs written before keep being audited, resumed and re
      answers the look (looks.py) held back: each was recomputed by the manager, and where the
      recomputation differs the rank is removed and the manager's answer (an assignment of role
      `manager`, rank 0) is applied in its place.
+  6  every assignment has a `sketch`: in tolerance mode the answer's norm and count sketch
+     (sketch.py), which the audit compares with its replay's; null in exact mode, where the
+     digest says everything.
 """
 from __future__ import annotations
 
@@ -28,12 +31,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from podlt_mpi.core import digests, ledger
+from podlt_mpi.core.sketch import Sketch
 
-FORMAT = 5                # what this version writes
-FORMATS = (1, 2, 3, 4, 5)  # what it reads
+FORMAT = 6                # what this version writes
+FORMATS = (1, 2, 3, 4, 5, 6)  # what it reads
 FOLDED = 3                # the first format whose update is folded as the answers stream in
 KEYED = 4                 # the first whose roles come from a secret key, summed by a tree
 LOOKED = 5                # the first that looks at every unchecked answer and logs each loss
+SKETCHED = 6              # the first that keeps a sketch of every answer in tolerance mode
 ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED}  # keys older formats lack
 ROLES = ("worker", "control", "recheck", "manager")  # manager: format 5's recomputations
 # same: applied as sent; differs: the rank removed, the manager's recomputation applied;
@@ -114,26 +119,33 @@ def _drop_none(d: dict, keys) -> dict:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Who computed which lines in which role, the digest of the answer it sent and, from
-    format 5, the loss it sent with it (None where not finite, as JSON cannot hold it)."""
+    """Who computed which lines in which role, the digest of the answer it sent, from format 5
+    the loss it sent with it (None where not finite, as JSON cannot hold it), and from format
+    6 in tolerance mode the answer's sketch (None in exact mode and for a refused answer)."""
     rank: int
     role: str          # worker | control | recheck | manager
     lines: tuple       # (start, stop): absolute line numbers in the training file
     grad_digest: str | None  # None (format 5): the answer was refused (a malformed look)
     loss: float | None = None
+    sketch: Sketch | None = None
 
     def to_json(self, fmt: int = FORMAT) -> dict:
         d = {"rank": self.rank, "role": self.role, "lines": list(self.lines),
              _key("grad_digest", fmt): self.grad_digest}
         if fmt >= LOOKED:
             d["loss"] = self.loss
+        if fmt >= SKETCHED:
+            d["sketch"] = self.sketch.to_json() if self.sketch else None
         return d
 
     @classmethod
     def from_json(cls, d, fmt: int = FORMAT) -> Assignment:
-        _fields(d, cls, "an assignment", () if fmt >= LOOKED else ("loss",), fmt=fmt)
-        if fmt < LOOKED and "loss" in d:
-            raise RecordError(f"an assignment of format {fmt} has a loss")
+        _fields(d, cls, "an assignment", tuple(k for k, since in (("loss", LOOKED),
+                                                                  ("sketch", SKETCHED))
+                                               if fmt < since), fmt=fmt)
+        for k, since in (("loss", LOOKED), ("sketch", SKETCHED)):
+            if fmt < since and k in d:
+                raise RecordError(f"an assignment of format {fmt} has a {k}")
         role = _str(d["role"], "an assignment's role")
         if role not in ROLES or role == "manager" and fmt < LOOKED:
             raise RecordError(f"an assignment's role is {role!r}, not one of {', '.join(ROLES)}")
@@ -142,7 +154,17 @@ class Assignment:
                    _lines(d["lines"], "an assignment's lines"),
                    None if fmt >= LOOKED and d[key] is None else
                    _str(d[key], f"an assignment's {key}"),
-                   _float_or_none(d["loss"], "an assignment's loss") if fmt >= LOOKED else None)
+                   _float_or_none(d["loss"], "an assignment's loss") if fmt >= LOOKED else None,
+                   _sketch(d["sketch"]) if fmt >= SKETCHED else None)
+
+
+def _sketch(v) -> Sketch | None:
+    if v is None:
+        return None
+    try:
+        return Sketch.from_json(v)
+    except ValueError as e:
+        raise RecordError(f"an assignment's sketch: {e}") from None
 
 
 @dataclass(frozen=True)

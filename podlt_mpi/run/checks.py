@@ -43,7 +43,7 @@ class Check:
 @dataclass
 class Round:
     """One iteration as the checks see it. `grads`, `losses` and `digests` (futures of the
-    answers' ledger digests), by (rank, start, stop), gain the rechecks' answers."""
+    answers' ledger seals, digests.Seal), by (rank, start, stop), gain the rechecks' answers."""
     plan: schedule.Plan
     iteration: int
     weights: object   # the flat state every rank computed from

@@ -105,9 +105,10 @@ class Exchange:
                  fold=None) -> tuple:
         """Send every assigned rank its messages; return (grads, losses, digests, refused) by
         rank: the gradients kept whole (None: refused), every rank's loss, futures of the
-        gradients' hex digests, and why each refused answer was. `everyone` (the active
-        ranks): the weights go to all of them by the group's broadcast (if `broadcast`), those
-        without lines taking part with a header of none; None: with each rank's lines.
+        answers' seals (digests.Seal: the digest, and the sketch in tolerance mode), and why
+        each refused answer was. `everyone` (the active ranks): the weights go to all of them
+        by the group's broadcast (if `broadcast`), those without lines taking part with a
+        header of none; None: with each rank's lines.
         `fold`: (order, streamed, add): the answers come in one at a time in `order` through
         the window (window.py); those of `streamed` go, in that order, to add(rank, gradient,
         answer) and are not returned (the manager's memory stays flat in the ranks). Without
@@ -164,7 +165,7 @@ class Exchange:
             cost.bytes_out += weights.nbytes
         size = max(WINDOW, WINDOW_BYTES // (4 * self.answer_size)) if folding else len(order)
         window = Window(self.comm, self.answer_size, order, streamed, add, size,
-                        lambda rank, buffer: self.pool.submit(buffer), self.spare, cost)
+                        lambda rank, buffer: self.pool.answer(buffer), self.spare, cost)
         pending = list(zip(reqs, who)) + window.start()
         t0 = time.monotonic()
         timeout = self.timeout()
@@ -192,7 +193,7 @@ class Exchange:
         for r, v in window.answers.items():
             if r in window.refused or r in window.unseen:
                 losses[r] = float("nan")
-                window.futures[r] = digests.done(None)
+                window.futures[r] = digests.done(digests.REFUSED)
                 continue
             self.cost.compute.append(float(v[2]))
             losses[r] = float(v[0])

@@ -30,6 +30,7 @@ from podlt_mpi.core import (
     roles,
     rules,
     schedule,
+    sketch,
     timing,
 )
 from podlt_mpi.core.config import RunConfig, broadcasts, min_active
@@ -201,6 +202,11 @@ class Manager:
         return self.format >= records.LOOKED
 
     @property
+    def sketching(self) -> bool:
+        """Whether the ledger keeps a sketch of every answer: tolerance mode from format 6."""
+        return self.format >= records.SKETCHED and self.cfg.compare != "exact"
+
+    @property
     def folding(self) -> bool:
         """Whether this run's ledger format folds the update as the answers arrive."""
         return self.format >= records.FOLDED
@@ -214,6 +220,8 @@ class Manager:
         self.exchange.drain()  # what ranks sent unasked since the last exchange
         active = tuple(sorted(st.active))  # the ranks the roles are drawn from
         plan = self.plan(iteration, start, stop)
+        if self.sketching:  # the answers' buckets and signs, secret until the key is revealed
+            self.pool.codes = sketch.codes(st.role_key, iteration, self.layout.answer_size)
         weights = host(self.layout.state())
         with cost.part("ledger"):
             model_before = self.weights_digest or self.weights_now(weights)
@@ -282,12 +290,7 @@ class Manager:
             self.weights_digest = self.weights_now()
             record = records.Record(
                 iteration, epoch, block, (start, stop), data_digest.result(), model_before,
-                tuple(records.Assignment(a.rank, a.role, (a.start, a.stop),
-                                         rnd.digests[(a.rank, a.start, a.stop)].result()
-                                         if a.rank not in refused else None,
-                                         ledger.finite_or_none(rnd.losses[(a.rank, a.start,
-                                                                           a.stop)])
-                                         if self.looking else None)
+                tuple(self.assignment(rnd, a, refused)
                       for a in (*plan.assignments, *rechecks, *mine)),
                 done[0] if done else None, tuple((s, e) for s, e, _ in applied),
                 tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
@@ -299,6 +302,14 @@ class Manager:
         for c in checks:
             st.counts[c.decision.verdict] += 1
         return record
+
+    def assignment(self, rnd: Round, a, refused: dict) -> records.Assignment:
+        """The ledger's line for one answer of the round: its seal and, from format 5, its loss."""
+        key = (a.rank, a.start, a.stop)
+        seal = digests.REFUSED if a.rank in refused else rnd.digests[key].result()
+        return records.Assignment(a.rank, a.role, (a.start, a.stop), seal.digest,
+                                  ledger.finite_or_none(rnd.losses[key]) if self.looking else None,
+                                  seal.sketch)
 
     def refuse_old_format(self, refused: dict, iteration: int) -> None:
         """Ledger formats before 5 cannot record a refused answer: a run resumed in one ends
@@ -353,7 +364,7 @@ class Manager:
             else:
                 mine = (rules.MANAGER, *lines)
                 rnd.grads[mine], rnd.losses[mine] = grad, loss
-                rnd.digests[mine] = self.pool.submit(grad)
+                rnd.digests[mine] = self.pool.answer(grad)
                 key = mine
             i, count, n = unchecked[rank]
             fold.set(i, rnd.grads[key], count, n)

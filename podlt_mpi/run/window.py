@@ -33,8 +33,8 @@ class Window:
                  spare: list, cost):
         """`order`: the ranks in the order their answers are received (Exchange's caller:
         line order, controls after their checked worker); `streamed`: the ranks whose answers
-        go to `add`; `hash_it(rank, buffer)`: a future of the buffer's digest, waited on before
-        a streamed buffer is reused."""
+        go to `add`; `hash_it(rank, buffer)`: a future of the buffer's seal (digests.Seal),
+        waited on before a streamed buffer is reused."""
         self.comm, self.answer_size, self.add, self.hash_it = comm, answer_size, add, hash_it
         self.order, self.streamed, self.spare, self.cost = list(order), set(streamed), spare, cost
         self.size = max(1, size)

@@ -89,6 +89,8 @@ class Audit:
             with open(self._path("summary.json"), encoding="utf-8") as f:
                 self.summary = json.load(f)
         self.records = self.ledger.records  # records.Record, None where unreadable
+        self.keys = {}  # the revealed role keys, by commitment (check_roles)
+        self.drift = {}  # tolerance mode: checkpoint -> the replay's relative distance from it
         self.removed_at = {}
         for rec in self.ledger.readable():
             for r in rec.removed:
@@ -145,6 +147,7 @@ class Audit:
             self.notes.append(f"the roles are not checked: the key is revealed in "
                               f"{roles.KEY_FILE} when the run completes")
             return
+        self.keys = keys
         said = self.meta.get("roles", {}).get("commitment")
         if said != keyed[-1][1].roles:
             self.problem(None, "roles", f"config.json commits to the key {said}, the ledger's "
@@ -187,7 +190,8 @@ class Audit:
         total = schedule.total_iterations(last - first, self.cfg.block_lines, self.cfg.epochs,
                                           self.cfg.blocks)
         self.replayer = Replayer(model, self.cfg, self.reader, total, task,
-                                 same_kernels=self.kernels_differ == [])
+                                 same_kernels=self.kernels_differ == [], keys=self.keys,
+                                 same_here=self.same_here)
         try:
             self.init_state = torch.load(self._path("model_init.pt"), map_location="cpu",
                                          weights_only=True)
@@ -201,20 +205,21 @@ class Audit:
 
     def compare_kernels(self, here: dict, processor: dict) -> None:
         """What in this machine's compute configuration differs from the one the run's manager
-        computed with (`kernels_differ`; None: the run recorded none), said in a note."""
-        run = (self.meta.get("compute") or [None])[0]
-        if not isinstance(run, dict):
+        computed with (`kernels_differ`; None: the run recorded none), said in a note, and the
+        ranks that computed with this machine's (`same_here`: their bits are reproducible
+        here)."""
+        ranks = self.meta.get("compute") or [None]
+        self.same_here = set()
+        if not isinstance(ranks[0], dict):
             self.kernels_differ = None
             self.notes.append("the run recorded no compute configuration (written before "
                               "portable kernels): where its replay fails on fragments that its "
                               "ranks agreed on, this machine's kernels are the cause")
             return
-        keys = portable.COMPUTE_KEYS
-        if run.get("kernels") == "native":  # the processor chose the kernels
-            here, keys = {**here, **processor}, keys + portable.NATIVE_KEYS
-            run = {**run, **(run.get("processor") or {})}
-        here = portable.decode(portable.encode({k: here.get(k) for k in keys}), keys)
-        self.kernels_differ = portable.differences(run, here, keys)
+        differ = [_kernels_differ(run, here, processor) if isinstance(run, dict) else None
+                  for run in ranks]
+        self.kernels_differ = differ[0]
+        self.same_here = {r for r, d in enumerate(differ) if d == []}
         if self.kernels_differ:
             self.notes.append("this machine computes with other kernels than the run's manager "
                               f"({'; '.join(self.kernels_differ)}): bitwise replay may differ")
@@ -295,7 +300,10 @@ class Audit:
                     broken, pos = pos, None
                     break
                 nxt = anchors.get(pos + 1)
-                if nxt is not None and not rp.same_state(nxt["model"], nxt["optimizer"]):
+                if nxt is not None and rp.drifted:  # within tolerance: measured, then its bits
+                    self.drift[pos + 1] = rp.distance(nxt["model"])
+                    rp.load(nxt["model"], nxt["optimizer"])
+                elif nxt is not None and not rp.same_state(nxt["model"], nxt["optimizer"]):
                     self.problem(pos, "checkpoint", f"checkpoint {pos + 1}'s weights or optimizer "
                                  "state differ from the replayed ones")
                 pos += 1
@@ -314,7 +322,9 @@ class Audit:
                            f"{f['lines']} differs from the replay, and the rank {what}")
                     if self.cfg.compare == "exact":
                         self.problem(it, "replay", msg)
-                    else:
+                    elif "why" in f:  # format 6: by its sketch, or its bits where they replay
+                        self.problem(it, "replay", f"{msg}, {f['why']}")
+                    else:  # before sketches only the bits were known
                         self.notes.append(f"iteration {it}: {msg} (tolerance mode: may be "
                                           "hardware noise)")
         return found
@@ -417,7 +427,11 @@ class Audit:
             "problems": self.problems, "notes": self.notes,
             "replay": {
                 "targets": targets, "seed": seed, "replayed": len(outcomes),
-                "verified": sum(o.in_sync for o in outcomes.values()),
+                "verified": sum(o.in_sync and not o.within_tolerance
+                                for o in outcomes.values()),
+                "within_tolerance": sum(o.within_tolerance for o in outcomes.values()),
+                "checkpoint_drift": {str(k): v for k, v in sorted(self.drift.items())},
+                "tolerance_used": max((o.used for o in outcomes.values()), default=0.0),
                 "verdicts_confirmed": sum(bool(o.verdict_confirmed) for o in outcomes.values()),
                 "skipped": rep["skipped"], "checkpoints": sorted(anchors),
                 "unreproducible": unrep,
@@ -531,12 +545,24 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
     return out
 
 
+def _kernels_differ(run: dict, here: dict, processor: dict) -> list:
+    """How this machine's compute configuration (`here`, and its `processor`) differs from a
+    rank's recorded one: in native mode the processor chose the kernels too."""
+    keys = portable.COMPUTE_KEYS
+    if run.get("kernels") == "native":
+        here, keys = {**here, **processor}, keys + portable.NATIVE_KEYS
+        run = {**run, **(run.get("processor") or {})}
+    here = portable.decode(portable.encode({k: here.get(k) for k in keys}), keys)
+    return portable.differences(run, here, keys)
+
+
 def text(report: dict) -> str:
     rp = report["replay"]
     lines = [f"audit of {report['run']}: {report['verdict'].upper()}",
              f"  ledger: {report['iterations']} iterations, run {report['status']}",
              f"  replay: {len(rp['targets'])} iterations asked, {rp['replayed']} replayed, "
-             f"{rp['verified']} reproduced bit for bit, {rp['verdicts_confirmed']} verdicts "
+             f"{rp['verified']} reproduced bit for bit, {rp['within_tolerance']} within the "
+             f"run's tolerance, {rp['verdicts_confirmed']} verdicts "
              f"confirmed, {len(rp['unreproducible'])} not reproducible on this machine, "
              f"{len(rp['skipped'])} not replayable; checkpoints vouched for: "
              f"{len(rp['checkpoints'])}",

@@ -6,9 +6,16 @@ ranges and compared bit for bit with the gradients the ranks sent (their digests
 manager's update is redone and must give `model_after`. A fragment that differs from the
 recomputation is attributed to the rank whose gradient was applied. After such a fragment the
 run's weights are no longer known, so replay can only go on from the next checkpoint.
+
+Tolerance mode, from ledger format 6: honest answers differ in their bits, so each answer is
+compared by its sketch (sketch.py) with the replay's, within the run's tolerance. The replay
+then goes on from its own update, which is within tolerance of the run's but not its bits:
+model_before and model_after cannot be compared until the next checkpoint, whose weights the
+audit measures against its own and goes on from.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +24,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.core import digests, ledger, rates, records, rules, verify
+from podlt_mpi.core import digests, ledger, rates, records, rules, sketch, verify
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
@@ -34,16 +41,25 @@ class Outcome:
     # what this machine computes otherwise than the run: the lines of fragments whose replay
     # differs from the answer the run's ranks agreed on, or "update"
     unreproducible: list = field(default_factory=list)
+    # tolerance mode: the answers were within tolerance of the replay, not its bits, and the
+    # replay went on from its own update; `used`: the largest distance accepted, as a fraction
+    # of its limit (HIGH x the bound)
+    within_tolerance: bool = False
+    used: float = 0.0
 
 
 class Replayer:
     def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None,
-                 same_kernels: bool = True):
+                 same_kernels: bool = True, keys: dict | None = None,
+                 same_here=frozenset()):
         """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
         (default: one class per line, cross-entropy); `same_kernels`: whether this machine is
-        known to compute with the kernels of the run's manager (the audit compares them)."""
+        known to compute with the kernels of the run's manager (the audit compares them);
+        `keys`: the run's revealed role keys by commitment (the sketches' codes come from
+        them); `same_here`: the ranks that computed with this machine's kernels."""
         self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
-        self.same_kernels = same_kernels
+        self.same_kernels, self.keys, self.same_here = same_kernels, keys or {}, same_here
+        self.drifted = False  # tolerance mode: the weights are the replay's, not the run's bits
         self.task = task or classification()
         self.loss_fn = loss_function(self.task)
         self.layout = Layout(model)
@@ -52,6 +68,7 @@ class Replayer:
     def load(self, model_state: dict, optimizer_state: dict | None) -> None:
         """Start from these weights and buffers (and optimizer state; None: a fresh one)."""
         self.model.load_state_dict(model_state)
+        self.drifted = False
         self.opt = training.make_optimizer(self.cfg, self.layout)
         if optimizer_state is not None:
             self.opt.load_state_dict(optimizer_state)
@@ -65,6 +82,16 @@ class Replayer:
         return _equal(self.model.state_dict(), model_state) and \
             _equal(self.opt.state_dict(), optimizer_state)
 
+    def distance(self, model_state: dict) -> float:
+        """||replayed weights - model_state|| / ||model_state|| over the floating tensors."""
+        diff = total = 0.0
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                ref = model_state[k].detach().double()
+                diff += float((v.detach().double() - ref).pow(2).sum())
+                total += float(ref.pow(2).sum())
+        return math.sqrt(diff / total) if total else math.sqrt(diff)
+
     def _fragment(self, x, y, start: int, s: int, e: int, iteration: int) -> tuple:
         xt = torch.from_numpy(x[s - start:e - start])
         yt = torch.from_numpy(y[s - start:e - start])
@@ -76,7 +103,7 @@ class Replayer:
         it = rec.iteration
         out = Outcome(it, in_sync=False)
         alg = rec.digest
-        if self.weights_digest(alg) != rec.model_before:
+        if not self.drifted and self.weights_digest(alg) != rec.model_before:
             out.problems.append("the weights before it are not the ones the ledger names")
             return out
         start, stop = rec.lines
@@ -95,10 +122,20 @@ class Replayer:
                 cache[(s, e)] = self._fragment(x, y, start, s, e, it)
             return cache[(s, e)]
 
+        near = None
+        if rec.format >= records.SKETCHED and self.cfg.compare != "exact":
+            key = self.keys.get(rec.roles)
+            if key is None:
+                out.problems.append("no revealed key opens the record's commitment, so its "
+                                    "sketches cannot be compared")
+                return out
+            near = Near(rec, sketch.codes(key, it, self.layout.answer_size), fragment,
+                        self.cfg)
         confirmed = []
         for check in rec.checks:
-            ok = _confirm(check, sent, fragment, out, self.cfg.compare, alg,
-                          said if looked else None)
+            ok = (near.confirm(check, out) if near else
+                  _confirm(check, sent, fragment, out, self.cfg.compare, alg,
+                           said if looked else None))
             if ok == UNREPRODUCIBLE:
                 out.unreproducible.append(list(check.lines))
             elif ok is not None:
@@ -107,7 +144,8 @@ class Replayer:
             out.problems.clear()  # this machine's bits, not the ranks', are in question
             return out
         for look in rec.looks:  # the same answer as the replay's, or a rank rightly removed
-            ok = _confirm_look(look, sent, said, fragment, alg, self.cfg.compare)
+            ok = (near.confirm_look(look) if near else
+                  _confirm_look(look, sent, said, fragment, alg, self.cfg.compare))
             if ok is not None:
                 confirmed.append(ok)
             if ok is False:
@@ -117,14 +155,32 @@ class Replayer:
             out.verdict_confirmed = all(confirmed)
 
         grads, losses, counts, lines, honest = [], [], [], [], True
+        bitwise = not self.drifted
         for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
-            if digests.of_arrays(alg, g) != sent.get((r, (s, e))):
+            digest_same = digests.of_arrays(alg, g) == sent.get((r, (s, e)))
+            # tolerance mode: from the run's weights, on the rank's own kernels, the bits are
+            # the rank's, so its digest and sketch must be the replay's
+            exact_here = near is not None and not self.drifted and r in self.same_here
+            if digest_same and near is not None and near.sent(r, (s, e)) != near.replay((s, e))[0]:
+                out.problems.append(f"the sketch of rank {r}'s answer for lines {[s, e]} is not "
+                                    "that of the answer its digest names")
+            if not digest_same and not exact_here and near is not None and near.near(r, (s, e)):
+                bitwise = False  # within tolerance: the replay goes on from its own answer
+                loss = said.get((r, (s, e)))
+                loss = float("nan") if loss is None else loss
+            elif not digest_same:
                 out.fake_fragments.append({"lines": [s, e], "rank": r, "what": "gradient"})
+                if near is not None:
+                    out.fake_fragments[-1]["why"] = (
+                        "in its bits, from the run's weights on the rank's own kernels"
+                        if exact_here else "beyond the run's tolerance")
                 honest = False
             elif looked and said.get((r, (s, e))) != ledger.finite_or_none(loss):
                 # its gradient was honest, so the update replays; the logged loss does not
                 out.fake_fragments.append({"lines": [s, e], "rank": r, "what": "loss"})
+                if near is not None:
+                    out.fake_fragments[-1]["why"] = "whose gradient replays bit for bit"
                 loss = said.get((r, (s, e)))
                 loss = float("nan") if loss is None else loss
             grads.append(g)
@@ -158,6 +214,11 @@ class Replayer:
             loss = ledger.finite_or_none(training.combined_loss(losses, counts))
             if loss != rec.loss:
                 out.problems.append(f"the logged loss {rec.loss} differs from the replayed {loss}")
+        if near is not None:
+            out.used = near.used
+        if not bitwise:  # model_after is the run's bits, which the replay does not have
+            self.drifted = out.in_sync = out.within_tolerance = True
+            return out
         if self.weights_digest(alg) != rec.model_after:
             if self.same_kernels:
                 out.problems.append("the manager's update does not give the logged model_after")
@@ -169,6 +230,86 @@ class Replayer:
 
 
 UNREPRODUCIBLE = "unreproducible"
+
+
+class Near:
+    """Tolerance mode from format 6: one record's answers, by their sketches, against the
+    replay's (sketch.within), and the verdicts that follow."""
+
+    def __init__(self, rec: records.Record, code, fragment, cfg):
+        self.code, self.fragment, self.cfg = code, fragment, cfg
+        self.alg = rec.digest
+        self.answers = {(a.rank, a.lines): a for a in rec.assignments}
+        self.replays = {}
+        self.used = 0.0  # the largest sketch distance accepted, as a fraction of its limit
+
+    def replay(self, lines) -> tuple:
+        """The replay's (sketch, loss) for `lines`."""
+        if lines not in self.replays:
+            g, loss = self.fragment(*lines)
+            self.replays[lines] = (sketch.of(g, self.code,
+                                             lambda *a: digests.of_arrays(self.alg, *a)),
+                                   ledger.finite_or_none(loss))
+        return self.replays[lines]
+
+    def sent(self, rank, lines):
+        """The rank's answer's sketch, None where there is none (a refused answer)."""
+        a = self.answers.get((rank, tuple(lines)))
+        return a.sketch if a is not None else None
+
+    def distance(self, rank, lines) -> float:
+        got = self.sent(rank, lines)
+        return math.inf if got is None else sketch.distance(got, self.replay(tuple(lines))[0])
+
+    def near(self, rank, lines) -> bool:
+        """Whether the rank's answer (gradient and loss) is within the run's tolerance of the
+        replay."""
+        lines = tuple(lines)
+        got = self.sent(rank, lines)
+        if got is None:
+            return False
+        ref, ref_loss = self.replay(lines)
+        loss = self.answers[(rank, lines)].loss
+        cfg = self.cfg
+        same_loss = loss == ref_loss or None not in (loss, ref_loss) and \
+            verify.same_loss(loss, ref_loss, cfg.compare, cfg.rtol, cfg.atol)
+        ok = same_loss and sketch.within(got, ref, cfg.rtol, cfg.atol)
+        if ok:  # how much of the tolerance an accepted answer used: the replay's drift shows here
+            used = sketch.distance(got, ref) / (sketch.HIGH * sketch.bound(got, ref, cfg.rtol,
+                                                                           cfg.atol) or 1)
+            self.used = max(self.used, used)
+        return ok
+
+    def confirm(self, check: records.CheckRecord, out: Outcome) -> bool | None | str:
+        """A check's verdict against the replay: those it let stand within tolerance of it, and
+        those it found fake further from it than any of them. UNREPRODUCIBLE where two that
+        stood are beyond tolerance of the replay: their agreement, not this machine, stands."""
+        lines = check.lines
+        if check.verdict == "dispute":
+            return None  # nobody removed, nothing applied on it: nothing to confirm
+        ranks = (check.worker, *check.controls, *check.rechecks)
+        standing = [r for r in ranks if r not in check.fake and self.sent(r, lines)]
+        far = [r for r in standing if not self.near(r, lines)]
+        if len(far) >= 2:
+            return UNREPRODUCIBLE
+        said = [f"rank {r}'s answer for lines {list(lines)}, which the check let stand, is "
+                f"beyond the run's tolerance of the replay" for r in far]
+        closest = max((self.distance(r, lines) for r in standing), default=None)
+        said += [f"rank {r} was found fake for lines {list(lines)}, but its answer is no "
+                 f"further from the replay than those that stood" for r in check.fake
+                 if closest is not None and self.distance(r, lines) <= closest]
+        out.problems.extend(said)
+        return not said
+
+    def confirm_look(self, look: records.Look) -> bool:
+        """A look's verdict against the replay: `same`, the rank's answer within tolerance of
+        it; `differs`, the manager's answer within it and the rank's further away."""
+        if look.verdict == "malformed":
+            return self.sent(look.rank, look.lines) is None
+        if look.verdict == "same":
+            return self.near(look.rank, look.lines)
+        return self.near(rules.MANAGER, look.lines) and \
+            self.distance(look.rank, look.lines) > self.distance(rules.MANAGER, look.lines)
 
 
 def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
