@@ -10,7 +10,11 @@ from podlt_mpi.dist import messages
 
 RANK = {"kernels": "portable", "aten": "avx2", "mkl_cbwr": "COMPATIBLE,STRICT",
         "onednn_isa": "AVX2", "capability": "AVX2", "mkl_branch": "COMPATIBLE,STRICT",
-        "threads": "1", "torch": "2.13.0+cpu", "mkl": "2024.2-Product", "onednn": "3.12.0"}
+        "threads": "1", "torch": "2.13.0+cpu", "mkl": "2024.2-Product", "onednn": "3.12.0",
+        **dict.fromkeys(portable.GPU_KEYS, "-")}
+H200 = {**RANK, "torch": "2.13.0+cu128", "gpu": "NVIDIA H200", "gpu_capability": "9.0",
+        "cuda": "12.8", "cudnn": "91002", "driver": "570.124.06"}
+A100 = {**H200, "gpu": "NVIDIA A100-SXM4-80GB", "gpu_capability": "8.0"}
 EPYC = {"vendor": "AuthenticAMD", "model": "AMD EPYC 7B12 64-Core Processor",
         "flags": "sse4_2 avx avx2 fma"}
 XEON = {"vendor": "GenuineIntel", "model": "Intel(R) Xeon(R) Platinum 8480C",
@@ -90,3 +94,45 @@ def test_native_kernels_need_one_processor_model():
     assert "vendor AuthenticAMD where rank 0 has GenuineIntel" in said
     mixed = portable.disagreeing([RANK, native], [XEON, XEON])
     assert "kernels native where rank 0 has portable" in mixed
+
+
+def gpu_report(compute: dict) -> tuple:
+    """A rank's report on a GPU as rank 0 reads it from the wire (what a faked one would say)."""
+    device = f"cuda:0 {compute['gpu']}"
+    return messages.read_report(messages.report(None, False, device, compute, XEON))
+
+
+def test_a_gpu_rank_reports_its_model_capability_cuda_cudnn_and_driver():
+    _, _, device, compute, _ = gpu_report(H200)
+    assert device == "cuda:0 NVIDIA H200" and compute == H200
+    from podlt_mpi.compute import machine
+    here = machine.compute("portable")  # this machine's CPU: no GPU keys filled in
+    assert set(here) == set(portable.COMPUTE_KEYS)
+    assert all(here[k] is None for k in portable.GPU_KEYS)
+
+
+def test_exact_mode_across_gpu_models_is_refused_with_a_pointer_to_tolerance_mode():
+    reports = [gpu_report(c) for c in (H200, H200, A100, H200)]
+    said = portable.disagreeing([c for *_, c, _ in reports], [p for *_, p in reports])
+    assert said == (
+        "rank(s) 2 compute on another GPU model than rank 0 (rank 2: NVIDIA A100-SXM4-80GB "
+        "(compute capability 8.0) where rank 0 has NVIDIA H200 (compute capability 9.0)), whose "
+        "kernels cannot give the same bits under --compare exact: use --compare tolerance, "
+        "which compares answers within --rtol and audits them by their sketches, or give "
+        "every rank one GPU model")
+    # one model: the same bits; another cuDNN is refused as other kernels, a driver is not
+    assert portable.disagreeing([H200, H200], [XEON, XEON]) is None
+    assert portable.disagreeing([H200, {**H200, "driver": "575.51.03"}], [XEON, XEON]) is None
+    assert "cudnn 90100 where rank 0 has 91002" in portable.disagreeing(
+        [H200, {**H200, "cudnn": "90100"}], [XEON, XEON])
+
+
+def test_an_audit_names_gpu_differences_only_where_the_run_or_this_machine_has_a_gpu():
+    old_run = {k: v for k, v in RANK.items() if k not in portable.GPU_KEYS}
+    assert portable.differences(old_run, RANK) == []  # recorded before GPU keys, on the CPU
+    assert portable.differences(old_run, H200) == [
+        "torch: the run 2.13.0+cpu, here 2.13.0+cu128",
+        *(f"{k}: the run unrecorded, here {H200[k]}" for k in portable.GPU_KEYS)]
+    assert portable.differences(H200, A100) == [
+        "gpu: the run NVIDIA H200, here NVIDIA A100-SXM4-80GB",
+        "gpu_capability: the run 9.0, here 8.0"]

@@ -1,6 +1,7 @@
 """The ledger's typed records (core/records.py): one schema for the writer and every reader, and
-runs written before it (tests/data/format1, format2, format4, and format5 with the portable
-kernels) still audited, reported and resumed."""
+runs written before it (tests/data/format1, format2, format4, format5 with the portable
+kernels, and format6 in tolerance mode on mixed kernels) still audited, reported and
+resumed."""
 import dataclasses
 import json
 import os
@@ -17,7 +18,8 @@ from podlt_mpi.core import digests, ledger, records
 OLD = os.path.join(ROOT, "tests", "data", "format1")
 # runs written by earlier versions, by ledger format: (folder, the arrays' hash)
 OLD_RUNS = {1: ("format1", "sha256"), 2: ("format2", "blake3"), 4: ("format4", "blake3"),
-            5: ("format5", "blake3")}
+            5: ("format5", "blake3"), 6: ("format6", "blake3")}
+TOLERANCE = {6}  # the stored runs in tolerance mode: replayed by their sketches
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 # The kernels the stored runs were written with (tests/data/format*/README.md), on an AMD EPYC
 # (Zen 2). They recorded none: they were written before core/portable.py. MKL's AVX2 branch
@@ -172,12 +174,13 @@ def replayed(rep: dict, iterations: int) -> None:
     rp = rep["replay"]
     assert rep["passed"] and rep["problems"] == [] and rep["fake_contributions"] == []
     assert rp["replayed"] == iterations
-    if rep["kernels_differ"] is not None:  # written with the portable kernels: bit for bit here
-        assert rep["verdict"] == "passed" and rp["verified"] == iterations, rep
+    near = rp["within_tolerance"]  # tolerance mode: by the sketches; exact mode: none
+    if rep["kernels_differ"] is not None:  # it recorded its kernels: replayed here
+        assert rep["verdict"] == "passed" and rp["verified"] + near == iterations, rep
     if rp["unreproducible"]:
         assert rep["verdict"] == "not reproducible here" and rep["kernels_differ"] is None
         assert any(n.startswith("not reproducible here:") for n in rep["notes"])
-    assert rp["verified"] + len(rp["unreproducible"]) == iterations, rp
+    assert rp["verified"] + near + len(rp["unreproducible"]) == iterations, rp
 
 
 def test_an_old_run_is_audited_bit_for_bit_and_reported(old_run):
@@ -186,6 +189,11 @@ def test_an_old_run_is_audited_bit_for_bit_and_reported(old_run):
     rep = audit_json(old_run)
     replayed(rep, 6)
     assert rep["removed"] == [{"rank": 2, "iteration": 0}]
+    if old_run.format in TOLERANCE:  # rank 3's answers differ in their bits: within tolerance
+        assert rep["replay"]["within_tolerance"] >= 1 and rep["replay"]["verdicts_confirmed"] == 6
+        assert 0 < rep["replay"]["tolerance_used"] < 1
+    else:
+        assert rep["replay"]["within_tolerance"] == 0
     r = tool("report", "run", cwd=old_run)
     assert r.returncode == 0, r.stderr
     with open(os.path.join(old_run, "run", "report", "summary.txt")) as f:
@@ -212,6 +220,12 @@ def test_an_old_run_is_resumed_and_its_records_kept(old_run):
     # and the update's arithmetic of that format (the weighted mean, not the fold)
     assert {(rec.format, rec.digest) for rec in kept.records} == \
         {(old_run.format, OLD_RUNS[old_run.format][1])}
+    if old_run.format in TOLERANCE:  # the first job's kernels kept, the resume's beside them
+        with open(os.path.join(old_run, "run", "config.json")) as f:
+            cfg = json.load(f)
+        assert cfg["compute"][3]["capability"] == "DEFAULT"
+        assert cfg["resumed"][-1]["from_iteration"] == 6
+        assert [c["capability"] for c in cfg["resumed"][-1]["compute"]] == ["AVX2"] * 5
     r = tool("audit", "run", "--all", *ALLOW, "--json", "audit.json", cwd=old_run)
     assert r.returncode == 0, r.stdout + r.stderr
     replayed(audit_json(old_run), 10)

@@ -43,13 +43,41 @@ def _versions() -> tuple:
     return (mkl.group(1) if mkl else "none"), (dnn.group(1) if dnn else "none")
 
 
-def compute(mode: str) -> dict:
-    """This process's compute configuration (portable.COMPUTE_KEYS) under kernels `mode`: the
-    settings as its environment holds them (a rank that could not set the run's shows it)."""
+def driver() -> str | None:
+    """The NVIDIA driver's version (e.g. 550.54.15), or None where it says none."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            found = re.search(r"Kernel Module\s+([\d.]+)", f.read())
+    except OSError:
+        found = None
+    if found:
+        return found.group(1)
+    try:  # the CUDA driver API's version, where /proc does not say (e.g. in a container)
+        v = torch._C._cuda_getDriverVersion()
+        return f"CUDA driver API {v // 1000}.{v % 1000 // 10}"
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def gpu(device) -> dict:
+    """portable.GPU_KEYS for `device`: its model, compute capability, CUDA, cuDNN and driver;
+    None on the CPU."""
+    if torch.device(device).type != "cuda":
+        return dict.fromkeys(portable.GPU_KEYS)
+    major, minor = torch.cuda.get_device_capability(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"gpu": torch.cuda.get_device_name(device), "gpu_capability": f"{major}.{minor}",
+            "cuda": torch.version.cuda, "cudnn": cudnn, "driver": driver()}
+
+
+def compute(mode: str, device="cpu") -> dict:
+    """This process's compute configuration (portable.COMPUTE_KEYS) under kernels `mode` on
+    `device`: the settings as its environment holds them (a rank that could not set the run's
+    shows it)."""
     values = portable.settings("native")
     mkl, dnn = _versions()
     return {"kernels": mode, "aten": values["ATEN_CPU_CAPABILITY"],
             "mkl_cbwr": values["MKL_CBWR"], "onednn_isa": values["ONEDNN_MAX_CPU_ISA"],
             "capability": torch.backends.cpu.get_cpu_capability(), "mkl_branch": mkl_branch(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "mkl": mkl,
-            "onednn": dnn}
+            "onednn": dnn, **gpu(device)}

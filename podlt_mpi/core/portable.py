@@ -164,30 +164,46 @@ def _clean(value) -> str:
 
 
 # what a rank's compute configuration holds (compute/machine.py fills it in)
+# and, on a GPU, its model, compute capability, CUDA, cuDNN and driver ("-" on the CPU)
+GPU_KEYS = ("gpu", "gpu_capability", "cuda", "cudnn", "driver")
 COMPUTE_KEYS = ("kernels", "aten", "mkl_cbwr", "onednn_isa", "capability", "mkl_branch",
-                "threads", "torch", "mkl", "onednn")
+                "threads", "torch", "mkl", "onednn", *GPU_KEYS)
+# what exact mode needs equal: all but the driver, which runs the kernels but chooses none
+# (torch's wheel brings its own cuBLAS and cuDNN)
+EXACT_KEYS = tuple(k for k in COMPUTE_KEYS if k != "driver")
 PROCESSOR_KEYS = ("vendor", "model", "flags")
 # in native mode the processor decides the kernels too
 NATIVE_KEYS = ("vendor", "model", "flags")
 
 
 def disagreeing(configs: list, processors: list) -> str | None:
-    """In exact mode: the sentence naming the ranks whose compute configuration (COMPUTE_KEYS,
+    """In exact mode: the sentence naming the ranks whose compute configuration (EXACT_KEYS,
     and in native mode the processor) differs from rank 0's, or None when every rank can give
     rank 0's bits. The manager's own recomputations are rank 0's."""
     def key(r):
-        mine = tuple(configs[r][k] for k in COMPUTE_KEYS)
+        mine = tuple(configs[r][k] for k in EXACT_KEYS)
         if configs[r]["kernels"] == "native":
             mine += tuple(processors[r][k] for k in NATIVE_KEYS)
         return mine
 
+    def gpu(r):
+        return configs[r]["gpu"], configs[r]["gpu_capability"]
+
+    other_gpus = [r for r in range(len(configs)) if gpu(r) != gpu(0)]
+    if other_gpus:
+        r = other_gpus[0]
+        return (f"rank(s) {', '.join(map(str, other_gpus))} compute on another GPU model than "
+                f"rank 0 (rank {r}: {_gpu_name(*gpu(r))} where rank 0 has "
+                f"{_gpu_name(*gpu(0))}), whose kernels cannot give the same bits under "
+                "--compare exact: use --compare tolerance, which compares answers within "
+                "--rtol and audits them by their sketches, or give every rank one GPU model")
     ref = key(0)
     odd = [r for r in range(len(configs)) if key(r) != ref]
     if not odd:
         return None
     r = odd[0]
     diff = [f"{k} {mine} where rank 0 has {theirs}" for k, mine, theirs in
-            zip((*COMPUTE_KEYS, *NATIVE_KEYS), key(r), ref) if mine != theirs]
+            zip((*EXACT_KEYS, *NATIVE_KEYS), key(r), ref) if mine != theirs]
     if len(key(r)) != len(ref):
         diff = [f"kernels {configs[r]['kernels']} where rank 0 has {configs[0]['kernels']}"]
     ranks = ", ".join(map(str, odd))
@@ -197,7 +213,13 @@ def disagreeing(configs: list, processors: list) -> str | None:
             "tolerance")
 
 
+def _gpu_name(name: str, capability: str) -> str:
+    return "the CPU" if name in (None, "-") else f"{name} (compute capability {capability})"
+
+
 def differences(run: dict, here: dict, keys=COMPUTE_KEYS) -> list:
-    """'key: run X, here Y' for every key of `keys` where two compute configurations differ."""
+    """'key: run X, here Y' for every key of `keys` where two compute configurations differ
+    (a GPU's keys, which runs before them did not record, only where this machine has one)."""
     return [f"{k}: the run {run.get(k, 'unrecorded')}, here {here.get(k)}" for k in keys
-            if run.get(k) != here.get(k)]
+            if run.get(k) != here.get(k) and not (k in GPU_KEYS and k not in run
+                                                  and here.get(k) in (None, "-"))]

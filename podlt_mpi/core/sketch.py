@@ -19,7 +19,8 @@ honest answer within the bound fails with probability under 1e-9) and a differen
 HIGH / LOW = 3.0 x the bound is caught except with probability 1e-9. The worst case for a
 cheater is a change concentrated on two values of equal size, which cancels in all four blocks
 with probability (1/32)^4 = 1e-6 per answer; the checks and the look catch it independently.
-The norm is exact: | ||a|| - ||b|| | <= ||a - b|| is checked without any factor.
+The norms need no factor: | ||a|| - ||b|| | <= ||a - b||, so they are checked against the bound
+itself.
 """
 from __future__ import annotations
 

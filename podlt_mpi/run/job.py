@@ -101,6 +101,9 @@ class _Inputs:
     # False for a resumed run written before runs recorded their kernels: it goes on with the
     # environment's, and stays unrecorded (its audit cannot know those of its first part)
     records_kernels: bool = True
+    # a resumed run's ranks' compute configurations as it started (config.json `compute`): kept,
+    # while each resume records its own in its `resumed` entry, so an audit knows every part's
+    started_compute: list | None = None
 
     def for_workers(self) -> dict:
         """What the other ranks need, as JSON (startup.share_inputs): the options and the
@@ -144,7 +147,7 @@ def _run(comm, argv, started: float) -> int:
         if e.message:
             _say(rank, e.message)
         return e.code
-    _warn_about_devices(rank, inputs.cfg, built.placed)
+    _warn_about_cuda_aware_mpi(rank, inputs.cfg)
     exchange = None  # rank 0's, once its run is over
     if rank == 0:
         try:
@@ -210,12 +213,13 @@ def _inputs(comm, cfg, argv) -> _Inputs:
 
 def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
     """The run to continue or the directory to write, and the data. Raises ConfigError."""
-    changed, history, kind, records_kernels = {}, [], None, True
+    changed, history, kind, records_kernels, started = {}, [], None, True, None
     if cfg.resume:
         rundir.check_links(cfg.resume, "--resume")
         saved = resume.saved_config(cfg.resume)
         history, kind = saved.get("resumed", []), saved.get("device_kind", "cpu")
         records_kernels = "kernel_settings" in saved
+        started = saved.get("compute")
         cfg, changed = resumed(saved, cfg, argv)
         check_world(cfg, size)
         out = cfg.resume
@@ -224,7 +228,8 @@ def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
         rundir.check(out)
     if cfg.uses_default_data:
         data.ensure_default_data()
-    return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history, records_kernels)
+    return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history, records_kernels,
+                   started)
 
 
 def _build(comm, inputs: _Inputs, local: int) -> _Built:
@@ -236,7 +241,7 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
         dev = devices.place(cfg.device, rank, local)
         built, stochastic = rank_parts(inputs, rank, size, dev)
         from podlt_mpi.compute import machine
-        compute = machine.compute(cfg.kernels)
+        compute = machine.compute(cfg.kernels, dev)
         if rank == 0 and cfg.resume:
             built.plan = resume.prepare(out, size, min_active(cfg), inputs.changed,
                                         inputs.history, cfg.restart)
@@ -292,12 +297,7 @@ def rank_parts(inputs: _Inputs, rank: int, size: int, dev) -> tuple:
     return _Built(model, layout, Faker(cfg, rank, layout, ds.task), []), stochastic
 
 
-def _warn_about_devices(rank: int, cfg, placed: list) -> None:
-    gpus = devices.gpu_models(placed)
-    if rank == 0 and cfg.compare == "exact" and len(gpus) > 1:
-        log.warning("GPU models differ (%s): under --compare exact their ranks may disagree on "
-                    "honest work, which ends in disputes; --compare tolerance avoids them",
-                    ", ".join(gpus))
+def _warn_about_cuda_aware_mpi(rank: int, cfg) -> None:
     if rank == 0 and cfg.cuda_aware_mpi and mpi.cuda_support() is False:
         log.warning("%s says it has no CUDA support (MPIX_Query_cuda_support() is 0): if a "
                     "rank then crashes in a send or receive, drop --cuda-aware-mpi",
@@ -326,6 +326,9 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
                          "python": platform.python_version(), "mpi": mpi.library()}}
     if inputs.records_kernels:
         meta.update(kernel_settings=portable.settings(cfg.kernels), compute=built.compute)
+        if built.plan is not None and inputs.started_compute is not None:
+            meta["compute"] = inputs.started_compute
+            built.plan.history[-1]["compute"] = built.compute
     log.info("%d ranks (%s waits) on %s, %d training lines, model %s with %d parameters "
              "(%d trainable, %d buffer values), out %s", comm.Get_size(), waiter.mode,
              devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],

@@ -181,7 +181,7 @@ class Audit:
         if note:
             self.notes.append(note)
         training.set_determinism(self.cfg.threads, exact=self.cfg.compare == "exact")
-        self.compare_kernels(machine.compute(self.cfg.kernels), portable.processor())
+        self.compare_kernels(machine.compute(self.cfg.kernels, dev), portable.processor())
         task = Task.from_meta(self.meta)
         model = models.build(self.cfg.model, self.meta["line_shape"], self.meta["n_classes"],
                              self.cfg.seed, task, model_kwargs(self.cfg.model_args)).to(dev)
@@ -206,10 +206,10 @@ class Audit:
     def compare_kernels(self, here: dict, processor: dict) -> None:
         """What in this machine's compute configuration differs from the one the run's manager
         computed with (`kernels_differ`; None: the run recorded none), said in a note, and the
-        ranks that computed with this machine's (`same_here`: their bits are reproducible
-        here)."""
+        ranks that computed with this machine's (`same_here`: [(first iteration, ranks)] for
+        each part of the run, its first job's and each resume's: their bits replay here)."""
         ranks = self.meta.get("compute") or [None]
-        self.same_here = set()
+        self.same_here = []
         if not isinstance(ranks[0], dict):
             self.kernels_differ = None
             self.notes.append("the run recorded no compute configuration (written before "
@@ -219,7 +219,13 @@ class Audit:
         differ = [_kernels_differ(run, here, processor) if isinstance(run, dict) else None
                   for run in ranks]
         self.kernels_differ = differ[0]
-        self.same_here = {r for r, d in enumerate(differ) if d == []}
+        # by the iteration each part of the run started from: the first job's, then each
+        # resume's (an entry without a record leaves the ranks' kernels unknown)
+        parts = [(0, ranks)] + [(e.get("from_iteration", 0), e.get("compute") or [])
+                                for e in self.meta.get("resumed", []) if isinstance(e, dict)]
+        self.same_here = [(start, {r for r, run in enumerate(part) if isinstance(run, dict)
+                                   and _kernels_differ(run, here, processor) == []})
+                          for start, part in parts]
         if self.kernels_differ:
             self.notes.append("this machine computes with other kernels than the run's manager "
                               f"({'; '.join(self.kernels_differ)}): bitwise replay may differ")

@@ -50,13 +50,13 @@ class Outcome:
 
 class Replayer:
     def __init__(self, model, cfg, reader: Reader, total: int, task: Task | None = None,
-                 same_kernels: bool = True, keys: dict | None = None,
-                 same_here=frozenset()):
+                 same_kernels: bool = True, keys: dict | None = None, same_here=()):
         """`total`: the run's iterations (a cosine rate depends on them); `task`: the run's
         (default: one class per line, cross-entropy); `same_kernels`: whether this machine is
         known to compute with the kernels of the run's manager (the audit compares them);
         `keys`: the run's revealed role keys by commitment (the sketches' codes come from
-        them); `same_here`: the ranks that computed with this machine's kernels."""
+        them); `same_here`: [(first iteration, ranks)], the ranks that computed with this
+        machine's kernels in each part of the run (a resume starts a part)."""
         self.model, self.cfg, self.reader, self.total = model, cfg, reader, total
         self.same_kernels, self.keys, self.same_here = same_kernels, keys or {}, same_here
         self.drifted = False  # tolerance mode: the weights are the replay's, not the run's bits
@@ -81,6 +81,16 @@ class Replayer:
         """Bitwise equality of the replayed model and optimizer with a checkpoint's."""
         return _equal(self.model.state_dict(), model_state) and \
             _equal(self.opt.state_dict(), optimizer_state)
+
+    def same_at(self, iteration: int) -> set:
+        """The ranks that computed iteration `iteration` with this machine's kernels: by the
+        last part, in the order the run's resumes came, that started at or before it (a later
+        resume from an earlier checkpoint rewrote what followed)."""
+        found = set()
+        for start, ranks in self.same_here:
+            if start <= iteration:
+                found = ranks
+        return found
 
     def distance(self, model_state: dict) -> float:
         """||replayed weights - model_state|| / ||model_state|| over the floating tensors."""
@@ -161,7 +171,7 @@ class Replayer:
             digest_same = digests.of_arrays(alg, g) == sent.get((r, (s, e)))
             # tolerance mode: from the run's weights, on the rank's own kernels, the bits are
             # the rank's, so its digest and sketch must be the replay's
-            exact_here = near is not None and not self.drifted and r in self.same_here
+            exact_here = near is not None and not self.drifted and r in self.same_at(it)
             if digest_same and near is not None and near.sent(r, (s, e)) != near.replay((s, e))[0]:
                 out.problems.append(f"the sketch of rank {r}'s answer for lines {[s, e]} is not "
                                     "that of the answer its digest names")

@@ -64,7 +64,7 @@ def test_answers_are_folded_in_line_order_through_the_window(monkeypatch):
         assert [r for r, _, _ in seen] == line_order
         assert len({b for _, b, _ in seen}) == 1  # one buffer, reused for every answer
         for r, _, digest in seen:  # each digest was taken before its buffer was reused
-            assert hashed[r].result() == digest
+            assert hashed[r].result() == digests.Seal(digest)
         for a in plan.assignments:  # and each is the fragment's own gradient
             s, e = a.start, a.stop
             mine, _ = training.fragment(model, layout, torch.from_numpy(bx[s:e]),
