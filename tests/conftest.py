@@ -1,5 +1,4 @@
 """Shared fixtures: a small dataset and a helper that launches the job under mpiexec."""
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,9 @@ portable.apply(portable.PORTABLE)
 ROOT = mpi_impls.ROOT
 # the models and data helpers that jobs load as user plugins; tests import some of them too
 sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
+import runfiles  # noqa: E402
+
+read_json, read_jsonl = runfiles.read_json, runfiles.read_jsonl  # tests import them from here
 RUN_TIMEOUT = 240  # seconds; every subprocess has one, so a hang fails instead of blocking CI
 
 # tests/mpi/ run inside an MPI world (python -m mpi4py -m pytest --with-mpi); plain pytest
@@ -157,16 +159,6 @@ def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None, adversary
                                               (n - rank - 1, *job)) if seg[0]])
     return subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="session")

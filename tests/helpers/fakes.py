@@ -1,8 +1,9 @@
 """Fake ranks in a test job: one per mode, in groups of modes that share a job, and what their
 removal must look like in the run's files."""
-import json
 import math
 import os
+
+from runfiles import read_json, read_jsonl
 
 from podlt_mpi.core.config import FAKE_MODES
 
@@ -11,18 +12,8 @@ from podlt_mpi.core.config import FAKE_MODES
 MODES = [m for m in FAKE_MODES if m != "buffers"]
 
 
-def _json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def removed_ranks(out):
-    return sorted(r["rank"] for r in _json(os.path.join(out, "summary.json"))["removed"])
+    return sorted(r["rank"] for r in read_json(os.path.join(out, "summary.json"))["removed"])
 
 
 def groups(modes, most=5):
@@ -49,8 +40,8 @@ def assert_each_fake_removed_once_and_for_good(out, modes_of):
     recomputation; it never gets work afterwards, and its credits show one rejection at that
     iteration."""
     assert removed_ranks(out) == sorted(modes_of), modes_of
-    ledger = _jsonl(os.path.join(out, "ledger.jsonl"))
-    credits = _json(os.path.join(out, "summary.json"))["credits"]
+    ledger = read_jsonl(os.path.join(out, "ledger.jsonl"))
+    credits = read_json(os.path.join(out, "summary.json"))["credits"]
     for rank, mode in modes_of.items():
         caught = [rec for rec in ledger if rank in rec["removed"]]
         assert len(caught) == 1, (mode, rank)
