@@ -40,6 +40,7 @@ KEYED = 4                 # the first whose roles come from a secret key, summed
 LOOKED = 5                # the first that looks at every unchecked answer and logs each loss
 SKETCHED = 6              # the first that keeps a sketch of every answer in tolerance mode
 ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED}  # keys older formats lack
+ASSIGNMENT_SINCE = {"loss": LOOKED, "sketch": SKETCHED}  # and those their assignments lack
 ROLES = ("worker", "control", "recheck", "manager")  # manager: format 5's recomputations
 # same: applied as sent; differs: the rank removed, the manager's recomputation applied;
 # malformed: the answer refused before it was read (wrong size or fields, or none in time): the
@@ -140,10 +141,9 @@ class Assignment:
 
     @classmethod
     def from_json(cls, d, fmt: int = FORMAT) -> Assignment:
-        _fields(d, cls, "an assignment", tuple(k for k, since in (("loss", LOOKED),
-                                                                  ("sketch", SKETCHED))
+        _fields(d, cls, "an assignment", tuple(k for k, since in ASSIGNMENT_SINCE.items()
                                                if fmt < since), fmt=fmt)
-        for k, since in (("loss", LOOKED), ("sketch", SKETCHED)):
+        for k, since in ASSIGNMENT_SINCE.items():
             if fmt < since and k in d:
                 raise RecordError(f"an assignment of format {fmt} has a {k}")
         role = _str(d["role"], "an assignment's role")

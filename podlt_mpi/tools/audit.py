@@ -216,9 +216,7 @@ class Audit:
                               "portable kernels): where its replay fails on fragments that its "
                               "ranks agreed on, this machine's kernels are the cause")
             return
-        differ = [_kernels_differ(run, here, processor) if isinstance(run, dict) else None
-                  for run in ranks]
-        self.kernels_differ = differ[0]
+        self.kernels_differ = _kernels_differ(ranks[0], here, processor)
         # by the iteration each part of the run started from: the first job's, then each
         # resume's (an entry without a record leaves the ranks' kernels unknown)
         parts = [(0, ranks)] + [(e.get("from_iteration", 0), e.get("compute") or [])

@@ -304,10 +304,10 @@ class Near:
             return UNREPRODUCIBLE
         said = [f"rank {r}'s answer for lines {list(lines)}, which the check let stand, is "
                 f"beyond the run's tolerance of the replay" for r in far]
-        closest = max((self.distance(r, lines) for r in standing), default=None)
+        furthest = max((self.distance(r, lines) for r in standing), default=None)
         said += [f"rank {r} was found fake for lines {list(lines)}, but its answer is no "
                  f"further from the replay than those that stood" for r in check.fake
-                 if closest is not None and self.distance(r, lines) <= closest]
+                 if furthest is not None and self.distance(r, lines) <= furthest]
         out.problems.extend(said)
         return not said
 
