@@ -10,9 +10,9 @@ worktree on the same data and options. Numbers per iteration are the means over 
 1..--iterations from each run's metrics.jsonl (iteration 0 warms up, the last one writes the
 final checkpoint); peak RSS from its summary.json.
 
-The cluster model: from the bytes the manager counted, what the busiest rank moves per iteration
-on 100 Gb/s links at 1 to 1024 ranks, against a ring all-reduce of the same gradient (2(P-1)/P of
-the model through every rank).
+The cluster model (core/reduction.traffic): what the busiest link carries per iteration on
+100 Gb/s links at 4 to 1024 ranks, the star and the ranks' reduction, against a ring all-reduce
+of the same gradient (2(P-1)/P of the model through every rank).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import sys
 import tempfile
 
 from torch import nn
+
+from podlt_mpi.core import reduction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -97,23 +99,23 @@ def table(results) -> str:
     return "\n".join(out)
 
 
-def cluster(weights: int, line_bytes: int, lines_per_worker: int, controls: int = 2) -> str:
-    """Bytes through the busiest rank per iteration, and the seconds they take on one link.
+def cluster(weights: int, controls: int = 2) -> str:
+    """Bytes through the busiest link per iteration, and the seconds they take, from
+    core/reduction.traffic (the data's lines left out: a ring all-reduce does not carry them).
 
-    PoDLT's busiest rank is the manager: every worker's and control's answer comes in (one
-    model each), and out go the broadcast's share and every slice. MPI's large-message broadcast
-    (scatter, then a ring allgather) sends about two models from the root; counted as two here.
-    A ring all-reduce moves 2(P-1)/P models through every rank, and has no manager."""
-    head = ("| ranks | PoDLT manager in GB | out GB | link s (in) | ring all-reduce GB/rank "
-            "| link s | PoDLT / ring |")
+    The star: every worker's and control's answer comes in to the manager (one model each). The
+    ranks' reduction: the commitments, one model of slices' sums and the challenged slices'
+    inputs come in; the busiest other rank is an aggregator. A ring all-reduce moves 2(P-1)/P
+    models through every rank, and has no manager."""
+    head = ("| ranks | star: manager in GB | link s | ranks: busiest link GB | link s "
+            "| ring all-reduce GB/rank | link s | star / ring | ranks / ring |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for p in (4, 8, 16, 64, 256, 1024):
-        answers = p - 1  # workers and controls each send one answer
-        into = answers * weights
-        outof = 2 * weights + (p - 1 - controls + controls) * lines_per_worker * line_bytes
-        ring = 2 * (p - 1) / p * weights
-        out.append(f"| {p} | {into / 1e9:.2f} | {outof / 1e9:.2f} | {into / LINK:.3f} "
-                   f"| {ring / 1e9:.3f} | {ring / LINK:.4f} | {into / ring:.0f}x |")
+        t = reduction.traffic(weights // 4, p, controls)
+        star, mine, ring = t["star"]["manager_in"], reduction.busiest(t["ranks"]), t["ring"]
+        out.append(f"| {p} | {star / 1e9:.2f} | {star / LINK:.3f} | {mine / 1e9:.3f} "
+                   f"| {mine / LINK:.4f} | {ring / 1e9:.3f} | {ring / LINK:.4f} "
+                   f"| {star / ring:.0f}x | {mine / ring:.2f}x |")
     return "\n".join(out)
 
 
@@ -150,7 +152,7 @@ def main() -> None:
               f"; `{mine[2]['command']}`")
     r = results[0]
     print()
-    print(cluster(r["weights_bytes"], 784 * 4 + 8, LINES_PER_WORKER))
+    print(cluster(r["weights_bytes"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)

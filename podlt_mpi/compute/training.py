@@ -218,11 +218,60 @@ class TreeFold:
 
     def apply(self, opt: torch.optim.Optimizer, lr: float, clip: float = 0.0) -> None:
         """The step, as Fold.apply takes it, from the trees' sums."""
-        total, change = self.grads.result(), self.changes.result()
-        mean = total / self.count if self.count and total is not None else \
-            torch.zeros(self.layout.n_grad, dtype=torch.float32, device=self.dev)
-        change = None if change is None else change / self.lines
-        _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
+        step_from_sums(self.model, opt, self.layout, self.grads.result(), self.changes.result(),
+                       self.counters, self.count, self.lines, lr, clip)
+
+
+def step_from_sums(model, opt, layout: Layout, total, change, counters, count: int, lines: int,
+                   lr: float, clip: float = 0.0) -> None:
+    """The step from format 4's sums (TreeFold's, or the ranks' slices side by side): the
+    gradients' tree divided once by the counted targets, the buffers' change by the lines."""
+    mean = total / count if count and total is not None else \
+        torch.zeros(layout.n_grad, dtype=torch.float32, device=device_of(model))
+    change = None if change is None else change / lines
+    _step(model, opt, layout, mean, change, counters, lr, clip)
+
+
+class SliceSum:
+    """One aggregator's share of TreeFold's sums (core/reduction.py): values [a, b) of the
+    summed region (the gradient, then the float buffers' change) of every leaf, by the same
+    float32 operations in the same tree. The operations are elementwise, so the slices side by
+    side are TreeFold's sums bit for bit. `before`: the float buffers the changes are measured
+    from (the whole vector, as TreeFold.before)."""
+
+    def __init__(self, layout: Layout, n: int, a: int, b: int, before=None):
+        g = layout.n_grad
+        self.cut = max(0, min(b, g) - a)  # values of the slice in the gradient
+        self.grads = _Tree(n) if self.cut else None
+        self.changes = _Tree(n) if b - a > self.cut else None
+        self.before = before[max(a, g) - g:b - g] if self.changes is not None else None
+
+    def set(self, i: int, part, count: int = 0, lines: int = 0) -> None:
+        """Leaf i's values [a, b) (None: the fragment is not applied)."""
+        part = None if part is None else torch.as_tensor(part)
+        if self.grads is not None:
+            self.grads.set(i, self.grads.leaf(part[:self.cut], int(count))
+                           if part is not None and count else None)
+        if self.changes is not None:
+            self.changes.set(i, None if part is None else
+                             self.changes.leaf(torch.sub(part[self.cut:], self.before),
+                                               int(lines)))
+
+    def result(self) -> tuple:
+        """(the gradient's part, the change's part) of the sums; None where absent."""
+        return (self.grads.result() if self.grads is not None else None,
+                self.changes.result() if self.changes is not None else None)
+
+
+def joined(parts, n_grad: int, n_float: int) -> tuple:
+    """(total, change) from the slices' (gradient part, change part) in slice order: None where
+    every leaf was absent, as TreeFold's trees give."""
+    def cat(pieces, n):
+        pieces = [x for x in pieces if x is not None]
+        if not n or not pieces:
+            return None
+        return torch.cat(pieces)
+    return cat([g for g, _ in parts], n_grad), cat([c for _, c in parts], n_float)
 
 
 class _Tree(PairwiseSum):

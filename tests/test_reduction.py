@@ -1,0 +1,145 @@
+"""The ranks' reduction's pure parts (core/merkle.py, core/reduction.py) and its sums
+(training.SliceSum): the commitments open only what was committed, the slices cover the answer,
+the draws come from the key, the slices' sums are the manager's tree bit for bit, and the
+cluster model keeps the busiest link within 2x a ring all-reduce's."""
+import numpy as np
+import pytest
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core import merkle, reduction, roles
+
+# ---- Merkle commitments -------------------------------------------------------------------------
+
+
+def digests(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [merkle.leaf(rng.standard_normal(17).astype(np.float32)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 33])
+def test_every_leaf_opens_under_the_root_and_nothing_else_does(n):
+    leaves = digests(n)
+    top, paths = merkle.tree(leaves)
+    assert top == merkle.root(leaves)
+    other = digests(1, seed=99)[0]
+    for i in range(n):
+        assert paths[i] == merkle.path(leaves, i)
+        assert len(paths[i]) == merkle.depth(i, n) <= max(0, (n - 1).bit_length())
+        assert merkle.opens(top, i, n, leaves[i], paths[i])
+        assert not merkle.opens(top, i, n, other, paths[i])          # another slice
+        if n > 1:
+            assert not merkle.opens(top, (i + 1) % n, n, leaves[i], paths[i])  # another place
+            bent = [bytes(32)] + paths[i][1:]
+            assert not merkle.opens(top, i, n, leaves[i], bent)      # a forged sibling
+        assert not merkle.opens(merkle.root(digests(n, seed=5)), i, n, leaves[i], paths[i])
+
+
+def test_an_inner_node_cannot_pass_for_a_leaf():
+    """RFC 6962's prefixes: the digest of two leaves' node, opened as one leaf of a smaller tree
+    with the rest of the path, does not reach the root."""
+    leaves = digests(4)
+    top, paths = merkle.tree(leaves)
+    inner = merkle.node(leaves[0], leaves[1])
+    assert merkle.opens(top, 0, 2, inner, paths[0][1:]) is True  # the tree of two nodes ...
+    # ... but as a leaf's data it is hashed with the leaf prefix, which no node has
+    assert merkle.leaf(np.frombuffer(leaves[0] + leaves[1], np.uint8)) != inner
+
+
+def test_a_changed_value_changes_the_root():
+    a = np.arange(100, dtype=np.float32)
+    b = a.copy()
+    b[37] = np.nextafter(b[37], np.float32(1e9))
+    assert merkle.leaf(a) != merkle.leaf(b)
+
+
+# ---- slices and draws ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, k", [(1000, 7), (16, 4), (10, 30), (247_786, 49), (5, 1)])
+def test_the_slices_cover_the_summed_region_in_aligned_near_equal_pieces(n, k):
+    cuts = reduction.bounds(n, k)
+    assert len(cuts) == k and cuts[0][0] == 0 and cuts[-1][1] == n
+    assert all(a <= b for a, b in cuts)
+    assert all(cuts[i][1] == cuts[i + 1][0] for i in range(k - 1))
+    assert all(a % reduction.ALIGN == 0 for a, _ in cuts)
+    sizes = [b - a for a, b in cuts[:-1]]
+    if n >= k * reduction.ALIGN and sizes:
+        assert max(sizes) - min(sizes) <= reduction.ALIGN
+
+
+def test_aggregators_and_challenges_come_from_the_key_alone():
+    key, other = roles.key_from_seed(1), roles.key_from_seed(2)
+    active = [3, 1, 7, 4, 9, 2]
+    a = reduction.aggregators(key, 5, active)
+    assert sorted(a) == sorted(active)
+    assert a == reduction.aggregators(key, 5, sorted(active))  # rank order, not the caller's
+    draws = {reduction.aggregators(k, i, active) for k in (key, other) for i in range(8)}
+    assert len(draws) > 10
+    c = reduction.challenged(key, 5, 6, 2)
+    assert len(c) == 2 and len(set(c)) == 2 and all(0 <= j < 6 for j in c) and list(c) == sorted(c)
+    assert reduction.challenged(key, 5, 3, 9) == (0, 1, 2)
+    seen = {j for i in range(60) for j in reduction.challenged(key, i, 6, 2)}
+    assert seen == set(range(6))  # every slice can be challenged
+
+
+def test_auto_takes_the_ranks_reduction_only_where_it_can_win():
+    assert reduction.choose("auto", True, True, 16) == reduction.RANKS
+    assert reduction.choose("auto", False, True, 16) == reduction.STAR  # tolerance mode
+    assert reduction.choose("auto", True, False, 16) == reduction.STAR  # ranks that sleep
+    assert reduction.choose("auto", True, True, 4) == reduction.STAR
+    assert reduction.choose("ranks", False, False, 3) == reduction.RANKS
+    assert reduction.choose("star", True, True, 64) == reduction.STAR
+
+
+# ---- the sums ------------------------------------------------------------------------------------
+
+
+def small_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.ReLU(),
+                               torch.nn.Linear(7, 3))
+
+
+@pytest.mark.parametrize("n_slices", [1, 2, 3, 7, 40])
+def test_the_slices_sums_side_by_side_are_the_manager_s_tree_bit_for_bit(n_slices):
+    model = small_model()
+    layout = Layout(model)
+    rng = np.random.default_rng(3)
+    n = 9
+    answers = [(rng.standard_normal(layout.answer_size) * 10.0 ** rng.integers(-3, 4))
+               .astype(np.float32) for _ in range(n)]
+    counts, lines = [3, 0, 4, 4, 5, 2, 4, 1, 6], [3, 4, 4, 4, 5, 2, 4, 1, 6]
+    absent = {2, 6}
+    whole = training.TreeFold(model, layout, n)
+    for i in range(n):
+        whole.set(i, None) if i in absent else whole.set(i, answers[i], counts[i], lines[i])
+    want_total, want_change = whole.grads.result(), whole.changes.result()
+    summed = layout.n_grad + layout.n_float
+    parts = []
+    for a, b in reduction.bounds(summed, n_slices):
+        s = training.SliceSum(layout, n, a, b, whole.before)
+        for i in reversed(range(n)):  # any order: the tree is fixed
+            s.set(i, None if i in absent else answers[i][a:b], counts[i], lines[i])
+        parts.append(s.result())
+    total, change = training.joined(parts, layout.n_grad, layout.n_float)
+    assert torch.equal(total, want_total) and torch.equal(change, want_change)
+    # the same leaves in plain line order are another rounding: the tree is what is matched
+    plain = sum(torch.as_tensor(answers[i][:layout.n_grad]) * counts[i]
+                for i in range(n) if i not in absent)
+    assert not torch.equal(plain, want_total)
+
+
+# ---- the cluster model -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [247_786, 24_200_000])
+def test_the_busiest_link_stays_within_twice_a_ring_all_reduce_from_4_to_1024_ranks(values):
+    for ranks in (4, 8, 16, 64, 256, 1024):
+        t = reduction.traffic(values, ranks)
+        assert reduction.busiest(t["ranks"]) <= 2 * t["ring"], ranks
+        # the manager's link carries about one model in and out, not one per rank
+        assert t["ranks"]["manager_in"] < 4 * 4 * values + 64 * ranks * ranks
+    star = reduction.traffic(24_200_000, 256)
+    assert 100 < star["star"]["manager_in"] / star["ring"] < 160  # the issue's 128x
