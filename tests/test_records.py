@@ -150,7 +150,7 @@ def test_a_record_of_an_unknown_format_is_reported_at_its_iteration(old_run):
     and the audit names the record and why, instead of failing on a missing key."""
     path = os.path.join(old_run, "run", "ledger.jsonl")
     raw = records.load(path).raw
-    raw[3]["format"] = 7
+    raw[3]["format"] = records.FORMAT + 1
     prev, lines = ledger.GENESIS, []
     for d in raw:
         d = ledger.seal(d, prev)
@@ -163,7 +163,8 @@ def test_a_record_of_an_unknown_format_is_reported_at_its_iteration(old_run):
     rep = audit_json(old_run)
     structure = [p for p in rep["problems"] if p["check"] == "structure"]
     assert structure and structure[0]["iteration"] == 3
-    assert "format 7; this version reads format 1, 2" in structure[0]["message"]
+    assert f"format {records.FORMAT + 1}; this version reads format 1, 2" in \
+        structure[0]["message"]
     assert not [p for p in rep["problems"] if p["check"] == "chain"]
 
 
@@ -173,14 +174,18 @@ def replayed(rep: dict, iterations: int) -> None:
     had agreed on, and said to be "not reproducible here" instead of blaming a rank."""
     rp = rep["replay"]
     assert rep["passed"] and rep["problems"] == [] and rep["fake_contributions"] == []
-    assert rp["replayed"] == iterations
+    # an iteration after one not reproducible here, with no checkpoint to restart from, cannot
+    # be replayed at all (an Intel processor: MKL_CBWR's AVX2 branch holds there, and these runs
+    # were written on an AMD one, where it does not)
+    assert rp["replayed"] + len(rp["skipped"]) == iterations
+    assert not rp["skipped"] or rp["unreproducible"] and rep["kernels_differ"] is None, rp
     near = rp["within_tolerance"]  # tolerance mode: by the sketches; exact mode: none
     if rep["kernels_differ"] is not None:  # it recorded its kernels: replayed here
         assert rep["verdict"] == "passed" and rp["verified"] + near == iterations, rep
     if rp["unreproducible"]:
         assert rep["verdict"] == "not reproducible here" and rep["kernels_differ"] is None
         assert any(n.startswith("not reproducible here:") for n in rep["notes"])
-    assert rp["verified"] + near + len(rp["unreproducible"]) == iterations, rp
+    assert rp["verified"] + near + len(rp["unreproducible"]) == rp["replayed"], rp
 
 
 def test_an_old_run_is_audited_bit_for_bit_and_reported(old_run):
