@@ -263,6 +263,14 @@ class SliceSum:
                 self.changes.result() if self.changes is not None else None)
 
 
+def slice_parts(layout: Layout, a: int, b: int, values) -> tuple:
+    """Slice [a, b)'s sum as a SUM carries it (b - a float32 values) in SliceSum.result's
+    form: (gradient part, change part), None where the slice has none."""
+    cut = max(0, min(b, layout.n_grad) - a)
+    t = torch.from_numpy(np.ascontiguousarray(values, np.float32))
+    return (t[:cut] if cut else None, t[cut:] if b - a > cut else None)
+
+
 def joined(parts, n_grad: int, n_float: int) -> tuple:
     """(total, change) from the slices' (gradient part, change part) in slice order: None where
     every leaf was absent, as TreeFold's trees give."""

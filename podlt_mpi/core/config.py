@@ -110,6 +110,13 @@ class RunConfig:
                                   "active ranks; off, a copy to each rank; auto: on where ranks "
                                   "spin, off where they sleep (each step of a broadcast then "
                                   "waits for a sleeping rank)", choices=("auto", "on", "off"))
+    reduce: str = _opt("auto", "who sums the answers: star, the manager (every answer crosses its "
+                               "link); ranks, the ranks in slices, verified (exact mode; the "
+                               "manager's link carries about one model); auto: ranks where "
+                               "ranks spin, from 8 ranks, in exact mode", choices=("auto", "star",
+                                                                               "ranks"))
+    challenges: int = _opt(2, "--reduce ranks: slices the manager sums again each iteration, to "
+                              "check their aggregators")
     rank_timeout: float = _opt(0.0, "seconds the manager waits for a rank's answer before it "
                                      "removes the rank; 0: auto, max(20, 10 x the slowest "
                                      "exchange so far) up to 600, 120 on the first iteration")
@@ -198,7 +205,7 @@ GROUPS = {
                             "lr_schedule", "warmup", "lr_drops", "lr_gamma"),
     "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
                                      "seed", "role_seed", "threads", "kernels", "device", "cuda_aware_mpi",
-                                     "wait", "broadcast"),
+                                     "wait", "broadcast", "reduce", "challenges"),
     "checkpoints and time": ("checkpoint_every", "keep_checkpoints", "resume", "restart",
                              "time_limit",
                              "rank_timeout", "start_timeout", "log_every"),
@@ -301,6 +308,12 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--fake-prob must be in [0, 1], got {cfg.fake_prob}")
     if cfg.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {cfg.eval_every}")
+    if cfg.reduce == "ranks" and cfg.compare != "exact":
+        raise ConfigError("--reduce ranks compares the checked answers by their commitments, "
+                          "which needs --compare exact; tolerance mode needs every answer whole "
+                          "at the manager (--reduce star)")
+    if cfg.challenges < 1:
+        raise ConfigError(f"--challenges must be at least 1, got {cfg.challenges}")
     fake_modes(cfg.fake_mode, cfg.fake_ranks)
     model_kwargs(cfg.model_args)
     if cfg.loss not in LOSSES and ":" not in cfg.loss:
@@ -338,7 +351,7 @@ def min_active(cfg: RunConfig) -> int:
 # What a resumed run may change: how it waits, stops and logs, how long it goes on, where the
 # data lies now, and the simulated adversary. Everything else decides the numbers it computes.
 # --device may change as long as the kind of device stays (the job checks devices.kinds).
-RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "device", "cuda_aware_mpi", "rank_timeout", "start_timeout", "restart", "log_every", "checkpoint_every",
+RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "reduce", "challenges", "device", "cuda_aware_mpi", "rank_timeout", "start_timeout", "restart", "log_every", "checkpoint_every",
                      "keep_checkpoints", "time_limit", "epochs", "blocks", "eval_every",
                      "fake_ranks", "fake_mode", "fake_from", "fake_prob", "fault_plugin", "resume"}
 
@@ -360,7 +373,7 @@ def explicit_options(argv) -> set:
 # Options added since runs were first written, with the value that gives an older run's
 # behaviour: a run's config.json that lacks one continues, and is audited, as it was started.
 BEFORE_OPTION = {"shuffle_blocks": False, "device": "cpu", "cuda_aware_mpi": False,
-                 "lr_schedule": "step", "kernels": "native"}
+                 "lr_schedule": "step", "kernels": "native", "reduce": "star", "challenges": 2}
 # A cosine rate depends on the run's length: these may not change on resume under it.
 LENGTH = {"epochs", "blocks"}
 

@@ -24,6 +24,10 @@ record how to read it and runs written before keep being audited, resumed and re
   6  every assignment has a `sketch`: in tolerance mode the answer's norm and count sketch
      (sketch.py), which the audit compares with its replay's; null in exact mode, where the
      digest says everything.
+  7  under --reduce ranks (reduction.py) a record has a `reduction`: who summed which slice of
+     the answers, the slices the manager challenged or summed itself, and each slice's sum's
+     digest; every assignment's digest is then its answer's Merkle root (the commitment its
+     rank sent), not the hash of its bytes. Without it (the star) a record reads as format 6.
 """
 from __future__ import annotations
 
@@ -33,13 +37,15 @@ from dataclasses import dataclass
 from podlt_mpi.core import digests, ledger
 from podlt_mpi.core.sketch import Sketch
 
-FORMAT = 6                # what this version writes
-FORMATS = (1, 2, 3, 4, 5, 6)  # what it reads
+FORMAT = 7                # what this version writes
+FORMATS = (1, 2, 3, 4, 5, 6, 7)  # what it reads
 FOLDED = 3                # the first format whose update is folded as the answers stream in
 KEYED = 4                 # the first whose roles come from a secret key, summed by a tree
 LOOKED = 5                # the first that looks at every unchecked answer and logs each loss
 SKETCHED = 6              # the first that keeps a sketch of every answer in tolerance mode
-ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED}  # keys older formats lack
+REDUCED = 7               # the first whose answers the ranks may sum (`reduction`)
+ONLY_FROM = {"roles": KEYED, "active": KEYED, "looks": LOOKED,
+             "reduction": REDUCED}  # keys older formats lack
 ASSIGNMENT_SINCE = {"loss": LOOKED, "sketch": SKETCHED}  # and those their assignments lack
 ROLES = ("worker", "control", "recheck", "manager")  # manager: format 5's recomputations
 # same: applied as sent; differs: the rank removed, the manager's recomputation applied;
@@ -192,6 +198,47 @@ class Look:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """Format 7, --reduce ranks: how the ranks summed the iteration's leaves (reduction.py)."""
+    slices: int
+    aggregators: tuple       # slice -> the rank that summed it
+    challenged: tuple        # the slices the manager summed again from their inputs
+    sums: tuple              # each slice's sum as applied: its Merkle leaf's digest (hex)
+    fetched: tuple = ()      # the slices the manager summed itself, from the senders' slices
+    unattributed: tuple = ()  # (sender, aggregator, slice): an input the aggregator flagged
+    # that its sender then gave the manager: one of the two lies, and nothing tells which
+
+    @classmethod
+    def of(cls, r) -> Reduction:
+        """From run/reduce.Reduced."""
+        return cls(len(r.aggregators), tuple(r.aggregators), tuple(r.challenged),
+                   tuple(r.sums), tuple(r.fetched), tuple(tuple(x) for x in r.unattributed))
+
+    def to_json(self) -> dict:
+        return {"slices": self.slices, "aggregators": list(self.aggregators),
+                "challenged": list(self.challenged), "sums": list(self.sums),
+                "fetched": list(self.fetched),
+                "unattributed": [list(x) for x in self.unattributed]}
+
+    @classmethod
+    def from_json(cls, d) -> Reduction:
+        _fields(d, cls, "a reduction", fmt=REDUCED)
+        n = _int(d["slices"], "a reduction's slices")
+        out = cls(n, _ints(d["aggregators"], "its aggregators"),
+                  _ints(d["challenged"], "its challenged slices"),
+                  tuple(_str(x, "a slice's sum") for x in _list(d["sums"], "its sums")),
+                  _ints(d["fetched"], "its fetched slices"),
+                  tuple(_ints(x, "an unattributed input") for x in
+                        _list(d["unattributed"], "its unattributed inputs")))
+        if n < 1 or len(out.aggregators) != n or len(out.sums) != n or \
+                not all(0 <= j < n for j in (*out.challenged, *out.fetched)) or \
+                not all(len(x) == 3 for x in out.unattributed):
+            raise RecordError(f"a reduction of {n} slices names {len(out.aggregators)} "
+                              f"aggregators, {len(out.sums)} sums or slices outside it")
+        return out
+
+
+@dataclass(frozen=True)
 class Referee:
     """The manager's own recomputation of a check's fragment, where the votes disagreed."""
     by: str                      # "manager"
@@ -286,9 +333,10 @@ class Record:
     roles: str | None = None     # format 4: the commitment of the key the roles come from
     active: tuple = ()           # format 4: the ranks the roles were drawn from, in rank order
     looks: tuple = ()            # format 5: Look, the answers held back for a recomputation
+    reduction: Reduction | None = None  # format 7: the ranks' reduction, None for the star
 
     OPTIONAL = ("extra_checks", "checkpoint", "prev", "hash", "format", "digest", "roles",
-                "active", "looks")
+                "active", "looks", "reduction")
 
     def __post_init__(self):
         if self.format == 1 and self.digest != digests.SHA256:
@@ -319,7 +367,8 @@ class Record:
              "checkpoint": self.checkpoint, "prev": self.prev, "hash": self.hash,
              "format": None if fmt == 1 else fmt, "digest": None if fmt == 1 else self.digest,
              "roles": self.roles, "active": list(self.active) if fmt >= KEYED else None,
-             "looks": [x.to_json() for x in self.looks] if fmt >= LOOKED else None}
+             "looks": [x.to_json() for x in self.looks] if fmt >= LOOKED else None,
+             "reduction": self.reduction.to_json() if self.reduction else None}
         return _drop_none(d, self.OPTIONAL)
 
     @classmethod
@@ -331,7 +380,8 @@ class Record:
             raise RecordError(f"the record says it is format {fmt!r}; this version reads "
                               f"format {', '.join(map(str, FORMATS))}")
         optional = cls.OPTIONAL if fmt == 1 else tuple(k for k in cls.OPTIONAL if k != "digest")
-        optional = tuple(k for k in optional if ONLY_FROM.get(k, fmt + 1) > fmt)
+        optional = tuple(k for k in optional if ONLY_FROM.get(k, fmt + 1) > fmt
+                         or k == "reduction")  # the star's records have none
         _fields(d, cls, "the record", optional, fmt)
         newer = sorted(k for k, since in ONLY_FROM.items() if k in d and fmt < since)
         if newer:
@@ -365,7 +415,9 @@ class Record:
                    s("roles") if fmt >= KEYED else None,
                    _ints(d["active"], "active") if fmt >= KEYED else (),
                    tuple(Look.from_json(x) for x in _list(d["looks"], "looks"))
-                   if fmt >= LOOKED else ())
+                   if fmt >= LOOKED else (),
+                   Reduction.from_json(d["reduction"]) if d.get("reduction") is not None
+                   else None)
 
 
 # ---- the one reader -----------------------------------------------------------------------------

@@ -59,8 +59,31 @@ def bounds(n_summed: int, n_slices: int, align: int = ALIGN) -> tuple:
 def commitment(slice_digests, counters_digest: bytes) -> bytes:
     """An answer's root, what its rank commits to and the ledger keeps as its digest: the node
     over the Merkle root of its slices' leaves and the leaf of its counters (so the counters,
-    sent to the manager with the commitment, are opened by one digest, the slices' root)."""
+    sent to the manager with the commitment, are opened by one digest, the slices' root).
+    `slice_digests`: the slices' leaves (or their root alone, a tree of one)."""
     return merkle.node(merkle.root(slice_digests), counters_digest)
+
+
+class Committed(NamedTuple):
+    """What a rank keeps of one answer it committed to: the answer, its root (the commitment,
+    and the ledger's digest), its slices' root and every slice's Merkle path."""
+    answer: np.ndarray
+    root: bytes
+    slices_root: bytes
+    paths: list
+
+
+def commit(answer: np.ndarray, n_summed: int, n_slices: int, threads: int = 1) -> Committed:
+    """The commitment of an answer (float32: the summed region, then the counters)."""
+    leaves = [merkle.leaf(answer[a:b], threads) for a, b in bounds(n_summed, n_slices)]
+    slices_root, paths = merkle.tree(leaves)
+    return Committed(answer, commitment([slices_root], merkle.leaf(answer[n_summed:])),
+                     slices_root, paths)
+
+
+def opens(slices_root: bytes, j: int, n_slices: int, values: np.ndarray, path) -> bool:
+    """Whether `values` are slice j of the answer whose slices' root is `slices_root`."""
+    return merkle.opens(slices_root, j, n_slices, merkle.leaf(values), path)
 
 
 def _generator(key: bytes, iteration: int, stream: str):

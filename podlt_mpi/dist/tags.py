@@ -2,13 +2,18 @@
 
 Every WORK header is followed by WEIGHTS, X and Y; a SHARED header by the group's broadcast of
 the weights, then X and Y if it has lines; every rank given lines answers with GRAD, then LOSS
-([loss, number of a stop signal it received or 0, seconds computing]). A REGROUP header is
+([loss, number of a stop signal it received or 0, seconds computing]); under the ranks'
+reduction GRAD carries the answer's commitment (run/reduce.py), not the answer. A REGROUP header is
 followed by MEMBERS; a STOP header by nothing.
 """
 HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS = 1, 2, 3, 4, 5, 6, 7
+# The ranks' reduction (run/reduce.py): a REDUCE header is followed by TABLE; senders send
+# their answers' SLICEs to the aggregators, which send the manager their SUMs; a CHALLENGE
+# header asks an aggregator for a slice's inputs (PROOF), a FETCH header a sender for a SLICE.
+TABLE, SLICE, SUM, PROOF = 8, 9, 10, 19
 
 # The job's start and end (run/startup.py), rank 0 with every other rank, before and after the
 # protocol's messages.
 HELLO, PLACE, INPUTS_LEN, INPUTS, REPORT, VERDICT, FINISH, BYE = 11, 12, 13, 14, 15, 16, 17, 18
-KNOWN = frozenset({HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS, HELLO, PLACE, INPUTS_LEN, INPUTS,
+KNOWN = frozenset({HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS, TABLE, SLICE, SUM, PROOF, HELLO, PLACE, INPUTS_LEN, INPUTS,
                    REPORT, VERDICT, FINISH, BYE})

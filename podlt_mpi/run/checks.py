@@ -69,6 +69,8 @@ class Checker:
         self.exchange = exchange
         self.compare_mode, self.rtol, self.atol, self.seed = compare, rtol, atol, seed
         self.refused = {}
+        self.form = lambda grad: grad  # a vote's form of an answer (the ranks' reduction: its
+        # commitment, so votes are compared by their roots)
 
     def same(self, a, b) -> bool:
         return verify.compare(a, b, self.compare_mode, self.rtol, self.atol).same
@@ -104,7 +106,8 @@ class Checker:
         done = Check(checked, tuple(controls), (s, e), decision, [])
         if decision.verdict == "agree":
             return done
-        reference = self.recompute(rnd, s, e)
+        grad, loss = self.recompute(rnd, s, e)
+        reference = (self.form(grad), loss)
         if decision.verdict == "fake":
             done.decision = verify.referee(decision, votes, reference[0], self.compare_mode,
                                            self.rtol, self.atol, said, reference[1])

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import traceback
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from podlt_mpi import __version__
@@ -35,7 +36,7 @@ from podlt_mpi.core.config import (
     parse_args,
     resumed,
 )
-from podlt_mpi.core import portable
+from podlt_mpi.core import portable, reduction
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import launcher, preempt
@@ -141,7 +142,7 @@ def _run(comm, argv, started: float) -> int:
             return 0  # --help
         local, on_node = startup.hello(comm, cfg.start_timeout)
         waiter = mpi.Waiter(mpi.choose_wait(on_node, cfg.wait))
-        inputs = _inputs(comm, cfg, argv)
+        inputs = _inputs(comm, cfg, argv, waiter.mode)
         built = _build(comm, inputs, local)
     except _Exit as e:
         if e.message:
@@ -159,10 +160,13 @@ def _run(comm, argv, started: float) -> int:
                 shutil.rmtree(inputs.out, ignore_errors=True)  # not one iteration: no run
     else:
         from podlt_mpi.run import worker
+        from podlt_mpi.run.aggregate import Aggregator
         cfg = inputs.cfg
+        aggregator = (Aggregator(comm, built.layout, comm.Get_size() - 1, waiter)
+                      if cfg.reduce == "ranks" else None)
         worker.run(comm, built.model, built.layout, inputs.ds.line_shape, built.faker, waiter,
                    cuda_aware=cfg.cuda_aware_mpi,
-                   task=inputs.ds.task)
+                   task=inputs.ds.task, aggregator=aggregator)
         code = 0
     return _finish(comm, inputs, code, exchange)
 
@@ -193,7 +197,7 @@ def options(argv, size: int) -> RunConfig:
     return cfg
 
 
-def _inputs(comm, cfg, argv) -> _Inputs:
+def _inputs(comm, cfg, argv, wait_mode: str) -> _Inputs:
     """Rank 0 prepares and validates the data and the run directory while the others wait, then
     sends them what they need: the options and the data's shapes (never the data's files: on a
     cluster they may be on rank 0's node alone)."""
@@ -203,7 +207,7 @@ def _inputs(comm, cfg, argv) -> _Inputs:
             raise _Exit(2)
         return _Inputs.for_worker(got)
     try:
-        found = inputs(cfg, argv, comm.Get_size())
+        found = inputs(cfg, argv, comm.Get_size(), wait_mode)
     except ConfigError as e:
         startup.share_inputs(comm, None)
         raise _Exit(2, str(e)) from None
@@ -211,8 +215,9 @@ def _inputs(comm, cfg, argv) -> _Inputs:
     return found
 
 
-def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
-    """The run to continue or the directory to write, and the data. Raises ConfigError."""
+def inputs(cfg: RunConfig, argv, size: int, wait_mode: str = "spin") -> _Inputs:
+    """The run to continue or the directory to write, and the data. Raises ConfigError.
+    `--reduce auto` is decided here, on rank 0, for every rank (reduction.choose)."""
     changed, history, kind, records_kernels, started = {}, [], None, True, None
     if cfg.resume:
         rundir.check_links(cfg.resume, "--resume")
@@ -220,12 +225,20 @@ def inputs(cfg: RunConfig, argv, size: int) -> _Inputs:
         history, kind = saved.get("resumed", []), saved.get("device_kind", "cpu")
         records_kernels = "kernel_settings" in saved
         started = saved.get("compute")
+        older = "reduce" not in saved  # started before ledger format 7: the star, as it was
         cfg, changed = resumed(saved, cfg, argv)
+        if older and cfg.reduce == "ranks":
+            raise ConfigError(f"--reduce ranks needs a run started in ledger format 7; "
+                              f"{cfg.resume} continues with the star, as it was started")
+        if older:
+            cfg = dataclasses.replace(cfg, reduce="star")
         check_world(cfg, size)
         out = cfg.resume
     else:
         out = cfg.out or rundir.default_out()
         rundir.check(out)
+    cfg = dataclasses.replace(cfg, reduce=reduction.choose(
+        cfg.reduce, cfg.compare == "exact", wait_mode == "spin", size))
     if cfg.uses_default_data:
         data.ensure_default_data()
     return _Inputs(cfg, data.resolve(cfg), out, kind, changed, history, records_kernels,

@@ -17,9 +17,14 @@ import math
 import time
 from dataclasses import asdict
 
+import numpy as np
+import torch
+
 from podlt_mpi.compute import kernels, training
 from podlt_mpi.compute import losses as task_losses
 from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.dist import messages
+from podlt_mpi.dist import reduce_messages as rm
 from podlt_mpi.core import (
     credits,
     digests,
@@ -27,6 +32,7 @@ from podlt_mpi.core import (
     looks,
     rates,
     records,
+    reduction,
     roles,
     rules,
     schedule,
@@ -41,6 +47,7 @@ from podlt_mpi.io.data import Dataset, Reader
 from podlt_mpi.run import checkpoint, rundir
 from podlt_mpi.run.checks import Checker, Round
 from podlt_mpi.run.exchange import Exchange
+from podlt_mpi.run.reduce import Reduced, Reduction
 from podlt_mpi.run.files import RunFiles
 from podlt_mpi.run.progress import Progress, final_table
 from podlt_mpi.run.state import RunState
@@ -67,13 +74,21 @@ class Manager:
         self.total = schedule.total_iterations(len(ds.train), cfg.block_lines, cfg.epochs,
                                                cfg.blocks)  # the run's length: fixed per job
         self.state = RunState.fresh(comm.Get_size(), cfg.seed)
-        self.exchange = Exchange(comm, waiter, self.layout.answer_size, cfg.seed,
+        # --reduce ranks: the ranks send commitments, and sum the answers themselves (reduce.py)
+        self.reducing = cfg.reduce == reduction.RANKS
+        self.exchange = Exchange(comm, waiter, rm.commit_len(self.layout.n_count)
+                                 if self.reducing else self.layout.answer_size, cfg.seed,
                                  cfg.rank_timeout, out, self.pool, broadcasts(cfg, waiter.mode))
         self.exchange.ordered_fold = self.folding and not self.keyed
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
                                cfg.compare, cfg.rtol, cfg.atol, cfg.seed, self.looking)
+        self.mine = {}  # ranks' reduction: seed -> the manager's own answers among the leaves
+        if self.reducing:
+            self.reduction = Reduction(comm, self.layout, comm.Get_size() - 1, self.exchange,
+                                       cfg.challenges)
+            self.checker.form = lambda grad: self.commitment(self.committed(grad))
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
@@ -125,6 +140,15 @@ class Manager:
             key = self.state.role_key
             return lambda i, candidates: roles.recheck_order(key, it, i, candidates)
         return lambda i, candidates: schedule.shuffle(candidates, self.state.rng)
+
+    def committed(self, grad) -> reduction.Committed:
+        """The manager's own answer, committed to as a rank commits to it (aggregate.py)."""
+        return reduction.commit(np.ascontiguousarray(host(torch.as_tensor(grad)), np.float32),
+                                self.reduction.n_summed, self.reduction.n_slices,
+                                self.pool.threads)
+
+    def commitment(self, c: reduction.Committed) -> np.ndarray:
+        return rm.commitment(c.root, c.slices_root, c.answer[self.reduction.n_summed:])
 
     def frozen_hash(self):
         return self.layout.frozen_hash(self.digest, self.pool.threads)
@@ -231,14 +255,16 @@ class Manager:
             bx = bx.reshape(len(by), -1)
         data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
         checked = {plan.fragment_of(c) for c, _ in plan.checks}
-        fold, streamed = None, None
-        if self.folding:  # the unchecked fragments go into the update as they arrive
-            workers = [a for a in plan.assignments if a.role == "worker"]  # in line order
+        fold, streamed, unchecked = None, None, {}
+        workers = [a for a in plan.assignments if a.role == "worker"]  # in line order
+        if self.folding:
+            unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
+                         for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
+        self.mine = {}
+        if self.folding and not self.reducing:  # the unchecked answers fold in as they arrive
             controls = dict(plan.checks)
             # the answers' order (window.py): line order, each control after its checked worker
             order = [r for a in workers for r in (a.rank, *controls.get(a.rank, ()))]
-            unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
-                         for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
             if self.keyed:  # a tree over every fragment: the checked ones are set later
                 fold = training.TreeFold(self.model, self.layout, len(workers))
                 add = (self.look(plan, iteration, weights, bx, by, fold, unchecked)
@@ -264,7 +290,8 @@ class Manager:
                                   self.recheck_order(iteration))
             self.refuse_old_format(self.checker.refused, iteration)
             refused.update(self.checker.refused)
-            held = self.looked_again(rnd, fold, unchecked, refused) if self.looking else []
+            held = (self.computed_instead(rnd, unchecked) if self.reducing else
+                    self.looked_again(rnd, fold, unchecked, refused) if self.looking else [])
         rechecks = [a for c in checks for a in c.rechecks]
         assigned = (*plan.assignments, *rechecks)
         held += [records.Look(a.rank, (a.start, a.stop), refused[a.rank], "malformed")
@@ -272,7 +299,12 @@ class Manager:
         replaced = [x.lines for x in held if x.verdict != "same" and x.rank in unchecked]
         applied = self.accepted(plan, checks, replaced)
         fake = sorted({r for c in checks for r in c.decision.fake})
-        loss = self.apply(rnd, applied, epoch, fold, checked) if applied else None
+        lying, reduced = {}, None  # the ranks' reduction: ranks it proved lying, what it did
+        if applied and self.reducing:
+            excluded = {*fake, *refused, *(x.rank for x in held)}
+            reduced = self.reduced(rnd, applied, [r for r in st.active if r not in excluded])
+            lying = reduced.refused
+        loss = self.apply(rnd, applied, epoch, fold, checked, reduced) if applied else None
         for r in fake:
             self.remove(r, iteration, rules.removed_role(r, {c.checked for c in checks},
                                                          plan.controls),
@@ -283,7 +315,10 @@ class Manager:
                 self.remove(x.rank, iteration, roles_of[x.rank],
                             f"its answer was refused: {x.why}" if x.verdict == "malformed" else
                             f"its answer ({x.why}) differs from the manager's recomputation")
-        fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same")})
+        for r, why in sorted(lying.items()):
+            if r in st.active:
+                self.remove(r, iteration, "aggregator", why)
+        fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same"), *lying})
         done = [c.record() for c in checks]
         mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]
         with cost.part("ledger"):  # the weights' digest; the rest is mostly done by now
@@ -296,7 +331,8 @@ class Manager:
                 tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
                 self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
                 digest=self.digest, **({"roles": self.commitment, "active": active}
-                                       if self.keyed else {}), looks=tuple(held))
+                                       if self.keyed else {}), looks=tuple(held),
+                **({"reduction": records.Reduction.of(reduced)} if reduced else {}))
         self.exchange.reclaim(rnd.grads.values())  # every digest has read them by now
         credits.account(st.credits, record)
         for c in checks:
@@ -306,7 +342,9 @@ class Manager:
     def assignment(self, rnd: Round, a, refused: dict) -> records.Assignment:
         """The ledger's line for one answer of the round: its seal and, from format 5, its loss."""
         key = (a.rank, a.start, a.stop)
-        seal = digests.REFUSED if a.rank in refused else rnd.digests[key].result()
+        seal = (digests.REFUSED if a.rank in refused and a.rank != rules.MANAGER else
+                digests.Seal(rm.read_commitment(rnd.grads[key])[0].hex()) if self.reducing else
+                rnd.digests[key].result())
         return records.Assignment(a.rank, a.role, (a.start, a.stop), seal.digest,
                                   ledger.finite_or_none(rnd.losses[key]) if self.looking else None,
                                   seal.sketch)
@@ -378,7 +416,48 @@ class Manager:
             self.state.look_reference
         return out
 
-    def apply(self, rnd: Round, applied: list, epoch: int, fold, checked) -> float:
+    def computed_instead(self, rnd: Round, unchecked) -> list:
+        """The ranks' reduction: the refused unchecked answers (held), each fragment computed by
+        the manager, which sends its slices as the rank would have (records.Look,
+        `malformed`)."""
+        out = []
+        for rank, why in sorted(self.held.items(), key=lambda x: unchecked[x[0]][0]):
+            a = next(a for a in rnd.plan.assignments if a.rank == rank)
+            grad, loss = self.checker.recompute(rnd, a.start, a.stop)
+            c = self.committed(grad)
+            mine = (rules.MANAGER, a.start, a.stop)
+            rnd.grads[mine], rnd.losses[mine] = self.commitment(c), loss
+            self.mine[messages.fragment_seed(self.cfg.seed, rnd.iteration, a.start, a.stop)] = c
+            out.append(records.Look(rank, (a.start, a.stop), why, "malformed"))
+        self.held = {}
+        return out
+
+    def reduced(self, rnd: Round, applied: list, members) -> Reduced:
+        """The ranks' reduction of the applied fragments (reduce.py): every worker fragment a
+        leaf in line order, the standing rank's answer, or none."""
+        start, it = rnd.plan.start, rnd.iteration
+        standing = {(s, e): r for s, e, r in applied}
+        leaves, lines_of = [], {}
+        for a in (a for a in rnd.plan.assignments if a.role == "worker"):
+            lines, r = (a.start, a.stop), standing.get((a.start, a.stop))
+            seed = messages.fragment_seed(self.cfg.seed, it, *lines)
+            lines_of[seed] = lines
+            if r is None:
+                leaves.append(rm.TableLeaf(-1, seed, 0, 0, bytes(32)))
+                continue
+            slices_root = rm.read_commitment(rnd.grads[(r, *lines)])[1]
+            leaves.append(rm.TableLeaf(r, seed, *self.weight(rnd.by, start, *lines),
+                                       slices_root))
+
+        def recompute(leaf):
+            grad, _ = self.checker.recompute(rnd, *lines_of[leaf.seed])
+            return np.ascontiguousarray(host(torch.as_tensor(grad)), np.float32)
+        with self.cost.part("reduce"):
+            return self.reduction(it, self.state.role_key, members, leaves, rnd.weights,
+                                  self.mine, recompute)
+
+    def apply(self, rnd: Round, applied: list, epoch: int, fold, checked,
+              reduced: Reduced | None = None) -> float:
         """The optimizer's step from the applied fragments, weighed by their counted targets;
         returns their combined loss. With a `fold` (format 3), the unchecked fragments are in it
         already: the checked ones that stand follow, in line order (rules.fold_order)."""
@@ -386,7 +465,15 @@ class Manager:
         counts = [self.weight(rnd.by, start, s, e)[0] for s, e, _ in applied]
         lr, clip = self.rate(rnd.iteration, epoch), self.cfg.clip_grad_norm
         with self.cost.part("update"):
-            if fold is None:
+            if reduced is not None:  # the slices' sums side by side: TreeFold's bits
+                total, change = training.joined(reduced.parts, self.layout.n_grad,
+                                                self.layout.n_float)
+                counters = [torch.from_numpy(rm.read_commitment(rnd.grads[(r, s, e)])[2].copy())
+                            for s, e, r in applied]
+                training.step_from_sums(self.model, self.opt, self.layout, total, change,
+                                        counters, sum(counts), sum(e - s for s, e, _ in applied),
+                                        lr, clip)
+            elif fold is None:
                 training.apply_update(self.model, self.opt, self.layout,
                                       [rnd.grads[(r, s, e)] for s, e, r in applied], counts,
                                       lr, clip, [e - s for s, e, _ in applied])
@@ -464,6 +551,8 @@ class Manager:
             progress.close()
             files.close()
         self.exchange.stop(st.active)
+        if self.reducing:
+            self.reduction.close()
         self.exchange.drain()  # the count of unsolicited messages, complete
         summary = self.summary(stop, st.elapsed_before + time.monotonic() - t_start)
         if stop is None and self.keyed:  # the run is over: its roles may be audited now

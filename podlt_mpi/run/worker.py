@@ -19,13 +19,14 @@ from podlt_mpi.compute.losses import loss_function
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, preempt, tags
+from podlt_mpi.dist import reduce_messages as rm
 
 IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 
 
 def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waiter,
         on_message=None, idle_timeout: float = 0.0, cuda_aware: bool = False,
-        task: Task | None = None) -> int:
+        task: Task | None = None, aggregator=None) -> int:
     """Serve the manager; return how many fragments this rank computed.
 
     `task`: the kinds of x and y that arrive and the loss (default: features and one class per
@@ -37,6 +38,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     `cuda_aware`: weights arrive in, and the gradient leaves from, GPU memory (a CUDA-aware MPI
     moves them); otherwise both travel through host buffers. The manager's side stays on the
     host either way: it hashes every byte it receives into the ledger.
+    `aggregator` (run/aggregate.py, `--reduce ranks`): each answer is committed to instead of
+    sent, and its slices go where the manager's table says.
     """
     line_size = math.prod(line_shape)
     task = task or classification()
@@ -59,8 +62,10 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 mpi.Waiter(waiter.mode, 1.0).wait(reqs)
                 break
             except mpi.RankTimeout:
-                # only rank 0 speaks to a worker: what other ranks send it is discarded
-                mpi.drain(comm, others, lambda r, t: False, ())
+                # only rank 0 speaks to a worker, and the reduction's senders send slices:
+                # anything else other ranks send it is discarded
+                mpi.drain(comm, others, lambda r, t: aggregator is not None and t == tags.SLICE,
+                          ())
                 if time.monotonic() - t0 > limit:
                     raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
                                        f"for {limit:.0f} s") from None
@@ -70,7 +75,13 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         command, iteration, lines, seed, wait_ms = (int(v) for v in head[:5])
         digest = head[5:].copy()
         if command == messages.STOP:
+            if aggregator is not None:
+                aggregator.close()
             return done
+        if aggregator is not None and command in (rm.REDUCE, rm.CHALLENGE, rm.FETCH):
+            _reduce(comm, aggregator, command, iteration, lines, seed, wait_ms,
+                    host(weights) if cuda_aware else weights, waiter, on_message)
+            continue
         if command == messages.REGROUP:
             members = np.empty(lines, np.int32)
             waiter.wait([mpi.irecv(comm, members, 0, tags.MEMBERS)])
@@ -117,16 +128,34 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         yt = torch.from_numpy(y).to(dev)
         t_compute = time.perf_counter()
         grad, loss = training.fragment(model, layout, xt, yt, seed, loss_fn)
-        if faker.active or not cuda_aware:
+        if faker.active or not cuda_aware or aggregator is not None:
             grad = np.ascontiguousarray(faker.send(host(grad), iteration, model, xt, yt, seed),
                                         dtype=np.float32)
-        if cuda_aware:
+        if aggregator is not None:  # the commitment goes to the manager, the answer stays
+            grad = aggregator.commit(iteration, seed, grad)
+        elif cuda_aware:
             grad = torch.as_tensor(grad).to(dev)
             torch.cuda.synchronize(dev)  # MPI reads the buffer outside torch's stream order
         # A stop signal seen here rides along with the loss: the manager may not have had one.
         loss_buf = messages.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
+
+
+def _reduce(comm, aggregator, command: int, iteration: int, lines: int, seed: int,
+            wait_ms: int, weights, waiter, on_message) -> None:
+    """The manager's REDUCE (then its table), CHALLENGE or FETCH header (aggregate.py)."""
+    if command == rm.REDUCE:
+        table = np.empty(max(lines, 0), np.int64)
+        waiter.wait([mpi.irecv(comm, table, 0, tags.TABLE)])
+        if on_message:
+            on_message(tags.TABLE, table.copy())
+        aggregator.reduce(iteration, rm.read_table(table, comm.Get_size()), weights,
+                          wait_ms / 1000)
+    elif command == rm.CHALLENGE:
+        aggregator.prove(lines)
+    else:
+        aggregator.fetch(lines, seed)
 
 
 def _got_state(req, weights, digest, wait_ms: int, waiter, cuda_aware: bool,

@@ -322,8 +322,9 @@ class Audit:
                 found.append({"iteration": it, **f, "removed_at": caught})
                 if caught is None or caught < it:
                     what = "was never caught" if caught is None else f"was removed at {caught}"
-                    msg = (f"rank {f['rank']}'s {f.get('what', 'gradient')} for lines "
-                           f"{f['lines']} differs from the replay, and the rank {what}")
+                    part = (f"sum of slice {f['slice']}" if "slice" in f else
+                            f"{f.get('what', 'gradient')} for lines {f['lines']}")
+                    msg = f"rank {f['rank']}'s {part} differs from the replay, and the rank {what}"
                     if self.cfg.compare == "exact":
                         self.problem(it, "replay", msg)
                     elif "why" in f:  # format 6: by its sketch, or its bits where they replay

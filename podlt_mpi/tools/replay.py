@@ -24,10 +24,11 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.core import digests, ledger, rates, records, rules, sketch, verify
+from podlt_mpi.core import digests, ledger, merkle, rates, records, reduction, rules, sketch, verify
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
+from podlt_mpi.run.aggregate import summed
 
 
 @dataclass
@@ -108,6 +109,48 @@ class Replayer:
         seed = messages.fragment_seed(self.cfg.seed, iteration, s, e)
         return training.gradient(self.model, xt, yt, seed, self.layout, self.loss_fn)
 
+    def answer_digest(self, rec: records.Record):
+        """answer -> its digest as `rec` keeps it: the hash of its bytes, or under the ranks'
+        reduction (format 7) its Merkle root, the commitment its rank sent."""
+        if rec.reduction is None:
+            return lambda g: digests.of_arrays(rec.digest, g)
+        n_summed, n = self.layout.n_grad + self.layout.n_float, rec.reduction.slices
+        return lambda g: reduction.commit(np.ascontiguousarray(g, np.float32), n_summed,
+                                          n).root.hex()
+
+    def reduced(self, rec: records.Record, grads, counts, lines, out: Outcome) -> bool:
+        """The ranks' reduction replayed: each slice of the tree summed as its aggregator had to
+        (training.SliceSum), its digest against the record's, then the step from the slices.
+        A slice whose sum differs names its aggregator, as a fake fragment names its rank."""
+        red, layout = rec.reduction, self.layout
+        n_summed = layout.n_grad + layout.n_float
+        leaves = [a.lines for a in rec.assignments if a.role == "worker"]
+        at = dict(zip(rec.applied, range(len(grads)), strict=True))
+        before = torch.cat([b.reshape(-1).float() for b in layout.float_buffers()]) \
+            if layout.n_float else None
+        parts, honest = [], True
+        for j, (a, b) in enumerate(reduction.bounds(n_summed, red.slices)):
+            s = training.SliceSum(layout, len(leaves), a, b, before)
+            for leaf, lines_of in enumerate(leaves):
+                i = at.get(lines_of)
+                s.set(leaf, None if i is None else np.asarray(grads[i])[a:b],
+                      *((counts[i], lines[i]) if i is not None else ()))
+            values = summed(s, a, b)
+            parts.append(training.slice_parts(layout, a, b, values))
+            if merkle.leaf(values).hex() != red.sums[j]:
+                out.fake_fragments.append({"slice": j, "rank": red.aggregators[j],
+                                           "what": "sum"})
+                honest = False
+        if not honest:
+            return False  # the run applied other sums: its weights after are unknown here
+        total, change = training.joined(parts, layout.n_grad, layout.n_float)
+        training.step_from_sums(self.model, self.opt, layout, total, change,
+                                [torch.as_tensor(np.asarray(g)[n_summed:]) for g in grads],
+                                sum(counts), sum(lines),
+                                rates.learning_rate(self.cfg, rec.iteration, rec.epoch,
+                                                    self.total), self.cfg.clip_grad_norm)
+        return True
+
     def step(self, rec: records.Record) -> Outcome:
         """Replay `rec` from the current state, which must be the weights before it."""
         it = rec.iteration
@@ -123,6 +166,7 @@ class Replayer:
                                 "(wrong --data file?)")
             return out
         sent = {(a.rank, a.lines): a.grad_digest for a in rec.assignments}
+        digest = self.answer_digest(rec)
         said = {(a.rank, a.lines): a.loss for a in rec.assignments}  # format 5: their losses
         looked = rec.format >= records.LOOKED
         cache = {}
@@ -144,7 +188,7 @@ class Replayer:
         confirmed = []
         for check in rec.checks:
             ok = (near.confirm(check, out) if near else
-                  _confirm(check, sent, fragment, out, self.cfg.compare, alg,
+                  _confirm(check, sent, fragment, out, self.cfg.compare, digest,
                            said if looked else None))
             if ok == UNREPRODUCIBLE:
                 out.unreproducible.append(list(check.lines))
@@ -155,7 +199,7 @@ class Replayer:
             return out
         for look in rec.looks:  # the same answer as the replay's, or a rank rightly removed
             ok = (near.confirm_look(look) if near else
-                  _confirm_look(look, sent, said, fragment, alg, self.cfg.compare))
+                  _confirm_look(look, sent, said, fragment, digest, self.cfg.compare))
             if ok is not None:
                 confirmed.append(ok)
             if ok is False:
@@ -168,7 +212,7 @@ class Replayer:
         bitwise = not self.drifted
         for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
-            digest_same = digests.of_arrays(alg, g) == sent.get((r, (s, e)))
+            digest_same = digest(g) == sent.get((r, (s, e)))
             # tolerance mode: from the run's weights, on the rank's own kernels, the bits are
             # the rank's, so its digest and sketch must be the replay's
             exact_here = near is not None and not self.drifted and r in self.same_at(it)
@@ -202,7 +246,10 @@ class Replayer:
         if grads:
             cfg = self.cfg
             lr = rates.learning_rate(cfg, it, rec.epoch, self.total)
-            if rec.format >= records.KEYED:  # a tree over the workers' fragments
+            if rec.reduction is not None:  # the same tree, summed by the ranks in slices
+                if not self.reduced(rec, grads, counts, lines, out):
+                    return out
+            elif rec.format >= records.KEYED:  # a tree over the workers' fragments
                 leaves = [a.lines for a in rec.assignments if a.role == "worker"]
                 fold = training.TreeFold(self.model, self.layout, len(leaves))
                 at = dict(zip(rec.applied, range(len(grads)), strict=True))
@@ -323,7 +370,7 @@ class Near:
 
 
 def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
-             alg: str, said=None) -> bool | None | str:
+             digest, said=None) -> bool | None | str:
     """Re-derive one check's verdict from the hashes the ranks sent (and from format 5 their
     losses, `said`) and the replayed answer (None where tolerance mode makes bits
     insufficient). UNREPRODUCIBLE where the replay differs from an answer that two ranks the
@@ -333,10 +380,10 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
     g, loss = fragment(s, e)
     rechecks = check.rechecks
     if said is None:  # before format 5 the votes were on the gradients alone
-        ref = digests.of_arrays(alg, g)
+        ref = digest(g)
         answer = lambda r: sent.get((r, (s, e)))  # noqa: E731
     else:
-        ref = (digests.of_arrays(alg, g), ledger.finite_or_none(loss))
+        ref = (digest(g), ledger.finite_or_none(loss))
         answer = lambda r: (None if sent.get((r, (s, e))) is None  # noqa: E731
                             else (sent.get((r, (s, e))), said.get((r, (s, e)))))
     votes = {r: answer(r) for r in (check.worker, *check.controls)}
@@ -359,14 +406,14 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
     return ok
 
 
-def _confirm_look(look: records.Look, sent, said, fragment, alg: str, mode: str) -> bool | None:
+def _confirm_look(look: records.Look, sent, said, fragment, digest, mode: str) -> bool | None:
     """Whether a look's verdict follows from the rank's answer and the replay (None where
     tolerance mode makes bits insufficient). A malformed answer has no digest to replay."""
     key = (look.rank, look.lines)
     if look.verdict == "malformed":
         return sent.get(key) is None
     g, loss = fragment(*look.lines)
-    same = sent.get(key) == digests.of_arrays(alg, g) and said.get(key) == \
+    same = sent.get(key) == digest(g) and said.get(key) == \
         ledger.finite_or_none(loss)
     if mode != "exact" and not same:
         return None

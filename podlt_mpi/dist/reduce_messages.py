@@ -1,0 +1,122 @@
+"""What travels in the ranks' reduction (run/reduce.py, run/aggregate.py), as plain arrays. Pure,
+no MPI. Every size follows from the run (the answer's length, the slices) and the table, so a
+receiver knows each message's exact size before it probes for it.
+
+- The commitment (on GRAD, in place of the answer): float32 [root, slices' root, counters], the
+  two digests as 8 words each.
+- REDUCE header, then TABLE (int64, from the manager): [slices, leaves, each slice's
+  aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's slices' root as 4
+  words]. A leaf's rank is -1 where the fragment is not applied. The seed names the answer: a
+  rank is never told line numbers, and it knows each fragment it computed by its seed.
+- SLICE (a sender to an aggregator, or to the manager when fetched): float32 [values, path].
+- SUM (an aggregator to the manager): float32 [the slice's sum, then one flag per leaf: 1 where
+  its input did not come or did not open under its root, else 0].
+- CHALLENGE header (iteration, slice): PROOF, the slice's inputs as SLICE messages, in leaf
+  order, absent leaves left out. FETCH header (iteration, slice, seed): one SLICE.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from podlt_mpi.core import merkle
+
+REDUCE, CHALLENGE, FETCH = 4, 5, 6  # header commands, after messages.STOP..REGROUP
+WORDS = merkle.DIGEST // 4          # float32 (or 8-byte int64: half as many) words of a digest
+LEAF_FIELDS = 4                     # (rank, seed, count, lines)
+
+
+def words(digest: bytes) -> np.ndarray:
+    return np.frombuffer(digest, np.float32).copy()
+
+
+def digest_of(w: np.ndarray) -> bytes:
+    return np.ascontiguousarray(w, np.float32).tobytes()
+
+
+def commit_len(n_count: int) -> int:
+    return 2 * WORDS + n_count
+
+
+def commitment(root: bytes, slices_root: bytes, counters: np.ndarray) -> np.ndarray:
+    return np.concatenate([words(root), words(slices_root), np.asarray(counters, np.float32)])
+
+
+def read_commitment(vec: np.ndarray) -> tuple:
+    """(root, slices' root, counters) of a commitment."""
+    return digest_of(vec[:WORDS]), digest_of(vec[WORDS:2 * WORDS]), vec[2 * WORDS:]
+
+
+class TableLeaf(NamedTuple):
+    rank: int          # -1: not applied
+    seed: int          # the fragment's seed (messages.fragment_seed)
+    count: int
+    lines: int
+    slices_root: bytes
+
+
+class Table(NamedTuple):
+    n_slices: int
+    aggregators: tuple  # slice -> rank
+    leaves: tuple       # TableLeaf, in line order
+
+
+def table(n_slices: int, aggregators, leaves) -> np.ndarray:
+    head = [n_slices, len(leaves), *aggregators]
+    fields = [v for x in leaves for v in (x.rank, x.seed, x.count, x.lines)]
+    roots = b"".join(x.slices_root for x in leaves)
+    return np.concatenate([np.array(head + fields, np.int64), np.frombuffer(roots, np.int64)])
+
+
+def read_table(arr: np.ndarray, world: int) -> Table:
+    """A TABLE, or ValueError saying why it is not one (it comes from rank 0, but a rank checks
+    what it indexes with)."""
+    if len(arr) < 2:
+        raise ValueError("a table of fewer than 2 words")
+    n_slices, n_leaves = int(arr[0]), int(arr[1])
+    want = 2 + n_slices + n_leaves * (LEAF_FIELDS + WORDS // 2)
+    if n_slices < 1 or n_leaves < 0 or len(arr) != want:
+        raise ValueError(f"a table of {len(arr)} words for {n_slices} slices, {n_leaves} leaves")
+    aggregators = tuple(int(r) for r in arr[2:2 + n_slices])
+    fields = arr[2 + n_slices:2 + n_slices + LEAF_FIELDS * n_leaves].reshape(n_leaves,
+                                                                              LEAF_FIELDS)
+    roots = arr[2 + n_slices + LEAF_FIELDS * n_leaves:].tobytes()
+    if not all(0 < r < world for r in aggregators) or \
+            not all(-1 <= int(r) < world for r in fields[:, 0]):
+        raise ValueError("a table naming ranks outside the world")
+    leaves = tuple(TableLeaf(int(r), int(s), int(c), int(n),
+                             roots[merkle.DIGEST * i:merkle.DIGEST * (i + 1)])
+                   for i, (r, s, c, n) in enumerate(fields))
+    return Table(n_slices, aggregators, leaves)
+
+
+def slice_len(a: int, b: int, j: int, n_slices: int) -> int:
+    return (b - a) + WORDS * merkle.depth(j, n_slices)
+
+
+def slice_message(values: np.ndarray, path) -> np.ndarray:
+    return np.concatenate([np.asarray(values, np.float32), *(words(d) for d in path)])
+
+
+def read_slice(msg: np.ndarray, a: int, b: int) -> tuple:
+    """(values, path) of a SLICE of slice [a, b)."""
+    n = b - a
+    rest = msg[n:]
+    return msg[:n], [digest_of(rest[i:i + WORDS]) for i in range(0, len(rest), WORDS)]
+
+
+def sum_len(a: int, b: int, n_leaves: int) -> int:
+    return (b - a) + n_leaves
+
+
+def sum_message(values, flags) -> np.ndarray:
+    return np.concatenate([np.asarray(values, np.float32), np.asarray(flags, np.float32)])
+
+
+def read_sum(msg: np.ndarray, a: int, b: int) -> tuple:
+    """(values, leaves flagged) of a SUM, or ValueError where a flag is neither 0 nor 1."""
+    values, flags = msg[:b - a], msg[b - a:]
+    if not np.isin(flags, (0.0, 1.0)).all():
+        raise ValueError("its flags are not 0 or 1")
+    return values, [i for i, f in enumerate(flags) if f == 1.0]

@@ -1,0 +1,130 @@
+"""A rank's part in the ranks' reduction (`--reduce ranks`, core/reduction.py): it commits to
+every answer it computes instead of sending it, sends the slices of the answers the manager's
+table names to their aggregators, sums the slices it aggregates in the table's order, and
+answers the manager's challenges (a slice's inputs) and fetches (one of its slices).
+
+What it receives from other ranks is checked before use: a slice must be exactly the size the
+table implies and open under its sender's committed root, or it is flagged to the manager and
+left out; nothing is waited for past the deadline the REDUCE header names.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core import reduction
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import reduce_messages as rm
+from podlt_mpi.dist import tags
+
+
+class Aggregator:
+    def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter, lie=None):
+        """`lie(kind, j, values) -> values`: a fault plugin's aggregator lies (faults.py)."""
+        self.comm, self.layout, self.n_slices, self.waiter = comm, layout, n_slices, waiter
+        self.n_summed = layout.n_grad + layout.n_float
+        self.bounds = reduction.bounds(self.n_summed, n_slices)
+        self.lie = lie
+        self.iteration = None
+        self.kept = {}     # fragment seed -> reduction.Committed, this iteration's answers
+        self.inputs = {}   # slice -> its inputs as received (SLICE messages), for a challenge
+        self.pending = []  # sends in flight with their buffers, kept alive until they complete
+
+    def commit(self, iteration: int, seed: int, answer: np.ndarray) -> np.ndarray:
+        """The commitment to send in place of `answer`; the answer is kept for the table."""
+        if iteration != self.iteration:
+            self.iteration, self.kept, self.inputs = iteration, {}, {}
+        c = reduction.commit(answer, self.n_summed, self.n_slices, mpi.cores())
+        self.kept[seed] = c
+        return rm.commitment(c.root, c.slices_root, answer[self.n_summed:])
+
+    def close(self, timeout: float = 10.0) -> None:
+        """The run is over: complete the sends still in flight (to their deadline), so that MPI
+        finalizes with none pending."""
+        mpi.Waiter(self.waiter.mode).poll([r for r, _ in self.pending], None, None, timeout)
+        self.pending = []
+
+    def _send(self, array, dest: int, tag: int) -> None:
+        self.pending = [(r, b) for r, b in self.pending if not r.Test()]
+        self.pending.append((mpi.isend(self.comm, array, dest, tag), array))
+
+    def reduce(self, iteration: int, table: rm.Table, weights: np.ndarray,
+               wait_s: float) -> None:
+        """Send this rank's leaves' slices, then sum the slices it aggregates and send the
+        manager each SUM."""
+        me = self.comm.Get_rank()
+        if iteration != self.iteration:  # a rank with nothing kept of this iteration
+            self.iteration, self.kept, self.inputs = iteration, {}, {}
+        for leaf in table.leaves:
+            c = self.kept.get(leaf.seed) if leaf.rank == me else None
+            for j, (a, b) in enumerate(self.bounds if c is not None else ()):
+                values = c.answer[a:b]
+                if self.lie is not None:
+                    values = self.lie("send", j, values)
+                self._send(rm.slice_message(values, c.paths[j]), table.aggregators[j],
+                           tags.SLICE)
+        mine = [j for j, r in enumerate(table.aggregators) if r == me]
+        receives = {}
+        for j in mine:
+            a, b = self.bounds[j]
+            for i, leaf in enumerate(table.leaves):
+                if leaf.rank >= 0:
+                    buffer = np.empty(rm.slice_len(a, b, j, self.n_slices), np.float32)
+                    receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank, tags.SLICE)
+        if receives:
+            mpi.Waiter(self.waiter.mode).poll(list(receives.values()), None, None, wait_s)
+        g, f = self.layout.n_grad, self.n_summed
+        before = torch.from_numpy(np.ascontiguousarray(weights[g:f]))
+        for j in mine:
+            a, b = self.bounds[j]
+            s = training.SliceSum(self.layout, len(table.leaves), a, b, before)
+            flags, got = [], []
+            for i, leaf in enumerate(table.leaves):
+                r = receives.get((j, i))
+                ok = r is not None and r.finished and r.bad is None
+                if ok:
+                    values, path = rm.read_slice(r.buffer, a, b)
+                    ok = reduction.opens(leaf.slices_root, j, self.n_slices, values, path)
+                if r is not None:
+                    got.append(r.buffer if ok else None)
+                flags.append(0 if leaf.rank < 0 or ok else 1)
+                s.set(i, values if ok else None, leaf.count, leaf.lines)
+            total = summed(s, a, b)
+            if self.lie is not None:
+                total = self.lie("sum", j, total)
+            self.inputs[j] = got
+            self._send(rm.sum_message(total, flags), 0, tags.SUM)
+
+    def prove(self, j: int) -> None:
+        """A challenge: slice j's inputs as they came, in leaf order (a missing one as zeros of
+        its size, which opens under no root)."""
+        a, b = self.bounds[j]
+        size = rm.slice_len(a, b, j, self.n_slices)
+        got = self.inputs.get(j, [])
+        parts = [x if x is not None else np.zeros(size, np.float32) for x in got]
+        if self.lie is not None:
+            parts = self.lie("proof", j, parts)
+        self._send(np.concatenate(parts) if parts else np.zeros(0, np.float32), 0, tags.PROOF)
+
+    def fetch(self, j: int, seed: int) -> None:
+        """The manager asks for slice j of the answer of `seed` directly (a slice an aggregator
+        did not get, or whose aggregator is gone)."""
+        c = self.kept.get(seed)
+        a, b = self.bounds[j]
+        msg = (rm.slice_message(c.answer[a:b], c.paths[j]) if c is not None
+               else np.zeros(rm.slice_len(a, b, j, self.n_slices), np.float32))
+        self._send(msg, 0, tags.SLICE)
+
+
+def summed(s: training.SliceSum, a: int, b: int) -> np.ndarray:
+    """A SliceSum's result as the b - a values a SUM carries (zeros where every leaf was
+    absent: the manager knows from the table whether any counts)."""
+    out = np.zeros(b - a, np.float32)
+    grad, change = s.result()
+    if grad is not None:
+        out[:s.cut] = grad.numpy()
+    if change is not None:
+        out[s.cut:] = change.numpy()
+    return out

@@ -1,0 +1,217 @@
+"""The manager's side of the ranks' reduction (`--reduce ranks`, core/reduction.py).
+
+Once the iteration's commitments are in and its checks settled, the manager sends every active
+rank the table (which rank sums which slice; each leaf's sender, seed, weights and slices'
+root), receives one SUM per slice, then challenges slices drawn from the key: the aggregator
+sends the slice's inputs, the manager opens each under its sender's root and sums them itself;
+a sum that differs is a lie its own inputs prove, and the aggregator is removed. A slice whose
+sum did not come, was malformed, or was proven a lie, or whose aggregator flagged an input, is
+summed by the manager from the senders' slices, fetched directly: a sender that cannot give a
+slice opening under its own root is removed; one that can, flagged by an aggregator, cannot be
+told from an aggregator that lies about it, so nobody is removed and the record says so.
+Nothing is waited for past the exchange's deadline, and every message's size is checked first.
+"""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from podlt_mpi.compute import training
+from podlt_mpi.compute.layout import Layout
+from podlt_mpi.core import digests, merkle, reduction
+from podlt_mpi.dist import comm as mpi
+from podlt_mpi.dist import messages, tags
+from podlt_mpi.dist import reduce_messages as rm
+
+log = logging.getLogger("podlt_mpi")
+
+
+class Reduced(NamedTuple):
+    """What one reduction gave: the slices' sums in slice order (gradient part, change part),
+    the ranks to remove and why, and what the ledger keeps (records.Reduction's fields)."""
+    parts: list
+    refused: dict
+    aggregators: tuple
+    challenged: tuple
+    sums: tuple          # each slice's sum's digest (merkle.leaf, hex), as applied
+    fetched: tuple       # slices the manager summed itself
+    unattributed: tuple  # (sender, aggregator, slice): flagged, and given to the manager
+
+
+class Reduction:
+    def __init__(self, comm, layout: Layout, n_slices: int, exchange, challenges: int = 2):
+        self.comm, self.layout, self.n_slices, self.exchange = comm, layout, n_slices, exchange
+        self.n_summed = layout.n_grad + layout.n_float
+        self.bounds = reduction.bounds(self.n_summed, n_slices)
+        self.challenges = challenges
+        self.sends = []  # the manager's own sends in flight, with their buffers
+
+    # ---- the wire --------------------------------------------------------------------------
+
+    def _post(self, array, dest: int, tag: int):
+        self.exchange.cost.bytes_out += array.nbytes
+        req = mpi.isend(self.comm, array, dest, tag)
+        self.sends = [(r, b) for r, b in self.sends if not r.Test()] + [(req, array)]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """The run is over: the manager's own sends completed, to their deadline."""
+        mpi.Waiter(self.exchange.waiter.mode).poll([r for r, _ in self.sends], None, None,
+                                                   timeout)
+        self.sends = []
+
+    def _receive(self, wanted: dict) -> dict:
+        """{key: (source, tag, size)} -> {key: the float32 message, or why there is none},
+        to the exchange's deadline."""
+        got = {k: mpi.Checked(self.comm, np.empty(n, np.float32), src, tag)
+               for k, (src, tag, n) in wanted.items()}
+        for r in got.values():
+            self.exchange.cost.bytes_in += r.buffer.nbytes
+        awaited = {(src, tag) for src, tag, _ in wanted.values()}
+
+        def awaits(rank, tag):
+            return (rank, tag) in awaited and any(
+                not c.finished for c in got.values() if (c.source, c.tag) == (rank, tag))
+        timeout = self.exchange.timeout()
+        mpi.Waiter(self.exchange.waiter.mode).poll(list(got.values()), None, None, timeout,
+                                                   lambda: self.exchange.drain(awaits))
+        return {k: (c.buffer if c.finished and c.bad is None else
+                    c.bad or f"nothing within {timeout:g} s") for k, c in got.items()}
+
+    # ---- one reduction ---------------------------------------------------------------------
+
+    def __call__(self, iteration: int, key: bytes, members, leaves, weights, mine: dict,
+                 recompute) -> Reduced:
+        """`members`: the active ranks in good standing (they aggregate); `leaves`:
+        rm.TableLeaf in line order; `weights`: the state the answers were computed from;
+        `mine`: seed -> reduction.Committed, the manager's own answers among the leaves;
+        `recompute(leaf)`: the manager's answer for a leaf whose sender fails it."""
+        perm = reduction.aggregators(key, iteration, members)
+        agg = tuple(perm[j % len(perm)] for j in range(self.n_slices))
+        table = rm.table(self.n_slices, agg, leaves)
+        wait_ms = int(1000 * self.exchange.timeout() / 2)  # the aggregators' wait for inputs
+        head = messages.header(rm.REDUCE, iteration, len(table), 0,
+                               (wait_ms, np.zeros(4, np.int64)))
+        for r in sorted(members):
+            self._post(head, r, tags.HEADER)
+            self._post(table, r, tags.TABLE)
+        for leaf in leaves:  # the manager's own answers: slices like any sender's
+            c = mine.get(leaf.seed) if leaf.rank == 0 else None
+            for j, (a, b) in enumerate(self.bounds if c is not None else ()):
+                self._post(rm.slice_message(c.answer[a:b], c.paths[j]), agg[j], tags.SLICE)
+        n_leaves = len(leaves)
+        sums = self._receive({j: (agg[j], tags.SUM, rm.sum_len(a, b, n_leaves))
+                              for j, (a, b) in enumerate(self.bounds)})
+        refused, values, flagged = {}, {}, {}
+        for j, (a, b) in enumerate(self.bounds):
+            msg = sums[j]
+            if isinstance(msg, str):
+                refused.setdefault(agg[j], f"its sum of slice {j}: {msg}")
+                continue
+            try:
+                values[j], flagged[j] = rm.read_sum(msg, a, b)
+            except ValueError as e:
+                refused.setdefault(agg[j], f"its sum of slice {j}: {e}")
+        for j in [j for j in values if agg[j] in refused]:  # a refused rank's sums: none
+            del values[j]
+        challenged = reduction.challenged(key, iteration, self.n_slices, self.challenges)
+        self._challenge(iteration, [j for j in challenged if j in values and not flagged[j]],
+                        agg, leaves, weights, values, refused)
+        fetch = sorted(j for j in range(self.n_slices) if j not in values or flagged.get(j))
+        unattributed = self._fetch(iteration, fetch, agg, leaves, weights, values, flagged,
+                                   refused, mine, recompute)
+        parts = [training.slice_parts(self.layout, *self.bounds[j], values[j])
+                 for j in range(self.n_slices)]
+        return Reduced(parts, refused, agg, challenged,
+                       tuple(merkle.leaf(values[j]).hex() for j in range(self.n_slices)),
+                       tuple(fetch), tuple(unattributed))
+
+    def _sum(self, j: int, leaves, inputs: dict, weights) -> np.ndarray:
+        """Slice j's sum from opened inputs (leaf index -> values), as an aggregator makes it."""
+        from podlt_mpi.run.aggregate import summed
+        a, b = self.bounds[j]
+        g = self.layout.n_grad
+        s = training.SliceSum(self.layout, len(leaves), a, b,
+                              torch.from_numpy(np.ascontiguousarray(weights[g:self.n_summed])))
+        for i, leaf in enumerate(leaves):
+            s.set(i, inputs.get(i), leaf.count, leaf.lines)
+        return summed(s, a, b)
+
+    def _opened(self, j: int, leaf, msg) -> np.ndarray | None:
+        a, b = self.bounds[j]
+        if isinstance(msg, str) or len(msg) != rm.slice_len(a, b, j, self.n_slices):
+            return None
+        v, path = rm.read_slice(msg, a, b)
+        return v.copy() if reduction.opens(leaf.slices_root, j, self.n_slices, v, path) else None
+
+    def _challenge(self, iteration, slices, agg, leaves, weights, values, refused) -> None:
+        """Each challenged slice summed again from its aggregator's inputs (PROOF)."""
+        present = [i for i, leaf in enumerate(leaves) if leaf.rank >= 0]
+        for j in slices:
+            self._post(messages.header(rm.CHALLENGE, iteration, j), agg[j], tags.HEADER)
+        sizes = {j: rm.slice_len(*self.bounds[j], j, self.n_slices) for j in slices}
+        proofs = self._receive({j: (agg[j], tags.PROOF, len(present) * sizes[j])
+                                for j in slices})
+        for j in slices:
+            msg, why = proofs[j], None
+            if isinstance(msg, str):
+                why = f"its inputs of slice {j}: {msg}"
+            else:
+                parts = np.split(msg, len(present)) if present else []
+                inputs = {i: self._opened(j, leaves[i], m) for i, m in zip(present, parts)}
+                if any(v is None for v in inputs.values()):
+                    why = f"it summed inputs of slice {j} that do not open under their roots"
+                else:
+                    again = self._sum(j, leaves, inputs, weights)
+                    if np.array_equal(again.view(np.uint32), values[j].view(np.uint32)):
+                        continue
+                    why = f"its sum of slice {j} differs from the sum of its own inputs"
+                    values[j] = again  # proven inputs: the manager's sum stands
+            if why is not None:
+                refused.setdefault(agg[j], why)
+                if not why.startswith("its sum"):
+                    del values[j]  # summed from the senders' slices (_fetch)
+                log.warning("iteration %d: rank %d, aggregator of slice %d: %s", iteration,
+                            agg[j], j, why)
+
+    def _fetch(self, iteration, slices, agg, leaves, weights, values, flagged, refused,
+               mine, recompute) -> list:
+        """The slices the manager sums itself, from slices fetched from their senders; a sender
+        that cannot give one is removed and the manager computes its fragment instead
+        (`recompute(leaf) -> answer`), as for an unchecked answer refused."""
+        unattributed = []
+        for j in slices:
+            inputs, wanted = {}, {}
+            for i, leaf in enumerate(leaves):
+                if leaf.rank < 0:
+                    continue
+                if leaf.rank == 0:
+                    c = mine[leaf.seed]
+                    inputs[i] = c.answer[slice(*self.bounds[j])]
+                    continue
+                self._post(messages.header(rm.FETCH, iteration, j, leaf.seed), leaf.rank,
+                           tags.HEADER)
+                wanted[i] = (leaf.rank, tags.SLICE,
+                             rm.slice_len(*self.bounds[j], j, self.n_slices))
+            got = self._receive(wanted)
+            for i, msg in got.items():
+                v = self._opened(j, leaves[i], msg)
+                if v is None:
+                    refused.setdefault(leaves[i].rank, f"its slice {j}, fetched, does not "
+                                                       f"open under its committed root")
+                    continue
+                inputs[i] = v
+                if i in flagged.get(j, ()):
+                    unattributed.append((leaves[i].rank, agg[j], j))
+            for i, leaf in enumerate(leaves):
+                if leaf.rank >= 0 and i not in inputs:
+                    inputs[i] = recompute(leaf)[slice(*self.bounds[j])]
+            values[j] = self._sum(j, leaves, inputs, weights)
+        return unattributed
+
+
+def seal(c: reduction.Committed) -> digests.Seal:
+    """The ledger's seal of a committed answer: its root."""
+    return digests.Seal(c.root.hex())
