@@ -10,8 +10,11 @@ result can be compared bit for bit. Ledger format 3 (docs/ledger.md) sums weight
 the unchecked fragments in line order, then the checked ones, and divides once; format 4 sums
 the same products by a pairwise tree over the block's worker fragments in line order (the first
 2^k of n fragments, 2^k < n the largest such, then the rest, each summed alike; a fragment not
-applied is left out of its pair) and divides once; formats 1 and 2 add weight/total x vector in
-line order. It shares no code with the job but the model's factory, the
+applied is left out of its pair) and divides once; format 7's ranks' reduction sums the same
+tree slice by slice (S slices of the gradient-then-change vector, cut at multiples of 16
+values: slice j starts at 16 * floor(ceil(n / 16) * j / S)), each slice's pieces of the
+leaves added as the whole tree adds them, and the slices put side by side; formats 1 and 2
+add weight/total x vector in line order. It shares no code with the job but the model's factory, the
 seed's formula and the learning-rate formula.
 """
 import importlib
@@ -61,6 +64,28 @@ def tree_sum(leaves):
     if left is None or right is None:
         return right if left is None else left
     return left + right
+
+
+def sliced_tree_sum(grads, changes, n_slices):
+    """Format 7's reduction, written from docs/ledger.md: the tree over the leaves, slice by
+    slice of the vector [gradient, change], each slice's pieces summed alike; None stands for a
+    leaf's absent part."""
+    n_grad = next(g.numel() for g in grads if g is not None) if any(
+        g is not None for g in grads) else 0
+    n_change = next((c.numel() for c in changes if c is not None), 0)
+    n = n_grad + n_change if n_grad else None
+    if n is None:  # no leaf counts: only the buffers' change is summed
+        return None, tree_sum(changes) if n_change else None
+    blocks = -(-n // 16)
+    cuts = [min(n, 16 * (blocks * j // n_slices)) for j in range(n_slices)] + [n]
+    g_out, c_out = [], []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if a < n_grad:
+            g_out.append(tree_sum([None if g is None else g[a:min(b, n_grad)] for g in grads]))
+        if b > n_grad and n_change:
+            lo, hi = max(a, n_grad) - n_grad, b - n_grad
+            c_out.append(tree_sum([None if c is None else c[lo:hi] for c in changes]))
+    return torch.cat(g_out), torch.cat(c_out) if c_out else None
 
 
 def train(model, opt, x, y, records, cfg, total):
@@ -117,9 +142,13 @@ def train(model, opt, x, y, records, cfg, total):
         if tree:  # every worker's fragment is a leaf, in line order
             fragments = [tuple(a["lines"]) for a in rec["assignments"] if a["role"] == "worker"]
             got = [leaves.get(f, (None, None)) for f in fragments]
-            total_grad = tree_sum([g for g, _ in got])
+            if rec.get("reduction"):  # the ranks summed it, slice by slice
+                total_grad, buf_sum = sliced_tree_sum([g for g, _ in got], [c for _, c in got],
+                                                      rec["reduction"]["slices"])
+            else:
+                total_grad = tree_sum([g for g, _ in got])
+                buf_sum = tree_sum([c for _, c in got]) if floats else None
             grad_sum = total_grad if total_grad is not None else torch.zeros_like(grad_sum)
-            buf_sum = tree_sum([c for _, c in got]) if floats else None
         if folded:  # one division by the totals
             grad_sum = grad_sum / n_weight if n_weight else torch.zeros_like(grad_sum)
             buf_sum = None if buf_sum is None else buf_sum / n_lines

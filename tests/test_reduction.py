@@ -143,3 +143,41 @@ def test_the_busiest_link_stays_within_twice_a_ring_all_reduce_from_4_to_1024_ra
         assert t["ranks"]["manager_in"] < 4 * 4 * values + 64 * ranks * ranks
     star = reduction.traffic(24_200_000, 256)
     assert 100 < star["star"]["manager_in"] / star["ring"] < 160  # the 128x
+
+
+# ---- the wire ---------------------------------------------------------------------------------------
+
+def test_a_table_travels_as_int64_and_is_checked_on_arrival():
+    from podlt_mpi.dist import reduce_messages as rm
+    leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32))),
+              rm.TableLeaf(-1, 11, 0, 0, bytes(32))]
+    arr = rm.table(4, (1, 3, 2, 1), leaves)
+    assert arr.dtype == np.int64
+    got = rm.read_table(arr, world=5)
+    assert got.n_slices == 4 and got.aggregators == (1, 3, 2, 1) and list(got.leaves) == leaves
+    for bad in (arr[:-1], np.concatenate([arr, arr[:1]]), arr[:1]):
+        with pytest.raises(ValueError):
+            rm.read_table(bad, world=5)
+    with pytest.raises(ValueError, match="outside"):
+        rm.read_table(arr, world=3)  # rank 3 is not in a world of 3
+
+
+def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
+    from podlt_mpi.dist import reduce_messages as rm
+    rng = np.random.default_rng(0)
+    answer = rng.standard_normal(103).astype(np.float32)
+    c = reduction.commit(answer, 100, 4)
+    root, slices_root, counters = rm.read_commitment(rm.commitment(c.root, c.slices_root,
+                                                                   answer[100:]))
+    assert (root, slices_root) == (c.root, c.slices_root) and np.array_equal(counters, answer[100:])
+    assert root == reduction.commitment([slices_root], merkle.leaf(answer[100:]))
+    for j, (a, b) in enumerate(reduction.bounds(100, 4)):
+        msg = rm.slice_message(answer[a:b], c.paths[j])
+        assert len(msg) == rm.slice_len(a, b, j, 4)
+        values, path = rm.read_slice(msg, a, b)
+        assert reduction.opens(slices_root, j, 4, values, path)
+        assert not reduction.opens(slices_root, (j + 1) % 4, 4, values, path)
+    values, flagged = rm.read_sum(rm.sum_message(answer[:16], [0, 1, 0]), 0, 16)
+    assert np.array_equal(values, answer[:16]) and flagged == [1]
+    with pytest.raises(ValueError):
+        rm.read_sum(rm.sum_message(answer[:16], [0, 0.5]), 0, 16)

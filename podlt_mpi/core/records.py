@@ -197,6 +197,12 @@ class Look:
                    _str(d["why"], "a look's why"), verdict)
 
 
+def _refusal(v) -> tuple:
+    if not isinstance(v, list) or len(v) != 2:
+        raise RecordError(f"a reduction's refusal is {v!r}, not [rank, why]")
+    return _int(v[0], "a refused rank"), _str(v[1], "why it was refused")
+
+
 @dataclass(frozen=True)
 class Reduction:
     """Format 7, --reduce ranks: how the ranks summed the iteration's leaves (reduction.py)."""
@@ -207,18 +213,22 @@ class Reduction:
     fetched: tuple = ()      # the slices the manager summed itself, from the senders' slices
     unattributed: tuple = ()  # (sender, aggregator, slice): an input the aggregator flagged
     # that its sender then gave the manager: one of the two lies, and nothing tells which
+    refused: tuple = ()      # (rank, why): removed by the reduction (a sum its inputs disprove,
+    # none in time, a malformed one; a slice that does not open under its sender's root)
 
     @classmethod
     def of(cls, r) -> Reduction:
         """From run/reduce.Reduced."""
         return cls(len(r.aggregators), tuple(r.aggregators), tuple(r.challenged),
-                   tuple(r.sums), tuple(r.fetched), tuple(tuple(x) for x in r.unattributed))
+                   tuple(r.sums), tuple(r.fetched), tuple(tuple(x) for x in r.unattributed),
+                   tuple(sorted(r.refused.items())))
 
     def to_json(self) -> dict:
         return {"slices": self.slices, "aggregators": list(self.aggregators),
                 "challenged": list(self.challenged), "sums": list(self.sums),
                 "fetched": list(self.fetched),
-                "unattributed": [list(x) for x in self.unattributed]}
+                "unattributed": [list(x) for x in self.unattributed],
+                "refused": [list(x) for x in self.refused]}
 
     @classmethod
     def from_json(cls, d) -> Reduction:
@@ -229,7 +239,8 @@ class Reduction:
                   tuple(_str(x, "a slice's sum") for x in _list(d["sums"], "its sums")),
                   _ints(d["fetched"], "its fetched slices"),
                   tuple(_ints(x, "an unattributed input") for x in
-                        _list(d["unattributed"], "its unattributed inputs")))
+                        _list(d["unattributed"], "its unattributed inputs")),
+                  tuple(_refusal(x) for x in _list(d["refused"], "its refused ranks")))
         if n < 1 or len(out.aggregators) != n or len(out.sums) != n or \
                 not all(0 <= j < n for j in (*out.challenged, *out.fetched)) or \
                 not all(len(x) == 3 for x in out.unattributed):

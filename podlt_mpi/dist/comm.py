@@ -109,6 +109,28 @@ class Checked:
         return self.finished
 
 
+class InOrder:
+    """Checked receives of one source and tag, matched in the order they were made: MPI keeps
+    one source's messages of a tag in order, but two receives probing at once could each take
+    the other's message. Polled by Waiter like a request."""
+
+    def __init__(self, items):
+        self.items, self.at = list(items), 0
+
+    def Test(self) -> bool:  # noqa: N802
+        while self.at < len(self.items) and self.items[self.at].Test():
+            self.at += 1
+        return self.at == len(self.items)
+
+
+def in_order(receives) -> list:
+    """Checked receives grouped by (source, tag), each group an InOrder in the given order."""
+    groups = {}
+    for r in receives:
+        groups.setdefault((r.source, r.tag), []).append(r)
+    return [InOrder(g) for g in groups.values()]
+
+
 def drain(comm, sources, expected, known, keep=None) -> dict:
     """Receive and discard the messages from `sources` that nobody asked for: {source: how
     many}. `expected(source, tag)` says whether a message is awaited (its receive will come);

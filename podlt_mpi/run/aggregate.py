@@ -66,15 +66,15 @@ class Aggregator:
                 self._send(rm.slice_message(values, c.paths[j]), table.aggregators[j],
                            tags.SLICE)
         mine = [j for j, r in enumerate(table.aggregators) if r == me]
-        receives = {}
-        for j in mine:
-            a, b = self.bounds[j]
-            for i, leaf in enumerate(table.leaves):
-                if leaf.rank >= 0:
-                    buffer = np.empty(rm.slice_len(a, b, j, self.n_slices), np.float32)
-                    receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank, tags.SLICE)
+        receives = {}  # in the order a sender sends them: by leaf, then by slice
+        for i, leaf in enumerate(table.leaves):
+            for j in mine if leaf.rank >= 0 else ():
+                a, b = self.bounds[j]
+                buffer = np.empty(rm.slice_len(a, b, j, self.n_slices), np.float32)
+                receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank, tags.SLICE)
         if receives:
-            mpi.Waiter(self.waiter.mode).poll(list(receives.values()), None, None, wait_s)
+            mpi.Waiter(self.waiter.mode).poll(mpi.in_order(receives.values()), None, None,
+                                              wait_s)
         g, f = self.layout.n_grad, self.n_summed
         before = torch.from_numpy(np.ascontiguousarray(weights[g:f]))
         for j in mine:

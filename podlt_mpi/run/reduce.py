@@ -75,8 +75,8 @@ class Reduction:
             return (rank, tag) in awaited and any(
                 not c.finished for c in got.values() if (c.source, c.tag) == (rank, tag))
         timeout = self.exchange.timeout()
-        mpi.Waiter(self.exchange.waiter.mode).poll(list(got.values()), None, None, timeout,
-                                                   lambda: self.exchange.drain(awaits))
+        mpi.Waiter(self.exchange.waiter.mode).poll(mpi.in_order(got.values()), None, None,
+                                                   timeout, lambda: self.exchange.drain(awaits))
         return {k: (c.buffer if c.finished and c.bad is None else
                     c.bad or f"nothing within {timeout:g} s") for k, c in got.items()}
 

@@ -535,6 +535,8 @@ def _record_problems(rec: records.Record, i, plan, gone, cfg) -> list:
     if refused != {(a.rank, a.lines) for a in rec.assignments if a.grad_digest is None}:
         out.append("the refused answers are not those of the assignments without a digest")
     fake |= {x.rank for x in rec.looks if x.verdict in ("differs", "malformed")}
+    if rec.reduction is not None:  # ranks the reduction refused: aggregators, senders
+        fake |= {r for r, _ in rec.reduction.refused}
     if sorted(rec.removed) != sorted(fake):
         out.append(f"removed {list(rec.removed)} but the checks and looks found {sorted(fake)} "
                    "fake")

@@ -1,0 +1,110 @@
+"""An adversary's rank in the ranks' reduction (--reduce ranks), not our fault plugin: it runs the
+project's worker, patched and with its sends rewritten, and from iteration LIE_FROM on (default
+0) lies as an aggregator or a sender, whatever else it is:
+
+    LIE=wrong-sum     each SUM it sends has its first value changed
+    LIE=drop-input    it sums its slices without their first input
+    LIE=double-input  it sums their first input twice
+    LIE=equivocate    the slices of its answers it sends the aggregators differ from what it
+                      committed to; asked by the manager directly, it gives the true ones
+    LIE=withhold      it never sends a SUM
+    LIE=bad-proof     challenged, it sends inputs other than those it summed
+
+Each lie is reported on stderr as "adversary: lied at iteration N".
+
+    mpiexec -n R python -m podlt_mpi ARGS : -n 1 python tests/adversaries/aggregate.py ARGS : ...
+"""
+import os
+import sys
+
+import numpy as np
+
+from podlt_mpi.dist import tags
+from rewrite import run_rewriting
+
+LIE = os.environ["LIE"]
+SINCE = int(os.environ.get("LIE_FROM", "0"))
+now = {"iteration": -1}
+
+
+def told(it):
+    if it >= SINCE:
+        print(f"adversary: lied at iteration {it}", file=sys.stderr, flush=True)
+        return True
+    return False
+
+
+def patch_sums():
+    """drop-input / double-input: the first input of every slice it sums left out, or twice."""
+    from podlt_mpi.compute import training
+    from podlt_mpi.run import aggregate
+    real = training.SliceSum.set
+
+    def set_(self, i, part, count=0, lines=0):
+        first = getattr(self, "_first", None)
+        if part is not None and first is None and now["iteration"] >= SINCE:
+            self._first = i
+            if LIE == "drop-input":
+                part = None
+            else:
+                part = np.asarray(part) * np.float32(2)
+        return real(self, i, part, count, lines)
+    training.SliceSum.set = set_
+    real_reduce = aggregate.Aggregator.reduce
+
+    def reduce(self, iteration, table, weights, wait_s):
+        now["iteration"] = iteration
+        told(iteration)
+        return real_reduce(self, iteration, table, weights, wait_s)
+    aggregate.Aggregator.reduce = reduce
+
+
+def patch_withhold():
+    from podlt_mpi.run import aggregate
+    real = aggregate.Aggregator._send
+
+    def send(self, array, dest, tag):
+        if tag == tags.SUM and told(self.iteration):
+            return None
+        return real(self, array, dest, tag)
+    aggregate.Aggregator._send = send
+
+
+def rewrite(tag, buf, it, dest):
+    if LIE == "wrong-sum" and tag == tags.SUM and told(it):
+        out = buf.copy()
+        out[0] += np.float32(1)
+        return out
+    if LIE == "equivocate" and tag == tags.SLICE and dest != 0 and told(it):
+        out = buf.copy()
+        out[0] += np.float32(1)  # its path still names the committed slice: it cannot open
+        return out
+    if LIE == "bad-proof" and tag == tags.PROOF and len(buf) and told(it):
+        out = buf.copy()
+        out[0] += np.float32(1)
+        return out
+    return None
+
+
+def after_the_kernels(patch):
+    """Patch once the job has set its kernels' environment (portable.enter): a rank that
+    imports torch before would be run again by it, as an honest one."""
+    from podlt_mpi.core import portable
+    real = portable.enter
+
+    def enter(values, argv):
+        real(values, argv)
+        patch()
+    portable.enter = enter
+
+
+def main(argv) -> int:
+    if LIE in ("drop-input", "double-input"):
+        after_the_kernels(patch_sums)
+    elif LIE == "withhold":
+        after_the_kernels(patch_withhold)
+    return run_rewriting(argv, rewrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,142 @@
+"""The ranks' reduction end to end (--reduce ranks: run/reduce.py, run/aggregate.py): honest runs
+are the star's bits and single-process training's, and an owned rank that lies as an aggregator
+or a sender (tests/adversaries/aggregate.py, at the message level and in a patched worker) is
+removed, or its lie kept out of every sum, with no honest rank removed and the audit passing."""
+import os
+
+import pytest
+import single_process
+from conftest import ROOT, read_json, read_jsonl, run_job
+
+from podlt_mpi.core import reduction, roles
+
+pytestmark = pytest.mark.slow
+ADVERSARY = os.path.join(ROOT, "tests", "adversaries", "aggregate.py")
+PATH = [os.path.join(ROOT, "tests", "adversaries")]
+WORLD = 6
+LIAR = 5
+
+
+def audit(out, **kw):
+    from podlt_mpi.tools.audit import Audit
+    return Audit(str(out), **kw).run(sample=None)
+
+
+def reductions(out) -> list:
+    return [rec.get("reduction") for rec in read_jsonl(out / "ledger.jsonl")]
+
+
+def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
+        mpi, job_args, small_data, tmp_path):
+    """Every record's weights are the star's; each names a permutation of the active ranks as
+    its aggregators and two challenged slices; the manager takes in less than the star's; the
+    model equals single-process training's; the audit replays every slice's sum."""
+    for how in ("star", "ranks"):
+        r = run_job(WORLD, job_args(out=how, blocks=5, reduce=how))
+        assert r.returncode == 0, r.stdout + r.stderr
+    star, ranks = (read_jsonl(tmp_path / h / "ledger.jsonl") for h in ("star", "ranks"))
+    assert [x["model_after"] for x in star] == [x["model_after"] for x in ranks]
+    assert all("reduction" not in x for x in star)
+    for rec in ranks:
+        red = rec["reduction"]
+        assert red["slices"] == WORLD - 1 and sorted(red["aggregators"]) == rec["active"]
+        assert len(red["challenged"]) == 2 and red["fetched"] == red["refused"] == []
+        # the ledger's digest of an answer is its commitment, not the hash of its bytes
+        assert all(len(a["grad_digest"]) == 64 for a in rec["assignments"])
+    assert star[0]["assignments"][0]["grad_digest"] != ranks[0]["assignments"][0]["grad_digest"]
+    into = {h: [m["bytes_in"] for m in read_jsonl(tmp_path / h / "metrics.jsonl")]
+            for h in ("star", "ranks")}
+    assert all(b < a for a, b in zip(into["star"], into["ranks"])), into
+    cfg = read_json(tmp_path / "ranks" / "config.json")
+    assert cfg["reduce"] == "ranks"
+    single_process.assert_matches(tmp_path / "ranks", small_data["train"], cfg, ranks)
+    rep = audit(tmp_path / "ranks")
+    assert rep["passed"], rep["problems"]
+    assert rep["replay"]["verified"] == len(ranks) and rep["fake_contributions"] == []
+
+
+def test_auto_keeps_the_star_where_ranks_sleep_or_in_tolerance_mode(mpi, job_args, tmp_path):
+    r = run_job(WORLD, job_args(out="auto", blocks=1, reduce="auto"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_json(tmp_path / "auto" / "config.json")["reduce"] == reduction.choose(
+        "auto", True, False, WORLD) == "star"  # 6 ranks on 2 cores sleep
+    r = run_job(WORLD, job_args(out="tol", blocks=1, reduce="ranks", compare="tolerance"))
+    assert r.returncode == 2 and "--reduce ranks" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("lie,why", [
+    ("wrong-sum", "differs from the sum of its own inputs"),
+    ("drop-input", "differs from the sum of its own inputs"),
+    ("double-input", "differs from the sum of its own inputs"),
+    ("bad-proof", "do not open under their roots"),
+    ("withhold", "nothing within"),
+])
+def test_a_lying_aggregator_is_removed_and_no_lie_reaches_the_model(lie, why, mpi, job_args,
+                                                                    small_data, tmp_path):
+    """Caught at the first challenge of its slice (or its deadline): removed alone, the
+    manager's own sum of the slice applied in its place, so the model is single-process
+    training's on the applied fragments; the audit passes."""
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=8, reduce="ranks", rank_timeout=10), path=PATH,
+                adversary=(LIAR, ADVERSARY), env={"LIE": lie})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    s = read_json(out / "summary.json")
+    assert [x["rank"] for x in s["removed"]] == [LIAR] and s["status"] == "complete"
+    (when,) = [i for i, red in enumerate(reductions(out)) if red and red["refused"]]
+    red = reductions(out)[when]
+    assert [r for r, _ in red["refused"]] == [LIAR] and why in red["refused"][0][1]
+    if lie != "withhold":  # its slice was challenged, and every earlier one it summed was not
+        assert red["aggregators"].index(LIAR) in red["challenged"]
+    ledger = read_jsonl(out / "ledger.jsonl")
+    if when == 0:  # no unchallenged lie applied before it was caught
+        single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                      ledger)
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+    assert {f["rank"] for f in rep["fake_contributions"]} <= {LIAR}
+
+
+def test_a_lie_no_challenge_saw_is_applied_and_the_audit_names_its_aggregator(mpi, job_args,
+                                                                            tmp_path):
+    """From an iteration whose challenges miss its slice on, the liar's sums are wrong; those of slices nobody challenged are
+    applied, as unchecked answers are, until a challenge catches it; the audit's replay of
+    each slice's sum attributes them to it."""
+    key, active = roles.key_from_seed(0), range(1, WORLD)  # job_args' --role-seed 0
+    first = next(i for i in range(1, 50) if reduction.aggregators(key, i, active).index(LIAR)
+                 not in reduction.challenged(key, i, WORLD - 1, 2))
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=first + 10, reduce="ranks"), path=PATH,
+                adversary=(LIAR, ADVERSARY), env={"LIE": "wrong-sum", "LIE_FROM": str(first)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    reds = reductions(out)
+    caught = next(i for i, red in enumerate(reds) if red["refused"])
+    unseen = [i for i in range(first, caught)
+              if reds[i]["aggregators"].index(LIAR) not in reds[i]["challenged"]]
+    assert unseen, "the liar was caught at its first lie: pick another seed for this test"
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+    named = [f for f in rep["fake_contributions"] if f.get("what") == "sum"]
+    assert named and {f["rank"] for f in named} == {LIAR}
+    assert all(f["removed_at"] == caught and f["iteration"] in unseen for f in named)
+
+
+def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data, tmp_path):
+    """It sends the aggregators slices other than those it committed to: each aggregator flags
+    them, the manager fetches the true ones from it and sums those slices itself. Nothing tells
+    the sender's lie from an aggregator's about it, so nobody is removed, and the record names
+    both; the model is single-process training's, the audit passes."""
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=6, reduce="ranks"), path=PATH,
+                adversary=(LIAR, ADVERSARY), env={"LIE": "equivocate"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_json(out / "summary.json")["removed"] == []
+    flagged = [(i, x) for i, red in enumerate(reductions(out)) for x in red["unattributed"]]
+    assert flagged and all(x[0] == LIAR for _, x in flagged)
+    for i, (sender, aggregator, j) in flagged:
+        red = reductions(out)[i]
+        assert red["aggregators"][j] == aggregator and j in red["fetched"]
+    single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                  read_jsonl(out / "ledger.jsonl"))
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
