@@ -140,3 +140,21 @@ def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data,
                                   read_jsonl(out / "ledger.jsonl"))
     rep = audit(out)
     assert rep["passed"], rep["problems"]
+
+
+def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tmp_path):
+    """Three iterations, then three more by --resume, give the bytes of six in one go, record
+    by record, and the continued run audits."""
+    r = run_job(WORLD, job_args(out="once", blocks=6, reduce="ranks"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_job(WORLD, job_args(out="twice", blocks=3, reduce="ranks"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_job(WORLD, ["--resume", str(tmp_path / "twice"), "--blocks", "6"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    assert (once / "model_final.pt").read_bytes() == (twice / "model_final.pt").read_bytes()
+    a, b = (read_jsonl(x / "ledger.jsonl") for x in (once, twice))
+    assert [x["model_after"] for x in a] == [x["model_after"] for x in b]
+    assert len(b) == 6 and all(x["reduction"] for x in b)
+    rep = audit(twice)
+    assert rep["passed"], rep["problems"]
