@@ -112,8 +112,8 @@ class RunConfig:
                                   "waits for a sleeping rank)", choices=("auto", "on", "off"))
     reduce: str = _opt("auto", "who sums the answers: star, the manager (every answer crosses its "
                                "link); ranks, the ranks in slices, verified (exact mode; the "
-                               "manager's link carries about one model); auto: ranks where "
-                               "ranks spin, from 8 ranks, in exact mode", choices=("auto", "star",
+                               "manager's link carries about one model; the look at each "
+                               "unchecked answer does not cover it yet); auto: star", choices=("auto", "star",
                                                                                "ranks"))
     challenges: int = _opt(2, "--reduce ranks: slices the manager sums again each iteration, to "
                               "check their aggregators")
