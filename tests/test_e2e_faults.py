@@ -171,8 +171,9 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
     assert rep["passed"], rep["problems"]
 
 
+@pytest.mark.parametrize("reduce", ["star", "ranks"])
 def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_names_it(
-        job_args, tmp_path):
+        reduce, job_args, tmp_path):
     # iteration 0 (--role-seed 0, 7 ranks): the checked worker and its second control send
     # different random vectors, a 1-1-1 split with the first control. The first recheck goes to
     # a fake too, the second to an honest rank, which agrees with the honest control and the
@@ -182,10 +183,16 @@ def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_name
     (worker, controls), = first_plan(7).checks
     asked = first_rechecks(7)[:2]
     fakes = sorted([worker, controls[1], asked[0]])
-    r = run_job(7, job_args(fake_ranks=",".join(map(str, fakes)), fake_mode="random", seed=0))
+    # under the ranks' reduction the votes are commitments, and the removed rank still sends
+    # the slices of its own fragment, which the table names
+    r = run_job(7, job_args(fake_ranks=",".join(map(str, fakes)), fake_mode="random", seed=0,
+                            reduce=reduce))
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     first = read_jsonl(os.path.join(out, "ledger.jsonl"))[0]
+    assert ("reduction" in first) == (reduce == "ranks")
+    if reduce == "ranks":
+        assert first["reduction"]["fetched"] == first["reduction"]["unattributed"] == []
     check = first["check"]
     assert first["format"] == records.FORMAT
     assert check["worker"] == worker and check["controls"] == list(controls)

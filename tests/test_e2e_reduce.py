@@ -26,13 +26,17 @@ def reductions(out) -> list:
     return [rec.get("reduction") for rec in read_jsonl(out / "ledger.jsonl")]
 
 
+@pytest.mark.parametrize("model", ["mlp", "usermodels:combined"])
 def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
-        mpi, job_args, small_data, tmp_path):
+        model, mpi, job_args, small_data, tmp_path):
     """Every record's weights are the star's; each names a permutation of the active ranks as
     its aggregators and two challenged slices; the manager takes in less than the star's; the
-    model equals single-process training's; the audit replays every slice's sum."""
+    model equals single-process training's; the audit replays every slice's sum. `combined`:
+    a frozen layer, BatchNorm (float buffers and a counter in the answer), dropout and an
+    unused branch."""
+    helpers = [os.path.join(ROOT, "tests", "helpers")]
     for how in ("star", "ranks"):
-        r = run_job(WORLD, job_args(out=how, blocks=5, reduce=how))
+        r = run_job(WORLD, job_args(out=how, blocks=5, reduce=how, model=model), path=helpers)
         assert r.returncode == 0, r.stdout + r.stderr
     star, ranks = (read_jsonl(tmp_path / h / "ledger.jsonl") for h in ("star", "ranks"))
     assert [x["model_after"] for x in star] == [x["model_after"] for x in ranks]
@@ -50,7 +54,7 @@ def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
     cfg = read_json(tmp_path / "ranks" / "config.json")
     assert cfg["reduce"] == "ranks"
     single_process.assert_matches(tmp_path / "ranks", small_data["train"], cfg, ranks)
-    rep = audit(tmp_path / "ranks")
+    rep = audit(tmp_path / "ranks", allow=[("--model", model)] if ":" in model else ())
     assert rep["passed"], rep["problems"]
     assert rep["replay"]["verified"] == len(ranks) and rep["fake_contributions"] == []
 
@@ -157,4 +161,30 @@ def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tm
     assert [x["model_after"] for x in a] == [x["model_after"] for x in b]
     assert len(b) == 6 and all(x["reduction"] for x in b)
     rep = audit(twice)
+    assert rep["passed"], rep["problems"]
+
+
+def test_a_malformed_commitment_is_refused_and_the_manager_sends_that_fragment_s_slices(
+        mpi, job_args, small_data, tmp_path):
+    """An unchecked worker's commitment one value short: refused, the rank removed, and the
+    manager computes its fragment and is that leaf's sender; the model is single-process
+    training's."""
+    from staging import first_plan
+    plan = first_plan(WORLD)
+    liar = next(r for r in plan.workers if r != plan.checked)
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=3, reduce="ranks"), path=PATH,
+                adversary=(liar, os.path.join(ROOT, "tests", "adversaries", "lie.py")),
+                env={"LIE": "short"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = read_jsonl(out / "ledger.jsonl")[0]
+    assert first["removed"] == [liar]
+    (look,) = first["looks"]
+    assert look["rank"] == liar and look["verdict"] == "malformed"
+    assert [a["lines"] for a in first["assignments"] if a["role"] == "manager"] == [look["lines"]]
+    assert first["applied_from"][first["applied"].index(look["lines"])] == 0
+    assert first["reduction"]["refused"] == [] and first["reduction"]["fetched"] == []
+    single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                  read_jsonl(out / "ledger.jsonl"))
+    rep = audit(out)
     assert rep["passed"], rep["problems"]

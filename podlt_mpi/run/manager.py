@@ -88,7 +88,7 @@ class Manager:
         if self.reducing:
             self.reduction = Reduction(comm, self.layout, comm.Get_size() - 1, self.exchange,
                                        cfg.challenges)
-            self.checker.form = lambda grad: self.commitment(self.committed(grad))
+            self.checker.form = lambda grad: self.commitment_of(self.committed(grad))
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
         self.deadline = preempt.Deadline(cfg.time_limit, started)
@@ -147,7 +147,8 @@ class Manager:
                                 self.reduction.n_summed, self.reduction.n_slices,
                                 self.pool.threads)
 
-    def commitment(self, c: reduction.Committed) -> np.ndarray:
+    def commitment_of(self, c: reduction.Committed) -> np.ndarray:
+        """Its commitment, as a rank sends it (`self.commitment` is the roles' key's)."""
         return rm.commitment(c.root, c.slices_root, c.answer[self.reduction.n_summed:])
 
     def frozen_hash(self):
@@ -317,7 +318,7 @@ class Manager:
                             f"its answer ({x.why}) differs from the manager's recomputation")
         for r, why in sorted(lying.items()):
             if r in st.active:
-                self.remove(r, iteration, "aggregator", why)
+                self.remove(r, iteration, "sender" if "fetched" in why else "aggregator", why)
         fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same"), *lying})
         done = [c.record() for c in checks]
         mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]
@@ -426,7 +427,7 @@ class Manager:
             grad, loss = self.checker.recompute(rnd, a.start, a.stop)
             c = self.committed(grad)
             mine = (rules.MANAGER, a.start, a.stop)
-            rnd.grads[mine], rnd.losses[mine] = self.commitment(c), loss
+            rnd.grads[mine], rnd.losses[mine] = self.commitment_of(c), loss
             self.mine[messages.fragment_seed(self.cfg.seed, rnd.iteration, a.start, a.stop)] = c
             out.append(records.Look(rank, (a.start, a.stop), why, "malformed"))
         self.held = {}

@@ -94,7 +94,9 @@ class Reduction:
         wait_ms = int(1000 * self.exchange.timeout() / 2)  # the aggregators' wait for inputs
         head = messages.header(rm.REDUCE, iteration, len(table), 0,
                                (wait_ms, np.zeros(4, np.int64)))
-        for r in sorted(members):
+        # the aggregators, and every leaf's sender: a rank found fake on a recheck of another
+        # fragment keeps its own unchecked one applied (rules.applied), and sums nothing
+        for r in sorted({*members, *(x.rank for x in leaves if x.rank > 0)}):
             self._post(head, r, tags.HEADER)
             self._post(table, r, tags.TABLE)
         for leaf in leaves:  # the manager's own answers: slices like any sender's
