@@ -258,9 +258,21 @@ class SliceSum:
                                                int(lines)))
 
     def result(self) -> tuple:
-        """(the gradient's part, the change's part) of the sums; None where absent."""
+        """(the gradient's part, the change's part) of the sums; None where absent. Once: the
+        trees add in place."""
         return (self.grads.result() if self.grads is not None else None,
                 self.changes.result() if self.changes is not None else None)
+
+    def values(self) -> np.ndarray:
+        """The result as the b - a float32 values a SUM carries (zeros where every leaf was
+        absent: the manager knows from the table whether any counts); slice_parts inverts it."""
+        grad, change = self.result()
+        out = np.zeros(self.cut + (0 if self.changes is None else len(self.before)), np.float32)
+        if grad is not None:
+            out[:self.cut] = grad.numpy()
+        if change is not None:
+            out[self.cut:] = change.numpy()
+        return out
 
 
 def slice_parts(layout: Layout, a: int, b: int, values) -> tuple:

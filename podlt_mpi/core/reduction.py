@@ -5,7 +5,7 @@ The answers' summed region (the gradient, then the float buffers' change: layout
 into one slice per active rank. Slice j is summed by aggregator j, a rank drawn from the
 secret key for the iteration (so nobody knows before the answers are committed who sums
 what), over the iteration's leaves: every worker fragment in line order, each the answer that
-stands for it (`Leaf`), by format 4's pairwise tree (pairwise.py). The tree is elementwise, so
+stands for it (reduce_messages.TableLeaf), by format 4's pairwise tree (pairwise.py). The tree is elementwise, so
 the slices' sums, put side by side, are the bits the manager's own tree over whole answers
 gives (training.SliceSum): the reduction changes who adds, never what is added in which order.
 The counters (a few integers per answer, whose median the step takes) go to the manager with
@@ -13,8 +13,8 @@ the commitment (`commitment`).
 
 The aggregators are checked by the manager: after every sum is in, it draws `challenges`
 slices from the key and sums them again itself from the aggregator's inputs, each opened
-against its sender's committed root (merkle.py); a sum, or a partial norm, that differs from
-the inputs' is a lie the inputs prove. docs/protocol.md, "The ranks' reduction", compares
+against its sender's committed root (merkle.py); a sum that differs from the inputs' is a lie
+the inputs prove. docs/protocol.md, "The ranks' reduction", compares
 this with two aggregators per slice and with random projections.
 """
 from __future__ import annotations
@@ -30,19 +30,7 @@ from podlt_mpi.core import merkle
 
 ALIGN = 16  # values: every slice but the last starts and ends on a 64-byte boundary
 STAR, RANKS, AUTO = "star", "ranks", "auto"
-MODES = (AUTO, STAR, RANKS)
 AGGREGATE, CHALLENGE = "aggregate", "challenge"  # the key's streams of one iteration's draws
-
-
-class Leaf(NamedTuple):
-    """One worker fragment of the iteration, in line order: the rank whose answer stands for
-    it (None: the fragment is not applied, a dispute's), its lines, and its weights in the
-    sums (counted targets for the gradient, lines for the buffers' change)."""
-    rank: int | None
-    start: int
-    stop: int
-    count: int = 0
-    lines: int = 0
 
 
 def bounds(n_summed: int, n_slices: int, align: int = ALIGN) -> tuple:
@@ -158,7 +146,9 @@ def traffic(values: int, ranks: int, controls: int = 2, challenges: int = 2, cou
     path = path_bytes(a) + ROOT_BYTES  # a slice's path to its slices' root, then the counters
     table = ROOT_BYTES + w * (TABLE_ENTRY + ROOT_BYTES) + a * 4  # the leaves, roots, aggregators
     commit = 2 * ROOT_BYTES + ANSWER_BYTES + 4 * counters  # the root, the slices' root
-    sums = a * (slice_bytes + ANSWER_BYTES)  # a slice's sum, with its look (finite, norm)
+    # a slice's sum; not counted: its flags, 4 bytes per leaf (a x w in all, 4.2 MB at 1024
+    # ranks, past 2x a ring's for a 1 MB model: they should travel as bits)
+    sums = a * slice_bytes
     inputs = min(challenges, a) * w * (slice_bytes + path)
     ranks_mode = {
         "manager_in": a * commit + sums + inputs,
@@ -167,7 +157,7 @@ def traffic(values: int, ranks: int, controls: int = 2, challenges: int = 2, cou
         # answer's a slices and its sum out
         "rank_in": bcast / 2 + HEADER_BYTES + data_bytes / max(w, 1) + table
                    + w * (slice_bytes + path),
-        "rank_out": bcast / 2 + commit + a * (slice_bytes + path) + slice_bytes + ANSWER_BYTES
+        "rank_out": bcast / 2 + commit + a * (slice_bytes + path) + slice_bytes
                     + w * (slice_bytes + path),  # + its inputs, if challenged
     }
     ring = 2 * (ranks - 1) / ranks * model

@@ -21,12 +21,10 @@ from podlt_mpi.dist import tags
 
 
 class Aggregator:
-    def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter, lie=None):
-        """`lie(kind, j, values) -> values`: a fault plugin's aggregator lies (faults.py)."""
+    def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter):
         self.comm, self.layout, self.n_slices, self.waiter = comm, layout, n_slices, waiter
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
-        self.lie = lie
         self.iteration = None
         self.kept = {}     # fragment seed -> reduction.Committed, this iteration's answers
         self.inputs = {}   # slice -> its inputs as received (SLICE messages), for a challenge
@@ -34,11 +32,15 @@ class Aggregator:
 
     def commit(self, iteration: int, seed: int, answer: np.ndarray) -> np.ndarray:
         """The commitment to send in place of `answer`; the answer is kept for the table."""
-        if iteration != self.iteration:
-            self.iteration, self.kept, self.inputs = iteration, {}, {}
+        self._at(iteration)
         c = reduction.commit(answer, self.n_summed, self.n_slices, mpi.cores())
         self.kept[seed] = c
         return rm.commitment(c.root, c.slices_root, answer[self.n_summed:])
+
+    def _at(self, iteration: int) -> None:
+        """What was kept of an earlier iteration is dropped when a new one begins."""
+        if iteration != self.iteration:
+            self.iteration, self.kept, self.inputs = iteration, {}, {}
 
     def close(self, timeout: float = 10.0) -> None:
         """The run is over: complete the sends still in flight (to their deadline), so that MPI
@@ -55,15 +57,11 @@ class Aggregator:
         """Send this rank's leaves' slices, then sum the slices it aggregates and send the
         manager each SUM."""
         me = self.comm.Get_rank()
-        if iteration != self.iteration:  # a rank with nothing kept of this iteration
-            self.iteration, self.kept, self.inputs = iteration, {}, {}
+        self._at(iteration)  # a rank that computed nothing this iteration keeps nothing
         for leaf in table.leaves:
             c = self.kept.get(leaf.seed) if leaf.rank == me else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
-                values = c.answer[a:b]
-                if self.lie is not None:
-                    values = self.lie("send", j, values)
-                self._send(rm.slice_message(values, c.paths[j]), table.aggregators[j],
+                self._send(rm.slice_message(c.answer[a:b], c.paths[j]), table.aggregators[j],
                            tags.SLICE)
         mine = [j for j, r in enumerate(table.aggregators) if r == me]
         receives = {}  # in the order a sender sends them: by leaf, then by slice
@@ -91,11 +89,8 @@ class Aggregator:
                     got.append(r.buffer if ok else None)
                 flags.append(0 if leaf.rank < 0 or ok else 1)
                 s.set(i, values if ok else None, leaf.count, leaf.lines)
-            total = summed(s, a, b)
-            if self.lie is not None:
-                total = self.lie("sum", j, total)
             self.inputs[j] = got
-            self._send(rm.sum_message(total, flags), 0, tags.SUM)
+            self._send(rm.sum_message(s.values(), flags), 0, tags.SUM)
 
     def prove(self, j: int) -> None:
         """A challenge: slice j's inputs as they came, in leaf order (a missing one as zeros of
@@ -104,8 +99,6 @@ class Aggregator:
         size = rm.slice_len(a, b, j, self.n_slices)
         got = self.inputs.get(j, [])
         parts = [x if x is not None else np.zeros(size, np.float32) for x in got]
-        if self.lie is not None:
-            parts = self.lie("proof", j, parts)
         self._send(np.concatenate(parts) if parts else np.zeros(0, np.float32), 0, tags.PROOF)
 
     def fetch(self, j: int, seed: int) -> None:
@@ -117,14 +110,3 @@ class Aggregator:
                else np.zeros(rm.slice_len(a, b, j, self.n_slices), np.float32))
         self._send(msg, 0, tags.SLICE)
 
-
-def summed(s: training.SliceSum, a: int, b: int) -> np.ndarray:
-    """A SliceSum's result as the b - a values a SUM carries (zeros where every leaf was
-    absent: the manager knows from the table whether any counts)."""
-    out = np.zeros(b - a, np.float32)
-    grad, change = s.result()
-    if grad is not None:
-        out[:s.cut] = grad.numpy()
-    if change is not None:
-        out[s.cut:] = change.numpy()
-    return out

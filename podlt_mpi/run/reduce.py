@@ -21,7 +21,7 @@ import torch
 
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
-from podlt_mpi.core import digests, merkle, reduction
+from podlt_mpi.core import merkle, reduction
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, tags
 from podlt_mpi.dist import reduce_messages as rm
@@ -132,14 +132,13 @@ class Reduction:
 
     def _sum(self, j: int, leaves, inputs: dict, weights) -> np.ndarray:
         """Slice j's sum from opened inputs (leaf index -> values), as an aggregator makes it."""
-        from podlt_mpi.run.aggregate import summed
         a, b = self.bounds[j]
         g = self.layout.n_grad
         s = training.SliceSum(self.layout, len(leaves), a, b,
                               torch.from_numpy(np.ascontiguousarray(weights[g:self.n_summed])))
         for i, leaf in enumerate(leaves):
             s.set(i, inputs.get(i), leaf.count, leaf.lines)
-        return summed(s, a, b)
+        return s.values()
 
     def _opened(self, j: int, leaf, msg) -> np.ndarray | None:
         a, b = self.bounds[j]
@@ -213,7 +212,3 @@ class Reduction:
             values[j] = self._sum(j, leaves, inputs, weights)
         return unattributed
 
-
-def seal(c: reduction.Committed) -> digests.Seal:
-    """The ledger's seal of a committed answer: its root."""
-    return digests.Seal(c.root.hex())

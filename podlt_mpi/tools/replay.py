@@ -28,7 +28,6 @@ from podlt_mpi.core import digests, ledger, merkle, rates, records, reduction, r
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.dist import messages
 from podlt_mpi.io.data import Reader
-from podlt_mpi.run.aggregate import summed
 
 
 @dataclass
@@ -135,7 +134,7 @@ class Replayer:
                 i = at.get(lines_of)
                 s.set(leaf, None if i is None else np.asarray(grads[i])[a:b],
                       *((counts[i], lines[i]) if i is not None else ()))
-            values = summed(s, a, b)
+            values = s.values()
             parts.append(training.slice_parts(layout, a, b, values))
             if merkle.leaf(values).hex() != red.sums[j]:
                 out.fake_fragments.append({"slice": j, "rank": red.aggregators[j],
