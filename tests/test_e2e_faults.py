@@ -101,6 +101,14 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
         assert {"exchange", "verify", "update", "ledger", "read"} <= set(row["time"])
         assert 0 < row["compute_max"] <= row["time"]["exchange"] <= row["seconds"]
     assert len(s["peak_rss_mb"]) == 6 and all(m > 50 for m in s["peak_rss_mb"])
+    # every rank's own count of its bytes: the manager's covers the protocol's (and the
+    # start's), and the others sent at least what the manager counted in
+    rows = read_jsonl(os.path.join(out, "metrics.jsonl"))
+    counted = s["counted_bytes"]
+    assert len(counted) == 6 and all(c[0] > 0 and c[1] > 0 for c in counted)
+    assert counted[0][0] >= sum(row["bytes_in"] for row in rows)
+    assert counted[0][1] >= sum(row["bytes_out"] for row in rows)
+    assert sum(c[1] for c in counted[1:]) >= sum(row["bytes_in"] for row in rows)
 
 
 def test_fake_control_is_caught(job_args, tmp_path):

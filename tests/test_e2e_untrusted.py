@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.staging import first_plan
 
-from podlt_mpi.dist import tags
+from podlt_mpi.dist import messages, tags
 
 pytestmark = pytest.mark.slow
 ADVERSARIES = os.path.join(ROOT, "tests", "adversaries")
@@ -169,7 +169,8 @@ def test_resume_writes_through_no_link_and_never_starts_over_unasked(mpi, job_ar
     assert_complete(out, 2)
 
 
-@pytest.mark.parametrize("tag,size", [(99, 4096), (tags.FINISH, 8)])
+@pytest.mark.parametrize("tag,size", [(99, 4096),
+                                      (tags.FINISH, 8 * messages.LAST_WORD_LEN)])
 def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat(
         tag, size, mpi, job_args, tmp_path):
     # 20,000 messages of 4 KB (80 MB) on a tag rank 0 never receives, or of a last word's

@@ -179,7 +179,10 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
         values, path = rm.read_slice(msg, a, b)
         assert reduction.opens(slices_root, j, 4, values, path)
         assert not reduction.opens(slices_root, (j + 1) % 4, 4, values, path)
-    values, flagged = rm.read_sum(rm.sum_message(answer[:16], [0, 1, 0]), 0, 16)
-    assert np.array_equal(values, answer[:16]) and flagged == [1]
-    with pytest.raises(ValueError):
-        rm.read_sum(rm.sum_message(answer[:16], [0, 0.5]), 0, 16)
+    flags = [0, 1, 0] + [0] * 30 + [1]  # two words, the second padded
+    msg = rm.sum_message(answer[:16], flags)
+    assert len(msg) == rm.sum_len(0, 16, len(flags)) == 18
+    values, flagged = rm.read_sum(msg, 0, 16, len(flags))
+    assert np.array_equal(values, answer[:16]) and flagged == [1, 33]
+    with pytest.raises(ValueError, match="past the last"):
+        rm.read_sum(msg, 0, 16, 33)  # leaf 33's flag lies in the padding of 33 leaves

@@ -116,7 +116,7 @@ MIN_RANKS = 8  # below, the manager's link is not the bottleneck (traffic: 1-2 a
 HEADER_BYTES = 9 * 8     # messages.HEADER_LEN int64
 ANSWER_BYTES = 3 * 8     # [loss, signal, seconds]
 ROOT_BYTES = 32
-TABLE_ENTRY = 5 * 8      # a leaf's (rank, start, stop, count, lines)
+TABLE_FIELDS = 4         # a leaf's (rank, seed, count, lines) in a table
 
 
 def path_bytes(n_leaves: int) -> int:
@@ -144,15 +144,17 @@ def traffic(values: int, ranks: int, controls: int = 2, challenges: int = 2, cou
             "rank_out": bcast / 2 + model + ANSWER_BYTES}
     slice_bytes = 4 * values / a
     path = path_bytes(a) + ROOT_BYTES  # a slice's path to its slices' root, then the counters
-    table = ROOT_BYTES + w * (TABLE_ENTRY + ROOT_BYTES) + a * 4  # the leaves, roots, aggregators
+    # reduce_messages.table, int64: [slices, leaves, each slice's aggregator, each leaf's
+    # (rank, seed, count, lines) and root], sent to every rank point to point (a x w entries
+    # out of the manager: at 1024 ranks 75 MB an iteration, whatever the model)
+    table = 8 * (2 + a + (TABLE_FIELDS + ROOT_BYTES // 8) * w)
     commit = 2 * ROOT_BYTES + ANSWER_BYTES + 4 * counters  # the root, the slices' root
-    # a slice's sum; not counted: its flags, 4 bytes per leaf (a x w in all, 4.2 MB at 1024
-    # ranks, past 2x a ring's for a 1 MB model: they should travel as bits)
-    sums = a * slice_bytes
+    # a slice's sum, then one bit per leaf, 32 to a 4-byte word
+    sums = a * (slice_bytes + 4 * -(-w // 32))
     inputs = min(challenges, a) * w * (slice_bytes + path)
     ranks_mode = {
         "manager_in": a * commit + sums + inputs,
-        "manager_out": bcast + headers + data_bytes + 2 * table + HEADER_BYTES * a,
+        "manager_out": bcast + headers + data_bytes + a * (table + HEADER_BYTES),
         # an aggregator that also worked: its weights, lines, the table, w slices in; its own
         # answer's a slices and its sum out
         "rank_in": bcast / 2 + HEADER_BYTES + data_bytes / max(w, 1) + table

@@ -105,6 +105,7 @@ class Checked:
                 self.finished = True
                 return True
             self.req = msg.Irecv(self.buffer)
+            counted["in"] += size
         self.finished = self.req.Test()
         return self.finished
 
@@ -247,17 +248,41 @@ def _test_some(items) -> list:
                          if not isinstance(r, MPI.Request) and r.Test()])
 
 
+counted = {"in": 0, "out": 0}  # the bytes this rank handed MPI and asked of it (benchmarks)
+
+
 def isend(comm, array, dest: int, tag: int):
+    counted["out"] += array.nbytes
     return comm.Isend(array, dest=dest, tag=tag)
 
 
 def irecv(comm, buffer, source: int, tag: int):
+    counted["in"] += buffer.nbytes
     return comm.Irecv(buffer, source=source, tag=tag)
 
 
 def ibcast(group, buffer, root: int = 0):
     """A non-blocking broadcast over `group`, waited on like any other request."""
+    counted["out" if group.Get_rank() == root else "in"] += buffer.nbytes
     return group.Ibcast(buffer, root=root)
+
+
+class Sends:
+    """Sends in flight, each with its buffer kept alive until MPI has completed it (a send's
+    buffer must outlive its request), finished to a deadline when the run ends."""
+
+    def __init__(self, comm, mode: str):
+        self.comm, self.mode, self.pending = comm, mode, []
+
+    def post(self, array, dest: int, tag: int) -> None:
+        self.pending = [(r, b) for r, b in self.pending if not r.Test()]
+        self.pending.append((isend(self.comm, array, dest, tag), array))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Complete what is still in flight, to `timeout`, so that MPI finalizes with none
+        pending (a send to a rank that never receives is left)."""
+        Waiter(self.mode).poll([r for r, _ in self.pending], None, None, timeout)
+        self.pending = []
 
 
 stuck: list = []  # threads left in a group's creation that never completed (subgroup)

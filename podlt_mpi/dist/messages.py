@@ -104,6 +104,7 @@ def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray |
 HOST_BYTES = 256        # a rank's host name, zero-padded
 TEXT_BYTES = 600        # a start-up report's texts (device, error, compute, processor), each
 REPORT_LEN = 2 + 4 * TEXT_BYTES  # zero-padded
+LAST_WORD_LEN = 3  # float64 [peak memory in MB, bytes it received, bytes it sent] (startup.finish)
 INPUTS_MAX = 4 * 2**20  # bytes of the run's inputs (JSON) a rank accepts from rank 0
 
 

@@ -28,7 +28,7 @@ class Aggregator:
         self.iteration = None
         self.kept = {}     # fragment seed -> reduction.Committed, this iteration's answers
         self.inputs = {}   # slice -> its inputs as received (SLICE messages), for a challenge
-        self.pending = []  # sends in flight with their buffers, kept alive until they complete
+        self.sends = mpi.Sends(comm, waiter.mode)
 
     def commit(self, iteration: int, seed: int, answer: np.ndarray) -> np.ndarray:
         """The commitment to send in place of `answer`; the answer is kept for the table."""
@@ -42,16 +42,6 @@ class Aggregator:
         if iteration != self.iteration:
             self.iteration, self.kept, self.inputs = iteration, {}, {}
 
-    def close(self, timeout: float = 10.0) -> None:
-        """The run is over: complete the sends still in flight (to their deadline), so that MPI
-        finalizes with none pending."""
-        mpi.Waiter(self.waiter.mode).poll([r for r, _ in self.pending], None, None, timeout)
-        self.pending = []
-
-    def _send(self, array, dest: int, tag: int) -> None:
-        self.pending = [(r, b) for r, b in self.pending if not r.Test()]
-        self.pending.append((mpi.isend(self.comm, array, dest, tag), array))
-
     def reduce(self, iteration: int, table: rm.Table, weights: np.ndarray,
                wait_s: float) -> None:
         """Send this rank's leaves' slices, then sum the slices it aggregates and send the
@@ -61,15 +51,16 @@ class Aggregator:
         for leaf in table.leaves:
             c = self.kept.get(leaf.seed) if leaf.rank == me else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
-                self._send(rm.slice_message(c.answer[a:b], c.paths[j]), table.aggregators[j],
-                           tags.SLICE)
+                self.sends.post(rm.slice_message(c.answer[a:b], c.paths[j]),
+                                table.aggregators[j], tags.slice_tag(iteration))
         mine = [j for j, r in enumerate(table.aggregators) if r == me]
         receives = {}  # in the order a sender sends them: by leaf, then by slice
         for i, leaf in enumerate(table.leaves):
             for j in mine if leaf.rank >= 0 else ():
                 a, b = self.bounds[j]
                 buffer = np.empty(rm.slice_len(a, b, j, self.n_slices), np.float32)
-                receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank, tags.SLICE)
+                receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank,
+                                                tags.slice_tag(iteration))
         if receives:
             mpi.Waiter(self.waiter.mode).poll(mpi.in_order(receives.values()), None, None,
                                               wait_s)
@@ -90,7 +81,7 @@ class Aggregator:
                 flags.append(0 if leaf.rank < 0 or ok else 1)
                 s.set(i, values if ok else None, leaf.count, leaf.lines)
             self.inputs[j] = got
-            self._send(rm.sum_message(s.values(), flags), 0, tags.SUM)
+            self.sends.post(rm.sum_message(s.values(), flags), 0, tags.SUM)
 
     def prove(self, j: int) -> None:
         """A challenge: slice j's inputs as they came, in leaf order (a missing one as zeros of
@@ -99,14 +90,13 @@ class Aggregator:
         size = rm.slice_len(a, b, j, self.n_slices)
         got = self.inputs.get(j, [])
         parts = [x if x is not None else np.zeros(size, np.float32) for x in got]
-        self._send(np.concatenate(parts) if parts else np.zeros(0, np.float32), 0, tags.PROOF)
+        self.sends.post(np.concatenate(parts) if parts else np.zeros(0, np.float32), 0, tags.PROOF)
 
-    def fetch(self, j: int, seed: int) -> None:
+    def fetch(self, iteration: int, j: int, seed: int) -> None:
         """The manager asks for slice j of the answer of `seed` directly (a slice an aggregator
         did not get, or whose aggregator is gone)."""
-        c = self.kept.get(seed)
+        c = self.kept.get(seed) if iteration == self.iteration else None
         a, b = self.bounds[j]
         msg = (rm.slice_message(c.answer[a:b], c.paths[j]) if c is not None
                else np.zeros(rm.slice_len(a, b, j, self.n_slices), np.float32))
-        self._send(msg, 0, tags.SLICE)
-
+        self.sends.post(msg, 0, tags.slice_tag(iteration))

@@ -207,8 +207,9 @@ class Exchange:
         per rank. A rank's first last word (FINISH) is kept in `last_words`: a removed rank
         says it early, and the job's end (startup.finish) takes it from there."""
         def keep(r, tag, nbytes):
-            if tag == tags.FINISH and r not in self.last_words and nbytes == 8:
-                self.last_words[r] = np.empty(1, np.float64)
+            if tag == tags.FINISH and r not in self.last_words and \
+                    nbytes == 8 * messages.LAST_WORD_LEN:
+                self.last_words[r] = np.empty(messages.LAST_WORD_LEN, np.float64)
                 return self.last_words[r]
             return None
         got = mpi.drain(self.comm, range(1, self.comm.Get_size()), awaits, tags.KNOWN, keep)

@@ -359,12 +359,12 @@ def _finish(comm, inputs: _Inputs, code: int, exchange=None) -> int:
     protocol (a refused answer, a flood), whose own exit could otherwise decide the launcher's.
     `exchange` (rank 0): the run's, with the last words it took early (removed ranks say
     theirs at once) and the ranks that misbehaved."""
-    peaks, missing = startup.finish(comm, peak_rss_mb(),
-                                    inputs.cfg.rank_timeout or startup.FINISH_TIMEOUT,
-                                    exchange.last_words if exchange else None)
+    peaks, counted, missing = startup.finish(comm, peak_rss_mb(),
+                                             inputs.cfg.rank_timeout or startup.FINISH_TIMEOUT,
+                                             exchange.last_words if exchange else None)
     summary = os.path.join(inputs.out, "summary.json")
     if comm.Get_rank() == 0 and os.path.exists(summary):
-        rundir.add_to_json(summary, peak_rss_mb=peaks)
+        rundir.add_to_json(summary, peak_rss_mb=peaks, counted_bytes=counted)
     bad = sorted(exchange.misbehaved) if exchange else []
     if missing or bad or (mpi.stuck and comm.Get_rank() == 0):
         if missing:

@@ -47,20 +47,17 @@ class Reduction:
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.challenges = challenges
-        self.sends = []  # the manager's own sends in flight, with their buffers
+        self.sends = mpi.Sends(comm, exchange.waiter.mode)
 
     # ---- the wire --------------------------------------------------------------------------
 
     def _post(self, array, dest: int, tag: int):
         self.exchange.cost.bytes_out += array.nbytes
-        req = mpi.isend(self.comm, array, dest, tag)
-        self.sends = [(r, b) for r, b in self.sends if not r.Test()] + [(req, array)]
+        self.sends.post(array, dest, tag)
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self) -> None:
         """The run is over: the manager's own sends completed, to their deadline."""
-        mpi.Waiter(self.exchange.waiter.mode).poll([r for r, _ in self.sends], None, None,
-                                                   timeout)
-        self.sends = []
+        self.sends.close()
 
     def _receive(self, wanted: dict) -> dict:
         """{key: (source, tag, size)} -> {key: the float32 message, or why there is none},
@@ -102,7 +99,8 @@ class Reduction:
         for leaf in leaves:  # the manager's own answers: slices like any sender's
             c = mine.get(leaf.seed) if leaf.rank == 0 else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
-                self._post(rm.slice_message(c.answer[a:b], c.paths[j]), agg[j], tags.SLICE)
+                self._post(rm.slice_message(c.answer[a:b], c.paths[j]), agg[j],
+                           tags.slice_tag(iteration))
         n_leaves = len(leaves)
         sums = self._receive({j: (agg[j], tags.SUM, rm.sum_len(a, b, n_leaves))
                               for j, (a, b) in enumerate(self.bounds)})
@@ -113,7 +111,7 @@ class Reduction:
                 refused.setdefault(agg[j], f"its sum of slice {j}: {msg}")
                 continue
             try:
-                values[j], flagged[j] = rm.read_sum(msg, a, b)
+                values[j], flagged[j] = rm.read_sum(msg, a, b, n_leaves)
             except ValueError as e:
                 refused.setdefault(agg[j], f"its sum of slice {j}: {e}")
         for j in [j for j in values if agg[j] in refused]:  # a refused rank's sums: none
@@ -194,7 +192,7 @@ class Reduction:
                     continue
                 self._post(messages.header(rm.FETCH, iteration, j, leaf.seed), leaf.rank,
                            tags.HEADER)
-                wanted[i] = (leaf.rank, tags.SLICE,
+                wanted[i] = (leaf.rank, tags.slice_tag(iteration),
                              rm.slice_len(*self.bounds[j], j, self.n_slices))
             got = self._receive(wanted)
             for i, msg in got.items():

@@ -12,7 +12,7 @@ is JSON of a bounded size, sent to each rank directly, never forwarded through a
   report   rank -> 0: built or failed (and why), its device, whether its model draws random
            numbers, its compute configuration and processor (core/portable.py)
   verdict  0 -> rank: [exit code]: 0 goes on to the protocol
-  finish   rank -> 0: [peak memory in MB];  0 -> rank: [0], leave
+  finish   rank -> 0: [peak memory in MB, bytes in, bytes out];  0 -> rank: [0], leave
 """
 from __future__ import annotations
 
@@ -152,20 +152,24 @@ def verdict(comm, code: int | None = None) -> int:
 
 
 def finish(comm, peak: float, timeout: float = FINISH_TIMEOUT, said=None) -> tuple:
-    """The job's last word. Rank 0: ([every rank's peak memory in MB, None where it said
-    nothing], {rank: why} of the ranks that did not say it in time). The others send their
-    peak and wait for rank 0's leave, sleeping: a removed rank waits here from its removal
-    on, and spinning would steal a core from ranks still computing. `said`: {rank: [peak]}
-    rank 0 has taken already."""
+    """The job's last word. Rank 0: ([every rank's peak memory in MB], [every rank's counted
+    bytes (in, out)], {rank: why} of the ranks that did not say it in time), None where a rank
+    said nothing or nothing finite (they are the ranks' own word, for benchmarks). The others
+    send theirs and wait for rank 0's leave, sleeping: a removed rank waits here from its
+    removal on, and spinning would steal a core from ranks still computing. `said`: {rank:
+    its last word} rank 0 has taken already."""
+    mine = np.array([peak, mpi.counted["in"], mpi.counted["out"]], np.float64)
     if comm.Get_rank():
-        send(comm, np.array([peak], np.float64), tags.FINISH)
+        send(comm, mine, tags.FINISH)
         expect(comm, 1, np.int64, tags.BYE, float("inf"))
-        return [], {}
+        return [], [], {}
     said = dict(said or {})
     got, problems = take(comm, [r for r in range(1, comm.Get_size()) if r not in said],
-                         tags.FINISH, 1, np.float64, timeout)
+                         tags.FINISH, messages.LAST_WORD_LEN, np.float64, timeout)
     got.update(said)
-    tell(comm, {r: np.zeros(1, np.int64) for r in got}, tags.BYE)
-    peaks = [peak] + [float(got[r][0]) if r in got and np.isfinite(got[r][0]) else None
-                      for r in range(1, comm.Get_size())]
-    return peaks, problems
+    got[0] = mine
+    tell(comm, {r: np.zeros(1, np.int64) for r in got if r}, tags.BYE)
+    words = [got.get(r) if r in got and np.isfinite(got[r]).all() else None
+             for r in range(comm.Get_size())]
+    return ([None if w is None else float(w[0]) for w in words],
+            [None if w is None else [int(w[1]), int(w[2])] for w in words], problems)

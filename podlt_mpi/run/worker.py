@@ -64,8 +64,9 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
             except mpi.RankTimeout:
                 # only rank 0 speaks to a worker, and the reduction's senders send slices:
                 # anything else other ranks send it is discarded
-                mpi.drain(comm, others, lambda r, t: aggregator is not None and t == tags.SLICE,
-                          ())
+                mpi.drain(comm, others, lambda r, t: aggregator is not None and
+                          tags.slice_ahead(t, aggregator.iteration if aggregator.iteration
+                                           is not None else -1), ())
                 if time.monotonic() - t0 > limit:
                     raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
                                        f"for {limit:.0f} s") from None
@@ -76,7 +77,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         digest = head[5:].copy()
         if command == messages.STOP:
             if aggregator is not None:
-                aggregator.close()
+                aggregator.sends.close()
             return done
         if aggregator is not None and command in (rm.REDUCE, rm.CHALLENGE, rm.FETCH):
             _reduce(comm, aggregator, command, iteration, lines, seed, wait_ms,
@@ -155,7 +156,7 @@ def _reduce(comm, aggregator, command: int, iteration: int, lines: int, seed: in
     elif command == rm.CHALLENGE:
         aggregator.prove(lines)
     else:
-        aggregator.fetch(lines, seed)
+        aggregator.fetch(iteration, lines, seed)
 
 
 def _got_state(req, weights, digest, wait_ms: int, waiter, cuda_aware: bool,

@@ -61,13 +61,20 @@ def patch_sums():
 
 def patch_withhold():
     from podlt_mpi.run import aggregate
-    real = aggregate.Aggregator._send
+    from podlt_mpi.dist import comm
+    real = comm.Sends.post
 
-    def send(self, array, dest, tag):
-        if tag == tags.SUM and told(self.iteration):
+    def post(self, array, dest, tag):
+        if tag == tags.SUM and told(now["iteration"]):
             return None
         return real(self, array, dest, tag)
-    aggregate.Aggregator._send = send
+    comm.Sends.post = post
+    real_reduce = aggregate.Aggregator.reduce
+
+    def reduce(self, iteration, table, weights, wait_s):
+        now["iteration"] = iteration
+        return real_reduce(self, iteration, table, weights, wait_s)
+    aggregate.Aggregator.reduce = reduce
 
 
 def rewrite(tag, buf, it, dest):
@@ -75,7 +82,7 @@ def rewrite(tag, buf, it, dest):
         out = buf.copy()
         out[0] += np.float32(1)
         return out
-    if LIE == "equivocate" and tag == tags.SLICE and dest != 0 and told(it):
+    if LIE == "equivocate" and tags.is_slice(tag) and dest != 0 and told(it):
         out = buf.copy()
         out[0] += np.float32(1)  # its path still names the committed slice: it cannot open
         return out
