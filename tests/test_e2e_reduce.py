@@ -3,6 +3,7 @@ are the star's bits and single-process training's, and an owned rank that lies a
 or a sender (tests/adversaries/aggregate.py, at the message level and in a patched worker) is
 removed, or its lie kept out of every sum, with no honest rank removed and the audit passing."""
 import os
+import re
 
 import pytest
 import single_process
@@ -144,6 +145,32 @@ def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data,
                                   read_jsonl(out / "ledger.jsonl"))
     rep = audit(out)
     assert rep["passed"], rep["problems"]
+
+
+@pytest.mark.parametrize("lie", ["relay-alter", "relay-withhold"])
+def test_a_rank_that_fails_the_table_s_relay_costs_the_manager_one_table_per_rank_below_it(
+        lie, mpi, job_args, small_data, tmp_path):
+    """Rank 1 relays the table to the ranks below it (reduce_messages.relay) altered, so that
+    the header's digest no longer names it, or not at all: each of them asks the manager and
+    takes part as if nothing had happened. Who failed whom cannot be told, so nobody is
+    removed; no slice is fetched, and the model is single-process training's."""
+    from podlt_mpi.dist import reduce_messages as rm
+    relay = 1
+    below = rm.relay(tuple(range(1, WORLD)), relay)[1]
+    assert below  # the tree of 5 ranks has rank 1 relay to two
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=3, reduce="ranks"), path=PATH,
+                adversary=(relay, ADVERSARY), env={"LIE": lie})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "adversary: lied at iteration 0" in r.stderr
+    asked = re.findall(r"iteration (\d+): rank (\d+) asked for the table directly", r.stderr)
+    assert sorted((int(i), int(k)) for i, k in asked) == [(i, k) for i in range(3)
+                                                           for k in below]
+    s = read_json(out / "summary.json")
+    assert s["removed"] == [] and s["unsolicited_messages"] == {}
+    assert all(red["fetched"] == [] and red["refused"] == [] for red in reductions(out))
+    single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                  read_jsonl(out / "ledger.jsonl"))
 
 
 def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tmp_path):

@@ -2,6 +2,8 @@
 (training.SliceSum): the commitments open only what was committed, the slices cover the answer,
 the draws come from the key, the slices' sums are the manager's tree bit for bit, and the
 cluster model keeps the busiest link within 2x a ring all-reduce's."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,37 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
     assert np.array_equal(values, answer[:16]) and flagged == [1, 33]
     with pytest.raises(ValueError, match="past the last"):
         rm.read_sum(msg, 0, 16, 33)  # leaf 33's flag lies in the padding of 33 leaves
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 49, 1023])
+def test_the_table_s_relay_reaches_every_rank_once_from_a_rank_that_has_it(n):
+    """A tree rooted at the manager: every recipient has one parent, which is the manager or
+    a recipient earlier in the order (it has the table by then), and nobody sends more than
+    FANOUT copies; the depth grows as log(n)."""
+    from podlt_mpi.dist import reduce_messages as rm
+    ranks = tuple(range(3, 3 + 2 * n, 2))  # not 1..n: ranks are looked up, not computed
+    parent_of, sent = {}, {}
+    for r in (0, *ranks):
+        parent, children = rm.relay(ranks, r)
+        sent[r] = children
+        assert len(children) <= rm.FANOUT and (parent is None) == (r == 0)
+        if r:
+            parent_of[r] = parent
+    assert sorted(c for cs in sent.values() for c in cs) == sorted(ranks)
+    for r, p in parent_of.items():
+        assert r in sent[p] and (p == 0 or ranks.index(p) < ranks.index(r))
+    depth = {0: 0}
+    for r in ranks:
+        depth[r] = depth[parent_of[r]] + 1
+    assert max(depth.values()) <= 1 + math.log2(n + 1)
+
+
+def test_a_late_table_or_slice_is_never_taken_for_a_later_iteration():
+    from podlt_mpi.dist import tags
+    for it in (0, 5, 63, 64, 1000):
+        t, s = tags.table_tag(it), tags.slice_tag(it)
+        assert tags.is_table(t) and tags.is_slice(s) and not tags.is_slice(t)
+        assert t not in tags.KNOWN and s not in tags.KNOWN and t != tags.table_tag(it + 1)
+        assert tags.ahead(t, it - 1) and tags.ahead(s, it - 1)  # the next one's: kept
+        assert not tags.ahead(t, it) and not tags.ahead(s, it + 3)  # late: discarded
+    assert not tags.ahead(tags.SUM, 0)

@@ -4,10 +4,16 @@ receiver knows each message's exact size before it probes for it.
 
 - The commitment (on GRAD, in place of the answer): float32 [root, slices' root, counters], the
   two digests as 8 words each.
-- REDUCE header, then TABLE (int64, from the manager): [slices, leaves, each slice's
-  aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's slices' root as 4
-  words]. A leaf's rank is -1 where the fragment is not applied. The seed names the answer: a
-  rank is never told line numbers, and it knows each fragment it computed by its seed.
+- REDUCE header (from the manager to every rank the table names: `recipients`), [REDUCE,
+  iteration, the table's length, the rank it comes from (`relay`), the aggregators' wait in ms,
+  the table's digest as 4 int64], then the table (int64, on tags.table_tag): [slices, leaves,
+  each slice's aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's
+  slices' root as 4 words]. A leaf's rank is -1 where the fragment is not applied. The seed
+  names the answer: a rank is never told line numbers, and it knows each fragment it computed
+  by its seed. Every aggregator needs every leaf, so the table goes through a tree of the ranks
+  (the manager sends FANOUT copies, each rank forwards FANOUT), not to each from the manager: a
+  x w entries out of its link was 75 MB an iteration at 1024 ranks. A rank checks what it is
+  given against the header's digest, and one its relay did not give it asks the manager.
 - SLICE (a sender to an aggregator, or to the manager when fetched): float32 [values, path].
 - SUM (an aggregator to the manager): float32 [the slice's sum, then one flag bit per leaf, 32
   to a 32-bit word from the lowest bit up (read as uint32): 1 where its input did not come or
@@ -91,6 +97,30 @@ def read_table(arr: np.ndarray, world: int) -> Table:
                              roots[merkle.DIGEST * i:merkle.DIGEST * (i + 1)])
                    for i, (r, s, c, n) in enumerate(fields))
     return Table(n_slices, aggregators, leaves)
+
+
+def table_digest(arr: np.ndarray) -> np.ndarray:
+    """What a REDUCE header names: the table's BLAKE3 digest as 4 int64 values."""
+    return np.frombuffer(merkle.leaf(np.ascontiguousarray(arr, np.int64)), np.int64).copy()
+
+
+def recipients(aggregators, leaves) -> tuple:
+    """The ranks a table goes to, in rank order: the aggregators and every leaf's sender (a
+    rank found fake on a recheck of another fragment keeps its own unchecked one applied,
+    rules.applied, and aggregates nothing)."""
+    return tuple(sorted({*aggregators, *(x.rank for x in leaves if x.rank > 0)}))
+
+
+FANOUT = 2  # the copies of the table the manager sends, and each rank forwards
+
+
+def relay(ranks, rank: int) -> tuple:
+    """(the rank `rank` takes the table from, the ranks it forwards it to), in a tree over
+    `ranks` (recipients) rooted at the manager (rank 0)."""
+    at = ranks.index(rank) if rank else -1
+    children = tuple(ranks[i] for i in range(FANOUT * (at + 1), FANOUT * (at + 2))
+                     if i < len(ranks))
+    return (0 if at < FANOUT else ranks[at // FANOUT - 1]) if rank else None, children
 
 
 def slice_len(a: int, b: int, j: int, n_slices: int) -> int:

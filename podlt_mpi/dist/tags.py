@@ -7,31 +7,45 @@ reduction GRAD carries the answer's commitment (run/reduce.py), not the answer. 
 followed by MEMBERS; a STOP header by nothing.
 """
 HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS = 1, 2, 3, 4, 5, 6, 7
-# The ranks' reduction (run/reduce.py): a REDUCE header is followed by TABLE; senders send
+# The ranks' reduction (run/reduce.py): a REDUCE header is followed by the table; senders send
 # their answers' SLICEs to the aggregators, which send the manager their SUMs; a CHALLENGE
 # header asks an aggregator for a slice's inputs (PROOF), a FETCH header a sender for a SLICE.
-TABLE, SUM, PROOF = 8, 10, 19
-# A SLICE travels on the tag of its iteration, so that one sent too late for its aggregator (or
-# for the manager's fetch) is never taken for the next iteration's: it waits unmatched, and is
-# discarded by the next drain.
-SLICE_SPAN = 64
+SUM, PROOF = 10, 19
+# The table is relayed from rank to rank (reduce_messages.relay), and a rank that its relay did
+# not give it asks the manager with TABLE_REQUEST ([iteration], int64).
+TABLE_REQUEST = 20
+# A TABLE and a SLICE travel on their iteration's tag, so that one sent too late for its
+# receiver is never taken for the next iteration's: it waits unmatched, and the next drain
+# discards it.
+SPAN = 64
+_TABLES, _SLICES = 64, 128  # the first tag of each kind's range
+
+
+def table_tag(iteration: int) -> int:
+    return _TABLES + iteration % SPAN
 
 
 def slice_tag(iteration: int) -> int:
-    return 64 + iteration % SLICE_SPAN
+    return _SLICES + iteration % SPAN
 
 
 def is_slice(tag: int) -> bool:
-    return 64 <= tag < 64 + SLICE_SPAN
+    return _SLICES <= tag < _SLICES + SPAN
 
 
-def slice_ahead(tag: int, iteration: int) -> bool:
-    """Whether a slice tag is for an iteration after `iteration` (within half the span): one
-    for `iteration` or before is late, and nobody will receive it."""
-    return is_slice(tag) and 0 < (tag - slice_tag(iteration)) % SLICE_SPAN < SLICE_SPAN // 2
+def is_table(tag: int) -> bool:
+    return _TABLES <= tag < _TABLES + SPAN
+
+
+def ahead(tag: int, iteration: int) -> bool:
+    """Whether a table or slice tag is for an iteration after `iteration` (within half the
+    span): one for `iteration` or before is late, and nobody will receive it."""
+    base = next((b for b in (_TABLES, _SLICES) if b <= tag < b + SPAN), None)
+    return base is not None and 0 < (tag - base - iteration) % SPAN < SPAN // 2
+
 
 # The job's start and end (run/startup.py), rank 0 with every other rank, before and after the
 # protocol's messages.
 HELLO, PLACE, INPUTS_LEN, INPUTS, REPORT, VERDICT, FINISH, BYE = 11, 12, 13, 14, 15, 16, 17, 18
-KNOWN = frozenset({HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS, TABLE, SUM, PROOF, HELLO, PLACE, INPUTS_LEN,
-                   INPUTS,                    REPORT, VERDICT, FINISH, BYE})
+KNOWN = frozenset({HEADER, WEIGHTS, X, Y, GRAD, LOSS, MEMBERS, SUM, PROOF, TABLE_REQUEST, HELLO,
+                   PLACE, INPUTS_LEN, INPUTS, REPORT, VERDICT, FINISH, BYE})

@@ -20,6 +20,9 @@ from podlt_mpi.dist import reduce_messages as rm
 from podlt_mpi.dist import tags
 
 
+RELAY_SHARE = 0.25  # of the aggregators' wait, for the table from its relay before asking rank 0
+
+
 class Aggregator:
     def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter):
         self.comm, self.layout, self.n_slices, self.waiter = comm, layout, n_slices, waiter
@@ -41,6 +44,36 @@ class Aggregator:
         """What was kept of an earlier iteration is dropped when a new one begins."""
         if iteration != self.iteration:
             self.iteration, self.kept, self.inputs = iteration, {}, {}
+
+    def receive_table(self, iteration: int, parent: int, size: int, digest: np.ndarray,
+                      wait_s: float):
+        """The table the REDUCE header names (by its digest and size), from `parent` in the
+        relay (rm.relay) or, where that does not bring it within RELAY_SHARE of the wait,
+        from the manager, asked with TABLE_REQUEST; forwarded to this rank's own children in
+        the relay. (raw int64 table, rm.Table), or None: not even the manager's came, and this
+        rank sits the reduction out (its slices are fetched from it, its sums made by the
+        manager)."""
+        tag, me = tags.table_tag(iteration), self.comm.Get_rank()
+        for source, share in ((parent, RELAY_SHARE), (0, 1 - RELAY_SHARE))[parent == 0:]:
+            got = mpi.Checked(self.comm, np.empty(max(size, 0), np.int64), source, tag)
+            mpi.Waiter(self.waiter.mode).poll([got], None, None, wait_s * share)
+            table = None
+            if got.finished and got.bad is None and \
+                    np.array_equal(rm.table_digest(got.buffer), digest):
+                try:
+                    table = rm.read_table(got.buffer, self.comm.Get_size())
+                except ValueError:
+                    pass  # the manager's digest names it, so only the manager could send it
+            elif got.req is not None and not got.finished:
+                self.sends.pending.append((got, got.buffer))  # MPI still writes the buffer
+            if table is not None:
+                _, children = rm.relay(rm.recipients(table.aggregators, table.leaves), me)
+                for child in children:
+                    self.sends.post(got.buffer, child, tag)
+                return got.buffer, table
+            if source:
+                self.sends.post(np.array([iteration], np.int64), 0, tags.TABLE_REQUEST)
+        return None
 
     def reduce(self, iteration: int, table: rm.Table, weights: np.ndarray,
                wait_s: float) -> None:

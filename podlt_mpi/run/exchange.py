@@ -207,6 +207,10 @@ class Exchange:
         per rank. A rank's first last word (FINISH) is kept in `last_words`: a removed rank
         says it early, and the job's end (startup.finish) takes it from there."""
         def keep(r, tag, nbytes):
+            if tag == tags.TABLE_REQUEST and nbytes == 8:
+                # an honest rank whose relay failed it asks late, once the reduction that
+                # served requests is over: taken and dropped, not counted against it
+                return np.empty(1, np.int64)
             if tag == tags.FINISH and r not in self.last_words and \
                     nbytes == 8 * messages.LAST_WORD_LEN:
                 self.last_words[r] = np.empty(messages.LAST_WORD_LEN, np.float64)

@@ -48,6 +48,7 @@ class Reduction:
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.challenges = challenges
         self.sends = mpi.Sends(comm, exchange.waiter.mode)
+        self.requests, self.table, self.iteration = {}, None, None  # this iteration's (_serve)
 
     # ---- the wire --------------------------------------------------------------------------
 
@@ -69,13 +70,31 @@ class Reduction:
         awaited = {(src, tag) for src, tag, _ in wanted.values()}
 
         def awaits(rank, tag):
+            if tag == tags.TABLE_REQUEST:
+                return rank in self.requests
             return (rank, tag) in awaited and any(
                 not c.finished for c in got.values() if (c.source, c.tag) == (rank, tag))
+
+        def idle():
+            self._serve()
+            self.exchange.drain(awaits)
         timeout = self.exchange.timeout()
         mpi.Waiter(self.exchange.waiter.mode).poll(mpi.in_order(got.values()), None, None,
-                                                   timeout, lambda: self.exchange.drain(awaits))
+                                                   timeout, idle)
         return {k: (c.buffer if c.finished and c.bad is None else
                     c.bad or f"nothing within {timeout:g} s") for k, c in got.items()}
+
+    def _serve(self) -> None:
+        """The table, sent directly to each rank that asked for it (once per iteration): its
+        relay did not give it one with the header's digest. Who failed it cannot be told (the
+        relay, or the rank itself), so nobody is blamed; it costs the manager one table."""
+        for r, c in list(self.requests.items()):
+            if c.Test():
+                del self.requests[r]
+                if c.bad is None and int(c.buffer[0]) == self.iteration:
+                    log.info("iteration %d: rank %d asked for the table directly",
+                             self.iteration, r)
+                    self._post(self.table, r, tags.table_tag(self.iteration))
 
     # ---- one reduction ---------------------------------------------------------------------
 
@@ -89,13 +108,18 @@ class Reduction:
         agg = tuple(perm[j % len(perm)] for j in range(self.n_slices))
         table = rm.table(self.n_slices, agg, leaves)
         wait_ms = int(1000 * self.exchange.timeout() / 2)  # the aggregators' wait for inputs
-        head = messages.header(rm.REDUCE, iteration, len(table), 0,
-                               (wait_ms, np.zeros(4, np.int64)))
-        # the aggregators, and every leaf's sender: a rank found fake on a recheck of another
-        # fragment keeps its own unchecked one applied (rules.applied), and sums nothing
-        for r in sorted({*members, *(x.rank for x in leaves if x.rank > 0)}):
-            self._post(head, r, tags.HEADER)
-            self._post(table, r, tags.TABLE)
+        digest = rm.table_digest(table)
+        told = rm.recipients(agg, leaves)
+        for r in told:  # each is told where its table comes from; the manager relays to FANOUT
+            parent, _ = rm.relay(told, r)
+            self._post(messages.header(rm.REDUCE, iteration, len(table), parent,
+                                       (wait_ms, digest)), r, tags.HEADER)
+        for child in rm.relay(told, 0)[1]:
+            self._post(table, child, tags.table_tag(iteration))
+        # a rank its relay failed asks for the table directly: once, this iteration
+        self.requests = {r: mpi.Checked(self.comm, np.empty(1, np.int64), r, tags.TABLE_REQUEST)
+                         for r in told}
+        self.table, self.iteration = table, iteration
         for leaf in leaves:  # the manager's own answers: slices like any sender's
             c = mine.get(leaf.seed) if leaf.rank == 0 else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):

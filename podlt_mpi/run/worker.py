@@ -65,8 +65,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 # only rank 0 speaks to a worker, and the reduction's senders send slices:
                 # anything else other ranks send it is discarded
                 mpi.drain(comm, others, lambda r, t: aggregator is not None and
-                          tags.slice_ahead(t, aggregator.iteration if aggregator.iteration
-                                           is not None else -1), ())
+                          tags.ahead(t, aggregator.iteration if aggregator.iteration
+                                     is not None else -1), ())
                 if time.monotonic() - t0 > limit:
                     raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
                                        f"for {limit:.0f} s") from None
@@ -80,8 +80,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 aggregator.sends.close()
             return done
         if aggregator is not None and command in (rm.REDUCE, rm.CHALLENGE, rm.FETCH):
-            _reduce(comm, aggregator, command, iteration, lines, seed, wait_ms,
-                    host(weights) if cuda_aware else weights, waiter, on_message)
+            _reduce(aggregator, command, iteration, lines, seed, wait_ms, digest,
+                    host(weights) if cuda_aware else weights, on_message)
             continue
         if command == messages.REGROUP:
             members = np.empty(lines, np.int32)
@@ -143,16 +143,19 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
 
 
-def _reduce(comm, aggregator, command: int, iteration: int, lines: int, seed: int,
-            wait_ms: int, weights, waiter, on_message) -> None:
+def _reduce(aggregator, command: int, iteration: int, lines: int, seed: int,
+            wait_ms: int, digest, weights, on_message) -> None:
     """The manager's REDUCE (then its table), CHALLENGE or FETCH header (aggregate.py)."""
-    if command == rm.REDUCE:
-        table = np.empty(max(lines, 0), np.int64)
-        waiter.wait([mpi.irecv(comm, table, 0, tags.TABLE)])
+    if command == rm.REDUCE:  # the header's seed names the rank that relays the table
+        t0 = time.monotonic()
+        got = aggregator.receive_table(iteration, seed, lines, digest, wait_ms / 1000)
+        if got is None:
+            return
         if on_message:
-            on_message(tags.TABLE, table.copy())
-        aggregator.reduce(iteration, rm.read_table(table, comm.Get_size()), weights,
-                          wait_ms / 1000)
+            on_message(tags.table_tag(iteration), got[0].copy())
+        # one wait for the table and the inputs together: the manager's deadline is the same
+        aggregator.reduce(iteration, got[1], weights,
+                          max(0.0, wait_ms / 1000 - (time.monotonic() - t0)))
     elif command == rm.CHALLENGE:
         aggregator.prove(lines)
     else:

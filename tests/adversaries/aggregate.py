@@ -9,6 +9,8 @@ project's worker, patched and with its sends rewritten, and from iteration LIE_F
                       committed to; asked by the manager directly, it gives the true ones
     LIE=withhold      it never sends a SUM
     LIE=bad-proof     challenged, it sends inputs other than those it summed
+    LIE=relay-alter   the table it relays to the ranks below it in the relay is altered
+    LIE=relay-withhold  it relays no table
 
 Each lie is reported on stderr as "adversary: lied at iteration N".
 
@@ -65,16 +67,18 @@ def patch_withhold():
     real = comm.Sends.post
 
     def post(self, array, dest, tag):
-        if tag == tags.SUM and told(now["iteration"]):
+        if LIE == "withhold" and tag == tags.SUM and told(now["iteration"]):
+            return None
+        if LIE == "relay-withhold" and tags.is_table(tag) and told(now["iteration"]):
             return None
         return real(self, array, dest, tag)
     comm.Sends.post = post
-    real_reduce = aggregate.Aggregator.reduce
 
-    def reduce(self, iteration, table, weights, wait_s):
+    def receive_table(self, iteration, *args):
         now["iteration"] = iteration
-        return real_reduce(self, iteration, table, weights, wait_s)
-    aggregate.Aggregator.reduce = reduce
+        return real_receive(self, iteration, *args)
+    real_receive = aggregate.Aggregator.receive_table
+    aggregate.Aggregator.receive_table = receive_table
 
 
 def rewrite(tag, buf, it, dest):
@@ -85,6 +89,10 @@ def rewrite(tag, buf, it, dest):
     if LIE == "equivocate" and tags.is_slice(tag) and dest != 0 and told(it):
         out = buf.copy()
         out[0] += np.float32(1)  # its path still names the committed slice: it cannot open
+        return out
+    if LIE == "relay-alter" and tags.is_table(tag) and dest != 0 and told(it):
+        out = buf.copy()
+        out[-1] ^= 1  # a bit of the last leaf's root: the digest no longer matches
         return out
     if LIE == "bad-proof" and tag == tags.PROOF and len(buf) and told(it):
         out = buf.copy()
@@ -108,7 +116,7 @@ def after_the_kernels(patch):
 def main(argv) -> int:
     if LIE in ("drop-input", "double-input"):
         after_the_kernels(patch_sums)
-    elif LIE == "withhold":
+    elif LIE in ("withhold", "relay-withhold"):
         after_the_kernels(patch_withhold)
     return run_rewriting(argv, rewrite)
 
