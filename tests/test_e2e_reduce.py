@@ -127,10 +127,11 @@ def test_a_lie_no_challenge_saw_is_applied_and_the_audit_names_its_aggregator(mp
 
 
 def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data, tmp_path):
-    """It sends the aggregators slices other than those it committed to: each aggregator flags
-    them, the manager fetches the true ones from it and sums those slices itself. Nothing tells
-    the sender's lie from an aggregator's about it, so nobody is removed, and the record names
-    both; the model is single-process training's, the audit passes."""
+    """It sends the aggregators slices other than those it committed to, under no valid
+    signature: each aggregator flags them, the manager fetches the true ones from it and sums
+    those slices itself. Nothing tells such a sender from an aggregator that makes up a slice
+    against it, so nobody is removed, and the record names both; the model is single-process
+    training's, the audit passes."""
     out = tmp_path / "run"
     r = run_job(WORLD, job_args(blocks=6, reduce="ranks"), path=PATH,
                 adversary=(LIAR, ADVERSARY), env={"LIE": "equivocate"})
@@ -141,6 +142,33 @@ def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data,
     for i, (sender, aggregator, j) in flagged:
         red = reductions(out)[i]
         assert red["aggregators"][j] == aggregator and j in red["fetched"]
+    single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                  read_jsonl(out / "ledger.jsonl"))
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+
+
+def test_a_sender_that_signs_slices_it_did_not_commit_to_is_removed_on_its_own_word(
+        mpi, job_args, small_data, tmp_path):
+    """It signs and sends the aggregators slices other than those it committed to: each
+    aggregator flags them, the manager asks for the flagged slices' inputs, and the sender's
+    signature under a slice that does not open under its committed root removes it in the
+    first iteration it sends one, as a sender; no aggregator is blamed, nothing is left unattributed, and
+    the model is single-process training's (its fragment recomputed by the manager)."""
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=5, reduce="ranks"), path=PATH,
+                adversary=(LIAR, ADVERSARY), env={"LIE": "equivocate-signed"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "adversary: lied at iteration 0" in r.stderr
+    ledger = read_jsonl(out / "ledger.jsonl")
+    first = next(i for i, rec in enumerate(ledger)  # its first iteration as a leaf's sender
+                 if LIAR in rec["applied_from"])
+    s = read_json(out / "summary.json")
+    assert [(x["rank"], x["iteration"], x["role"]) for x in s["removed"]] == \
+        [(LIAR, first, "sender")]
+    red = reductions(out)[first]
+    assert [r for r, _ in red["refused"]] == [LIAR] and "signed" in red["refused"][0][1]
+    assert red["unattributed"] == [] and red["fetched"]
     single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
                                   read_jsonl(out / "ledger.jsonl"))
     rep = audit(out)

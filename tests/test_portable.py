@@ -59,11 +59,12 @@ def test_the_processor_is_read_from_cpuinfo():
 
 
 def test_a_report_carries_the_configuration_and_a_malformed_one_is_refused():
-    buf = messages.report(None, True, "cpu", RANK, EPYC)
+    key = bytes(range(32))
+    buf = messages.report(None, True, "cpu", RANK, EPYC, key)
     assert len(buf) == messages.REPORT_LEN
-    error, stochastic, device, compute, processor = messages.read_report(buf)
+    error, stochastic, device, compute, processor, got = messages.read_report(buf)
     assert (error, stochastic, device) == (None, True, "cpu")
-    assert compute == RANK and processor == EPYC
+    assert compute == RANK and processor == EPYC and got == key
     for text, why in (("kernels=portable", "lacks aten"), ("x=1;" + portable.encode(RANK),
                                                            "has the item 'x=1'"),
                       ("kernels", "has the item 'kernels'")):
@@ -103,7 +104,7 @@ def gpu_report(compute: dict) -> tuple:
 
 
 def test_a_gpu_rank_reports_its_model_capability_cuda_cudnn_and_driver():
-    _, _, device, compute, _ = gpu_report(H200)
+    _, _, device, compute, *_ = gpu_report(H200)
     assert device == "cuda:0 NVIDIA H200" and compute == H200
     from podlt_mpi.compute import machine
     here = machine.compute("portable")  # this machine's CPU: no GPU keys filled in
@@ -113,7 +114,7 @@ def test_a_gpu_rank_reports_its_model_capability_cuda_cudnn_and_driver():
 
 def test_exact_mode_across_gpu_models_is_refused_with_a_pointer_to_tolerance_mode():
     reports = [gpu_report(c) for c in (H200, H200, A100, H200)]
-    said = portable.disagreeing([c for *_, c, _ in reports], [p for *_, p in reports])
+    said = portable.disagreeing([x[3] for x in reports], [x[4] for x in reports])
     assert said == (
         "rank(s) 2 compute on another GPU model than rank 0 (rank 2: NVIDIA A100-SXM4-80GB "
         "(compute capability 8.0) where rank 0 has NVIDIA H200 (compute capability 9.0)), whose "

@@ -153,7 +153,7 @@ def test_the_busiest_link_stays_within_twice_a_ring_all_reduce_from_4_to_1024_ra
 
 def test_a_table_travels_as_int64_and_is_checked_on_arrival():
     from podlt_mpi.dist import reduce_messages as rm
-    leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32))),
+    leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32)), bytes(range(32, 64))),
               rm.TableLeaf(-1, 11, 0, 0, bytes(32))]
     arr = rm.table(4, (1, 3, 2, 1), leaves)
     assert arr.dtype == np.int64
@@ -176,9 +176,10 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
     assert (root, slices_root) == (c.root, c.slices_root) and np.array_equal(counters, answer[100:])
     assert root == reduction.commitment([slices_root], merkle.leaf(answer[100:]))
     for j, (a, b) in enumerate(reduction.bounds(100, 4)):
-        msg = rm.slice_message(answer[a:b], c.paths[j])
+        msg = rm.slice_message(answer[a:b], c.paths[j], bytes(range(64)))
         assert len(msg) == rm.slice_len(a, b, j, 4)
-        values, path = rm.read_slice(msg, a, b)
+        values, path, signature = rm.read_slice(msg, a, b)
+        assert signature == bytes(range(64)) and len(path) == merkle.depth(j, 4)
         assert reduction.opens(slices_root, j, 4, values, path)
         assert not reduction.opens(slices_root, (j + 1) % 4, 4, values, path)
     flags = [0, 1, 0] + [0] * 30 + [1]  # two words, the second padded
@@ -188,6 +189,35 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
     assert np.array_equal(values, answer[:16]) and flagged == [1, 33]
     with pytest.raises(ValueError, match="past the last"):
         rm.read_sum(msg, 0, 16, 33)  # leaf 33's flag lies in the padding of 33 leaves
+
+
+def test_a_slice_that_does_not_open_is_its_sender_s_lie_only_under_its_signature():
+    """judge, the manager's rule for a flagged input: a slice that opens is the committed one
+    whoever hands it over; one that does not, signed by its sender, is the sender's own word
+    against its commitment; unsigned, or signed by another key, or for another iteration,
+    slice or fragment, it proves nothing (an aggregator could have made it up)."""
+    from podlt_mpi.core import signatures
+    from podlt_mpi.dist import reduce_messages as rm
+    answer = np.random.default_rng(1).standard_normal(100).astype(np.float32)
+    c = reduction.commit(answer, 100, 4)
+    sender, other = signatures.Signer(), signatures.Signer()
+    leaf = rm.TableLeaf(2, 77, 5, 5, c.slices_root, sender.public)
+    j, (a, b) = 1, reduction.bounds(100, 4)[1]
+
+    def judged(values, signer=sender, it=3, jj=j, seed=77):
+        path = c.paths[j]
+        sig = signer.sign(signatures.statement(it, jj, seed, merkle.leaf(values), path))
+        return rm.judge(rm.slice_message(values, path, sig), leaf, 3, j, 4, a, b)
+    lie = answer[a:b].copy()
+    lie[0] += 1
+    assert judged(answer[a:b]) == judged(answer[a:b], other) == rm.OPENS
+    assert judged(lie) == rm.EQUIVOCAL
+    assert {judged(lie, other), judged(lie, it=4), judged(lie, jj=2), judged(lie, seed=78)} \
+        == {rm.UNSIGNED}
+    assert rm.judge(np.zeros(rm.slice_len(a, b, j, 4), np.float32), leaf, 3, j, 4, a, b) \
+        == rm.UNSIGNED  # what a PROOF holds for an input that never came
+    assert rm.judge(rm.signed_slice(sender, 3, j, 77, answer, c.paths[j], a, b), leaf, 3, j, 4,
+                    a, b) == rm.OPENS
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 49, 1023])

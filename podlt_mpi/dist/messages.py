@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from podlt_mpi.core import digests, portable
+from podlt_mpi.core import digests, portable, signatures
 from podlt_mpi.dist import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
@@ -103,7 +103,7 @@ def messages_for_plan(plan, iteration: int, run_seed: int, weights: np.ndarray |
 
 HOST_BYTES = 256        # a rank's host name, zero-padded
 TEXT_BYTES = 600        # a start-up report's texts (device, error, compute, processor), each
-REPORT_LEN = 2 + 4 * TEXT_BYTES  # zero-padded
+REPORT_LEN = 2 + 4 * TEXT_BYTES + signatures.KEY_BYTES  # zero-padded texts, then its key
 LAST_WORD_LEN = 3  # float64 [peak memory in MB, bytes it received, bytes it sent] (startup.finish)
 INPUTS_MAX = 4 * 2**20  # bytes of the run's inputs (JSON) a rank accepts from rank 0
 
@@ -123,17 +123,19 @@ def read_text(field: np.ndarray) -> str:
 
 
 def report(error: str | None, stochastic: bool, device: str, compute: dict,
-           processor: dict) -> np.ndarray:
+           processor: dict, key: bytes = signatures.NO_KEY) -> np.ndarray:
     """A rank's start-up report: [built (1) or failed (2), stochastic model], its device, its
-    error sentence, its compute configuration and processor (core/portable.py)."""
+    error sentence, its compute configuration and processor (core/portable.py), and the public
+    key it signs its slices with (core/signatures.py)."""
     texts = (device, error or "", portable.encode(compute), portable.encode(processor))
     return np.concatenate([np.array([2 if error else 1, int(bool(stochastic))], np.uint8),
-                           *(text_field(t, TEXT_BYTES) for t in texts)])
+                           *(text_field(t, TEXT_BYTES) for t in texts),
+                           np.frombuffer(key, np.uint8)])
 
 
 def read_report(buf: np.ndarray) -> tuple:
-    """(error or None, stochastic, device, compute, processor) from a report, or ValueError
-    saying why it is not one."""
+    """(error or None, stochastic, device, compute, processor, key) from a report, or
+    ValueError saying why it is not one."""
     built, stochastic = int(buf[0]), int(buf[1])
     if built not in (1, 2) or stochastic not in (0, 1):
         raise ValueError(f"its flags are {built}, {stochastic}")
@@ -145,4 +147,4 @@ def read_report(buf: np.ndarray) -> tuple:
     processor = portable.decode(processor, portable.PROCESSOR_KEYS)
     error = error if built == 2 else None
     return (error or (None if built == 1 else "(no reason given)"), bool(stochastic), device,
-            compute, processor)
+            compute, processor, bytes(buf[2 + 4 * TEXT_BYTES:]))

@@ -8,13 +8,15 @@ receiver knows each message's exact size before it probes for it.
   iteration, the table's length, the rank it comes from (`relay`), the aggregators' wait in ms,
   the table's digest as 4 int64], then the table (int64, on tags.table_tag): [slices, leaves,
   each slice's aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's
-  slices' root as 4 words]. A leaf's rank is -1 where the fragment is not applied. The seed
-  names the answer: a rank is never told line numbers, and it knows each fragment it computed
-  by its seed. Every aggregator needs every leaf, so the table goes through a tree of the ranks
-  (the manager sends FANOUT copies, each rank forwards FANOUT), not to each from the manager: a
-  x w entries out of its link was 75 MB an iteration at 1024 ranks. A rank checks what it is
-  given against the header's digest, and one its relay did not give it asks the manager.
-- SLICE (a sender to an aggregator, or to the manager when fetched): float32 [values, path].
+  slices' root and its rank's public key, 4 words each]. A leaf's rank is -1 where the
+  fragment is not applied. The seed names the answer: a rank is never told line numbers, and
+  it knows each fragment it computed by its seed. Every aggregator needs every leaf, so the
+  table goes through a tree of the ranks (the manager sends FANOUT copies, each rank forwards
+  FANOUT), not to each from the manager: a x w entries out of its link was 75 MB an iteration
+  at 1024 ranks. A rank checks what it is given against the header's digest, and one its
+  relay did not give it asks the manager.
+- SLICE (a sender to an aggregator, or to the manager when fetched): float32 [values, path,
+  the sender's Ed25519 signature of signatures.statement (16 words)].
 - SUM (an aggregator to the manager): float32 [the slice's sum, then one flag bit per leaf, 32
   to a 32-bit word from the lowest bit up (read as uint32): 1 where its input did not come or
   did not open under its root, else 0]. Bits, not words: at 1024 ranks a word per leaf would
@@ -28,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from podlt_mpi.core import merkle
+from podlt_mpi.core import merkle, signatures
 
 REDUCE, CHALLENGE, FETCH = 4, 5, 6  # header commands, after messages.STOP..REGROUP
 WORDS = merkle.DIGEST // 4          # float32 (or 8-byte int64: half as many) words of a digest
@@ -62,6 +64,7 @@ class TableLeaf(NamedTuple):
     count: int
     lines: int
     slices_root: bytes
+    key: bytes = signatures.NO_KEY  # its rank's public key (core/signatures.py)
 
 
 class Table(NamedTuple):
@@ -70,10 +73,13 @@ class Table(NamedTuple):
     leaves: tuple       # TableLeaf, in line order
 
 
+LEAF_WORDS = LEAF_FIELDS + (merkle.DIGEST + signatures.KEY_BYTES) // 8  # int64, one leaf
+
+
 def table(n_slices: int, aggregators, leaves) -> np.ndarray:
     head = [n_slices, len(leaves), *aggregators]
     fields = [v for x in leaves for v in (x.rank, x.seed, x.count, x.lines)]
-    roots = b"".join(x.slices_root for x in leaves)
+    roots = b"".join(x.slices_root + x.key for x in leaves)
     return np.concatenate([np.array(head + fields, np.int64), np.frombuffer(roots, np.int64)])
 
 
@@ -83,7 +89,7 @@ def read_table(arr: np.ndarray, world: int) -> Table:
     if len(arr) < 2:
         raise ValueError("a table of fewer than 2 words")
     n_slices, n_leaves = int(arr[0]), int(arr[1])
-    want = 2 + n_slices + n_leaves * (LEAF_FIELDS + WORDS // 2)
+    want = 2 + n_slices + n_leaves * LEAF_WORDS
     if n_slices < 1 or n_leaves < 0 or len(arr) != want:
         raise ValueError(f"a table of {len(arr)} words for {n_slices} slices, {n_leaves} leaves")
     aggregators = tuple(int(r) for r in arr[2:2 + n_slices])
@@ -93,8 +99,9 @@ def read_table(arr: np.ndarray, world: int) -> Table:
     if not all(0 < r < world for r in aggregators) or \
             not all(-1 <= int(r) < world for r in fields[:, 0]):
         raise ValueError("a table naming ranks outside the world")
-    leaves = tuple(TableLeaf(int(r), int(s), int(c), int(n),
-                             roots[merkle.DIGEST * i:merkle.DIGEST * (i + 1)])
+    each = merkle.DIGEST + signatures.KEY_BYTES
+    leaves = tuple(TableLeaf(int(r), int(s), int(c), int(n), roots[each * i:each * i + 32],
+                             roots[each * i + 32:each * (i + 1)])
                    for i, (r, s, c, n) in enumerate(fields))
     return Table(n_slices, aggregators, leaves)
 
@@ -123,19 +130,24 @@ def relay(ranks, rank: int) -> tuple:
     return (0 if at < FANOUT else ranks[at // FANOUT - 1]) if rank else None, children
 
 
+SIGNATURE_WORDS = signatures.SIGNATURE_BYTES // 4
+
+
 def slice_len(a: int, b: int, j: int, n_slices: int) -> int:
-    return (b - a) + WORDS * merkle.depth(j, n_slices)
+    return (b - a) + WORDS * merkle.depth(j, n_slices) + SIGNATURE_WORDS
 
 
-def slice_message(values: np.ndarray, path) -> np.ndarray:
-    return np.concatenate([np.asarray(values, np.float32), *(words(d) for d in path)])
+def slice_message(values: np.ndarray, path, signature: bytes) -> np.ndarray:
+    return np.concatenate([np.asarray(values, np.float32), *(words(d) for d in path),
+                           words(signature)])
 
 
 def read_slice(msg: np.ndarray, a: int, b: int) -> tuple:
-    """(values, path) of a SLICE of slice [a, b)."""
+    """(values, path, signature) of a SLICE of slice [a, b)."""
     n = b - a
-    rest = msg[n:]
-    return msg[:n], [digest_of(rest[i:i + WORDS]) for i in range(0, len(rest), WORDS)]
+    rest = msg[n:len(msg) - SIGNATURE_WORDS]
+    return (msg[:n], [digest_of(rest[i:i + WORDS]) for i in range(0, len(rest), WORDS)],
+            digest_of(msg[len(msg) - SIGNATURE_WORDS:]))
 
 
 PER_WORD = 32  # flags in a 32-bit word
@@ -144,6 +156,34 @@ _BITS = np.arange(PER_WORD, dtype=np.uint32)
 
 def flag_words(n_leaves: int) -> int:
     return -(-n_leaves // PER_WORD)
+
+
+def signed_slice(signer, iteration: int, j: int, seed: int, answer, path, a: int,
+                 b: int) -> np.ndarray:
+    """The SLICE of slice j = [a, b) of `answer` (of fragment `seed`), signed by `signer`."""
+    values = answer[a:b]
+    statement = signatures.statement(iteration, j, seed, merkle.leaf(values), path)
+    return slice_message(values, path, signer.sign(statement))
+
+
+OPENS, UNSIGNED, EQUIVOCAL = "opens", "unsigned", "equivocal"  # what a SLICE is (judge)
+
+
+def judge(msg: np.ndarray, leaf: TableLeaf, iteration: int, j: int, n_slices: int, a: int,
+          b: int) -> str:
+    """What a SLICE of slice j = [a, b) from `leaf`'s sender is: OPENS under its committed root
+    (its values are the committed ones, whoever sent them on); else EQUIVOCAL, under its
+    sender's valid signature (the sender's own word against its commitment), or UNSIGNED (it
+    proves nothing about anyone: whoever hands it over could have made it up). Only a slice
+    that does not open has its signature checked."""
+    if len(msg) != slice_len(a, b, j, n_slices):
+        return UNSIGNED
+    values, path, signature = read_slice(msg, a, b)
+    leaf_digest = merkle.leaf(values)
+    if merkle.opens(leaf.slices_root, j, n_slices, leaf_digest, path):
+        return OPENS
+    statement = signatures.statement(iteration, j, leaf.seed, leaf_digest, path)
+    return EQUIVOCAL if signatures.verifies(leaf.key, signature, statement) else UNSIGNED
 
 
 def sum_len(a: int, b: int, n_leaves: int) -> int:

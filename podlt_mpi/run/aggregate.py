@@ -24,8 +24,9 @@ RELAY_SHARE = 0.25  # of the aggregators' wait, for the table from its relay bef
 
 
 class Aggregator:
-    def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter):
+    def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter, signer):
         self.comm, self.layout, self.n_slices, self.waiter = comm, layout, n_slices, waiter
+        self.signer = signer  # core/signatures.Signer: its public key is in the table
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.iteration = None
@@ -84,8 +85,8 @@ class Aggregator:
         for leaf in table.leaves:
             c = self.kept.get(leaf.seed) if leaf.rank == me else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
-                self.sends.post(rm.slice_message(c.answer[a:b], c.paths[j]),
-                                table.aggregators[j], tags.slice_tag(iteration))
+                self.sends.post(self.slice(iteration, j, leaf.seed, c), table.aggregators[j],
+                                tags.slice_tag(iteration))
         mine = [j for j, r in enumerate(table.aggregators) if r == me]
         receives = {}  # in the order a sender sends them: by leaf, then by slice
         for i, leaf in enumerate(table.leaves):
@@ -105,20 +106,27 @@ class Aggregator:
             flags, got = [], []
             for i, leaf in enumerate(table.leaves):
                 r = receives.get((j, i))
-                ok = r is not None and r.finished and r.bad is None
+                came = r is not None and r.finished and r.bad is None
+                ok = came
                 if ok:
-                    values, path = rm.read_slice(r.buffer, a, b)
+                    values, path, _ = rm.read_slice(r.buffer, a, b)
                     ok = reduction.opens(leaf.slices_root, j, self.n_slices, values, path)
-                if r is not None:
-                    got.append(r.buffer if ok else None)
+                if r is not None:  # one that came but does not open is the manager's to judge
+                    got.append(r.buffer if came else None)
                 flags.append(0 if leaf.rank < 0 or ok else 1)
                 s.set(i, values if ok else None, leaf.count, leaf.lines)
             self.inputs[j] = got
             self.sends.post(rm.sum_message(s.values(), flags), 0, tags.SUM)
 
+    def slice(self, iteration: int, j: int, seed: int, c) -> np.ndarray:
+        """Slice j of the kept answer `c` of fragment `seed`, signed (a SLICE)."""
+        return rm.signed_slice(self.signer, iteration, j, seed, c.answer, c.paths[j],
+                               *self.bounds[j])
+
     def prove(self, j: int) -> None:
-        """A challenge: slice j's inputs as they came, in leaf order (a missing one as zeros of
-        its size, which opens under no root)."""
+        """A challenge: slice j's inputs as they came, in leaf order, those that do not open
+        as well (under their sender's signature, they are evidence against it), a missing one
+        as zeros of its size (which opens under no root, and is signed by nobody)."""
         a, b = self.bounds[j]
         size = rm.slice_len(a, b, j, self.n_slices)
         got = self.inputs.get(j, [])
@@ -130,6 +138,6 @@ class Aggregator:
         did not get, or whose aggregator is gone)."""
         c = self.kept.get(seed) if iteration == self.iteration else None
         a, b = self.bounds[j]
-        msg = (rm.slice_message(c.answer[a:b], c.paths[j]) if c is not None
+        msg = (self.slice(iteration, j, seed, c) if c is not None
                else np.zeros(rm.slice_len(a, b, j, self.n_slices), np.float32))
         self.sends.post(msg, 0, tags.slice_tag(iteration))

@@ -36,7 +36,7 @@ from podlt_mpi.core.config import (
     parse_args,
     resumed,
 )
-from podlt_mpi.core import portable, reduction
+from podlt_mpi.core import portable, reduction, signatures
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import launcher, preempt
@@ -128,6 +128,8 @@ class _Built:
     layout: object
     faker: object
     placed: list                 # every rank's device, in rank order
+    signer: object = None        # core/signatures.Signer: this rank's key for the reduction
+    keys: list = field(default_factory=list)  # rank 0: every rank's public key, in rank order
     compute: list = field(default_factory=list)  # rank 0: every rank's compute configuration
     plan: object = None          # resume.Resume on rank 0 when resuming
     created: bool = False        # rank 0 made the run directory (removed again on bad input)
@@ -162,7 +164,7 @@ def _run(comm, argv, started: float) -> int:
         from podlt_mpi.run import worker
         from podlt_mpi.run.aggregate import Aggregator
         cfg = inputs.cfg
-        aggregator = (Aggregator(comm, built.layout, comm.Get_size() - 1, waiter)
+        aggregator = (Aggregator(comm, built.layout, comm.Get_size() - 1, waiter, built.signer)
                       if cfg.reduce == "ranks" else None)
         worker.run(comm, built.model, built.layout, inputs.ds.line_shape, built.faker, waiter,
                    cuda_aware=cfg.cuda_aware_mpi,
@@ -266,9 +268,10 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
     except OSError as e:
         error = f"--out {out} cannot be created: {e.strerror}"
     try:
+        signer = signatures.Signer()
         said = startup.reports(comm, error, stochastic, devices.describe(dev),
                                compute or dict.fromkeys(portable.COMPUTE_KEYS),
-                               portable.processor(), cfg.start_timeout)
+                               portable.processor(), cfg.start_timeout, signer.public)
     except startup.Missing:
         if rank == 0 and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
@@ -277,16 +280,18 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
         error = next((e if r == 0 else f"rank {r}: {e}" for r, (e, *_) in enumerate(said)
                       if e), None)
         if built is not None:
-            built.placed = [d for _, _, d, _, _ in said]
-            built.compute = [{**c, "processor": p} for _, _, _, c, p in said]
+            built.placed = [x[2] for x in said]
+            built.compute = [{**x[3], "processor": x[4]} for x in said]
+            built.keys = [x[5] for x in said]
         error = error or devices.check_kinds(built.placed, cfg.compare, inputs.resumed_kind,
                                              cfg.cuda_aware_mpi, any(s for _, s, *_ in said))
         if not error and cfg.compare == "exact":
-            error = portable.disagreeing([c for *_, c, _ in said], [p for *_, p in said])
+            error = portable.disagreeing([x[3] for x in said], [x[4] for x in said])
         if error and built is not None and built.created:
             shutil.rmtree(out, ignore_errors=True)
     if startup.verdict(comm, 2 if error else 0):
         raise _Exit(2, error)
+    built.signer = signer
     return built
 
 
@@ -346,7 +351,8 @@ def _manage(comm, inputs: _Inputs, built: _Built, waiter, started: float) -> int
              "(%d trainable, %d buffer values), out %s", comm.Get_size(), waiter.mode,
              devices.summary(placed), len(ds.train), cfg.model, meta["n_params"],
              layout.n_grad, layout.n_float + layout.n_count, out)
-    manager = Manager(comm, cfg, ds, built.model, out, waiter, meta, built.plan, started)
+    manager = Manager(comm, cfg, ds, built.model, out, waiter, meta, built.plan, started,
+                      (built.keys, built.signer))
     summary = manager.run()
     return 1 if summary["stopped_by"] == TOO_FEW else 0, manager.exchange
 

@@ -59,7 +59,9 @@ TOO_FEW = "too few active ranks left for the controls"
 
 class Manager:
     def __init__(self, comm, cfg: RunConfig, ds: Dataset, model, out: str, waiter: mpi.Waiter,
-                 meta: dict, resume=None, started: float | None = None):
+                 meta: dict, resume=None, started: float | None = None, signing=None):
+        """`signing`: (every rank's public key, by rank; the manager's core/signatures.Signer),
+        for the ranks' reduction."""
         self.comm, self.cfg, self.ds, self.out, self.meta = comm, cfg, ds, out, meta
         self.model, self.task, self.resume = model, ds.task, resume
         self.loss_fn = task_losses.loss_function(ds.task)
@@ -87,7 +89,7 @@ class Manager:
         self.mine = {}  # ranks' reduction: seed -> the manager's own answers among the leaves
         if self.reducing:
             self.reduction = Reduction(comm, self.layout, comm.Get_size() - 1, self.exchange,
-                                       cfg.challenges)
+                                       *signing, cfg.challenges)
             self.checker.form = lambda grad: self.commitment_of(self.committed(grad))
         self.files = RunFiles(out)
         self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
@@ -318,7 +320,7 @@ class Manager:
                             f"its answer ({x.why}) differs from the manager's recomputation")
         for r, why in sorted(lying.items()):
             if r in st.active:
-                self.remove(r, iteration, "sender" if "fetched" in why else "aggregator", why)
+                self.remove(r, iteration, "sender" if r in reduced.senders else "aggregator", why)
         fake = sorted({*fake, *(x.rank for x in held if x.verdict != "same"), *lying})
         done = [c.record() for c in checks]
         mine = [schedule.Assignment(rules.MANAGER, "manager", *lines) for lines in replaced]

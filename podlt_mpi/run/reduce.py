@@ -39,11 +39,16 @@ class Reduced(NamedTuple):
     sums: tuple          # each slice's sum's digest (merkle.leaf, hex), as applied
     fetched: tuple       # slices the manager summed itself
     unattributed: tuple  # (sender, aggregator, slice): flagged, and given to the manager
+    senders: frozenset = frozenset()  # the refused that lied as senders, not as aggregators
 
 
 class Reduction:
-    def __init__(self, comm, layout: Layout, n_slices: int, exchange, challenges: int = 2):
+    def __init__(self, comm, layout: Layout, n_slices: int, exchange, keys, signer,
+                 challenges: int = 2):
+        """`keys`: every rank's public key, by rank (its start-up report); `signer`: the
+        manager's own, whose public key is keys[0]."""
         self.comm, self.layout, self.n_slices, self.exchange = comm, layout, n_slices, exchange
+        self.keys, self.signer = keys, signer
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.challenges = challenges
@@ -101,30 +106,19 @@ class Reduction:
     def __call__(self, iteration: int, key: bytes, members, leaves, weights, mine: dict,
                  recompute) -> Reduced:
         """`members`: the active ranks in good standing (they aggregate); `leaves`:
-        rm.TableLeaf in line order; `weights`: the state the answers were computed from;
-        `mine`: seed -> reduction.Committed, the manager's own answers among the leaves;
-        `recompute(leaf)`: the manager's answer for a leaf whose sender fails it."""
+        rm.TableLeaf in line order (their keys filled in here); `weights`: the state the
+        answers were computed from; `mine`: seed -> reduction.Committed, the manager's own
+        answers among the leaves; `recompute(leaf)`: the manager's answer for a leaf whose
+        sender fails it."""
         perm = reduction.aggregators(key, iteration, members)
         agg = tuple(perm[j % len(perm)] for j in range(self.n_slices))
-        table = rm.table(self.n_slices, agg, leaves)
-        wait_ms = int(1000 * self.exchange.timeout() / 2)  # the aggregators' wait for inputs
-        digest = rm.table_digest(table)
-        told = rm.recipients(agg, leaves)
-        for r in told:  # each is told where its table comes from; the manager relays to FANOUT
-            parent, _ = rm.relay(told, r)
-            self._post(messages.header(rm.REDUCE, iteration, len(table), parent,
-                                       (wait_ms, digest)), r, tags.HEADER)
-        for child in rm.relay(told, 0)[1]:
-            self._post(table, child, tags.table_tag(iteration))
-        # a rank its relay failed asks for the table directly: once, this iteration
-        self.requests = {r: mpi.Checked(self.comm, np.empty(1, np.int64), r, tags.TABLE_REQUEST)
-                         for r in told}
-        self.table, self.iteration = table, iteration
+        leaves = [x._replace(key=self.keys[x.rank]) if x.rank >= 0 else x for x in leaves]
+        self._send_table(iteration, agg, leaves)
         for leaf in leaves:  # the manager's own answers: slices like any sender's
             c = mine.get(leaf.seed) if leaf.rank == 0 else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
-                self._post(rm.slice_message(c.answer[a:b], c.paths[j]), agg[j],
-                           tags.slice_tag(iteration))
+                self._post(rm.signed_slice(self.signer, iteration, j, leaf.seed, c.answer,
+                                           c.paths[j], a, b), agg[j], tags.slice_tag(iteration))
         n_leaves = len(leaves)
         sums = self._receive({j: (agg[j], tags.SUM, rm.sum_len(a, b, n_leaves))
                               for j, (a, b) in enumerate(self.bounds)})
@@ -141,16 +135,37 @@ class Reduction:
         for j in [j for j in values if agg[j] in refused]:  # a refused rank's sums: none
             del values[j]
         challenged = reduction.challenged(key, iteration, self.n_slices, self.challenges)
-        self._challenge(iteration, [j for j in challenged if j in values and not flagged[j]],
-                        agg, leaves, weights, values, refused)
+        # the drawn slices, and every flagged one: its inputs are the evidence of who lied
+        senders = set()  # the refused that lied as senders; the other refused, as aggregators
+        proven = self._challenge(iteration, sorted({*(j for j in challenged if j in values),
+                                                    *(j for j in values if flagged[j])}),
+                                 agg, leaves, weights, values, flagged, refused, senders)
         fetch = sorted(j for j in range(self.n_slices) if j not in values or flagged.get(j))
         unattributed = self._fetch(iteration, fetch, agg, leaves, weights, values, flagged,
-                                   refused, mine, recompute)
+                                   proven, refused, senders, mine, recompute)
         parts = [training.slice_parts(self.layout, *self.bounds[j], values[j])
                  for j in range(self.n_slices)]
         return Reduced(parts, refused, agg, challenged,
                        tuple(merkle.leaf(values[j]).hex() for j in range(self.n_slices)),
-                       tuple(fetch), tuple(unattributed))
+                       tuple(fetch), tuple(unattributed), frozenset(senders))
+
+    def _send_table(self, iteration: int, agg, leaves) -> None:
+        """The REDUCE header to every rank the table names, the table to the first of its
+        relay (rm.relay); requests for it are served while the sums come (_serve)."""
+        table = rm.table(self.n_slices, agg, leaves)
+        wait_ms = int(1000 * self.exchange.timeout() / 2)  # the aggregators' wait for inputs
+        digest = rm.table_digest(table)
+        told = rm.recipients(agg, leaves)
+        for r in told:  # each is told where its table comes from; the manager relays to FANOUT
+            parent, _ = rm.relay(told, r)
+            self._post(messages.header(rm.REDUCE, iteration, len(table), parent,
+                                       (wait_ms, digest)), r, tags.HEADER)
+        for child in rm.relay(told, 0)[1]:
+            self._post(table, child, tags.table_tag(iteration))
+        # a rank its relay failed asks for the table directly: once, this iteration
+        self.requests = {r: mpi.Checked(self.comm, np.empty(1, np.int64), r, tags.TABLE_REQUEST)
+                         for r in told}
+        self.table, self.iteration = table, iteration
 
     def _sum(self, j: int, leaves, inputs: dict, weights) -> np.ndarray:
         """Slice j's sum from opened inputs (leaf index -> values), as an aggregator makes it."""
@@ -166,54 +181,74 @@ class Reduction:
         a, b = self.bounds[j]
         if isinstance(msg, str) or len(msg) != rm.slice_len(a, b, j, self.n_slices):
             return None
-        v, path = rm.read_slice(msg, a, b)
+        v, path, _ = rm.read_slice(msg, a, b)
         return v.copy() if reduction.opens(leaf.slices_root, j, self.n_slices, v, path) else None
 
-    def _challenge(self, iteration, slices, agg, leaves, weights, values, refused) -> None:
-        """Each challenged slice summed again from its aggregator's inputs (PROOF)."""
+    def _challenge(self, iteration, slices, agg, leaves, weights, values, flagged,
+                   refused, senders) -> dict:
+        """Each slice in `slices` summed again from its aggregator's inputs (PROOF), which must
+        open under their roots, but for those it flagged: a flagged one that opens was flagged
+        falsely (the aggregator is removed); one that does not, under its sender's signature,
+        is the sender's equivocation (the sender is removed, and added to `senders`); any other
+        proves nothing. Returns {slice: {leaf: values}}, the inputs the proofs opened."""
         present = [i for i, leaf in enumerate(leaves) if leaf.rank >= 0]
         for j in slices:
             self._post(messages.header(rm.CHALLENGE, iteration, j), agg[j], tags.HEADER)
         sizes = {j: rm.slice_len(*self.bounds[j], j, self.n_slices) for j in slices}
         proofs = self._receive({j: (agg[j], tags.PROOF, len(present) * sizes[j])
                                 for j in slices})
+        opened = {}
         for j in slices:
-            msg, why = proofs[j], None
+            msg, why, again = proofs[j], None, None
             if isinstance(msg, str):
                 why = f"its inputs of slice {j}: {msg}"
             else:
-                parts = np.split(msg, len(present)) if present else []
-                inputs = {i: self._opened(j, leaves[i], m) for i, m in zip(present, parts)}
-                if any(v is None for v in inputs.values()):
+                parts = dict(zip(present, np.split(msg, len(present)) if present else []))
+                inputs = {i: self._opened(j, leaves[i], m) for i, m in parts.items()}
+                opened[j] = {i: v for i, v in inputs.items() if v is not None}
+                marked = set(flagged.get(j, ()))
+                for i in sorted(marked & set(present) - set(opened[j])):
+                    if rm.judge(parts[i], leaves[i], iteration, j, self.n_slices,
+                                *self.bounds[j]) == rm.EQUIVOCAL:
+                        senders.add(leaves[i].rank)
+                        refused.setdefault(leaves[i].rank, f"its slice {j}, signed, does not "
+                                                           f"open under its committed root")
+                if any(i in opened[j] or i not in inputs for i in marked):
+                    why = f"it flagged an input of slice {j} that opens under its root"
+                elif any(i not in opened[j] and i not in marked for i in inputs):
                     why = f"it summed inputs of slice {j} that do not open under their roots"
                 else:
-                    again = self._sum(j, leaves, inputs, weights)
+                    again = self._sum(j, leaves, opened[j], weights)
                     if np.array_equal(again.view(np.uint32), values[j].view(np.uint32)):
                         continue
                     why = f"its sum of slice {j} differs from the sum of its own inputs"
-                    values[j] = again  # proven inputs: the manager's sum stands
-            if why is not None:
-                refused.setdefault(agg[j], why)
-                if not why.startswith("its sum"):
-                    del values[j]  # summed from the senders' slices (_fetch)
-                log.warning("iteration %d: rank %d, aggregator of slice %d: %s", iteration,
-                            agg[j], j, why)
+            refused.setdefault(agg[j], why)
+            if again is not None and not flagged.get(j):
+                values[j] = again  # every input proven: the manager's sum stands
+            else:
+                values.pop(j, None)  # summed from what opened and the senders' slices (_fetch)
+            log.warning("iteration %d: rank %d, aggregator of slice %d: %s", iteration,
+                        agg[j], j, why)
+        return opened
 
-    def _fetch(self, iteration, slices, agg, leaves, weights, values, flagged, refused,
-               mine, recompute) -> list:
-        """The slices the manager sums itself, from slices fetched from their senders; a sender
-        that cannot give one is removed and the manager computes its fragment instead
-        (`recompute(leaf) -> answer`), as for an unchecked answer refused."""
+    def _fetch(self, iteration, slices, agg, leaves, weights, values, flagged, proven,
+               refused, senders, mine, recompute) -> list:
+        """The slices the manager sums itself, from the inputs a proof opened (`proven`) and
+        slices fetched from their senders for the rest; a sender that cannot give one is removed
+        and the manager computes its fragment instead (`recompute(leaf) -> answer`), as for an
+        unchecked answer refused. A flagged input its sender then gives the manager, that no
+        signature proved a lie, is recorded: nothing tells whose lie it was."""
         unattributed = []
         for j in slices:
-            inputs, wanted = {}, {}
+            inputs, wanted = dict(proven.get(j, {})), {}
             for i, leaf in enumerate(leaves):
-                if leaf.rank < 0:
+                if leaf.rank < 0 or i in inputs:
                     continue
                 if leaf.rank == 0:
-                    c = mine[leaf.seed]
-                    inputs[i] = c.answer[slice(*self.bounds[j])]
+                    inputs[i] = mine[leaf.seed].answer[slice(*self.bounds[j])]
                     continue
+                if leaf.rank in senders:
+                    continue  # its own signature proved it lied: its fragment is recomputed
                 self._post(messages.header(rm.FETCH, iteration, j, leaf.seed), leaf.rank,
                            tags.HEADER)
                 wanted[i] = (leaf.rank, tags.slice_tag(iteration),
@@ -222,6 +257,7 @@ class Reduction:
             for i, msg in got.items():
                 v = self._opened(j, leaves[i], msg)
                 if v is None:
+                    senders.add(leaves[i].rank)
                     refused.setdefault(leaves[i].rank, f"its slice {j}, fetched, does not "
                                                        f"open under its committed root")
                     continue
@@ -233,4 +269,3 @@ class Reduction:
                     inputs[i] = recompute(leaf)[slice(*self.bounds[j])]
             values[j] = self._sum(j, leaves, inputs, weights)
         return unattributed
-

@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from podlt_mpi.dist import comm as mpi
+from podlt_mpi.core import signatures
 from podlt_mpi.dist import messages, tags
 
 WAIT_FOR_ZERO = 3600.0  # seconds a rank waits for rank 0 at start-up (it may be generating data)
@@ -119,18 +120,18 @@ def share_inputs(comm, payload: dict | None) -> dict | None:
 
 
 def reports(comm, error: str | None, stochastic: bool, device: str, compute: dict,
-            processor: dict, timeout: float) -> list:
-    """Rank 0: [(error, stochastic, device, compute, processor)] of every rank in rank order,
+            processor: dict, timeout: float, key: bytes = signatures.NO_KEY) -> list:
+    """Rank 0: [(error, stochastic, device, compute, processor, key)] of every rank in rank order,
     its own first (its configuration read back as the others' are, so that all compare alike). Raises Missing for
     ranks that sent nothing in time or a malformed report. Other ranks send theirs and return
     []."""
-    mine = messages.report(error, stochastic, device, compute, processor)
+    mine = messages.report(error, stochastic, device, compute, processor, key)
     if comm.Get_rank():
         send(comm, mine, tags.REPORT)
         return []
     got, problems = take(comm, range(1, comm.Get_size()), tags.REPORT, messages.REPORT_LEN,
                          np.uint8, timeout)
-    out = [(error, stochastic, device, *messages.read_report(mine)[3:])]
+    out = [(error, stochastic, device, *messages.read_report(mine)[3:])]  # its key too
     for r in range(1, comm.Get_size()):
         if r in got:
             try:

@@ -6,7 +6,10 @@ project's worker, patched and with its sends rewritten, and from iteration LIE_F
     LIE=drop-input    it sums its slices without their first input
     LIE=double-input  it sums their first input twice
     LIE=equivocate    the slices of its answers it sends the aggregators differ from what it
-                      committed to; asked by the manager directly, it gives the true ones
+                      committed to, under its signature of the true ones; asked by the
+                      manager directly, it gives the true ones
+    LIE=equivocate-signed  the same, with the false slices signed (its own word against its
+                      commitment)
     LIE=withhold      it never sends a SUM
     LIE=bad-proof     challenged, it sends inputs other than those it summed
     LIE=relay-alter   the table it relays to the ranks below it in the relay is altered
@@ -59,6 +62,28 @@ def patch_sums():
         told(iteration)
         return real_reduce(self, iteration, table, weights, wait_s)
     aggregate.Aggregator.reduce = reduce
+
+
+def patch_signed_slices():
+    """equivocate-signed: the slices it sends the aggregators (not the manager) altered, then
+    signed."""
+    from podlt_mpi.run import aggregate
+    real_slice, real_reduce = aggregate.Aggregator.slice, aggregate.Aggregator.reduce
+
+    def reduce(self, iteration, *args):
+        now["sending"] = told(iteration)
+        try:
+            return real_reduce(self, iteration, *args)
+        finally:
+            now["sending"] = False
+
+    def slice_(self, iteration, j, seed, c):
+        if not now.get("sending"):
+            return real_slice(self, iteration, j, seed, c)
+        answer = c.answer.copy()
+        answer[self.bounds[j][0]] += np.float32(1)
+        return real_slice(self, iteration, j, seed, c._replace(answer=answer))
+    aggregate.Aggregator.reduce, aggregate.Aggregator.slice = reduce, slice_
 
 
 def patch_withhold():
@@ -116,6 +141,8 @@ def after_the_kernels(patch):
 def main(argv) -> int:
     if LIE in ("drop-input", "double-input"):
         after_the_kernels(patch_sums)
+    elif LIE == "equivocate-signed":
+        after_the_kernels(patch_signed_slices)
     elif LIE in ("withhold", "relay-withhold"):
         after_the_kernels(patch_withhold)
     return run_rewriting(argv, rewrite)

@@ -108,7 +108,8 @@ def test_start_up_messages_between_rank_0_and_the_others():
     compute = dict.fromkeys(portable.COMPUTE_KEYS, "x")
     processor = {"vendor": "V", "model": f"rank {rank}'s", "flags": "avx2"}
     said = startup.reports(comm, "out of memory" if rank == 2 else None, rank == 3,
-                           "cpu", {**compute, "threads": rank}, processor, 30)
+                           "cpu", {**compute, "threads": rank}, processor, 30,
+                           bytes([rank]) * 32)
     if rank == 0:
         assert [s[:3] for s in said] == [(None, False, "cpu"), (None, False, "cpu"),
                                          ("out of memory", False, "cpu"), (None, True, "cpu")] + \
@@ -116,6 +117,7 @@ def test_start_up_messages_between_rank_0_and_the_others():
         # each rank's configuration and processor, as it sent them (text: rank 0's too)
         assert [s[3] for s in said] == [{**compute, "threads": str(r)} for r in range(size)]
         assert [s[4]["model"] for s in said] == [f"rank {r}'s" for r in range(size)]
+        assert [s[5] for s in said] == [bytes([r]) * 32 for r in range(size)]  # its key
     assert startup.verdict(comm, 0 if rank == 0 else None) == 0
 
 
