@@ -46,6 +46,7 @@ def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
         red = rec["reduction"]
         assert red["slices"] == WORLD - 1 and sorted(red["aggregators"]) == rec["active"]
         assert len(red["challenged"]) == 2 and red["fetched"] == red["refused"] == []
+        assert rec["looks"] == []  # honest answers: inside every slice's look
         # the ledger's digest of an answer is its commitment, not the hash of its bytes
         assert all(len(a["grad_digest"]) == 64 for a in rec["assignments"])
     assert star[0]["assignments"][0]["grad_digest"] != ranks[0]["assignments"][0]["grad_digest"]
@@ -217,6 +218,39 @@ def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tm
     assert len(b) == 6 and all(x["reduction"] for x in b)
     rep = audit(twice)
     assert rep["passed"], rep["problems"]
+
+
+@pytest.mark.parametrize("lie", ["1000x", "nan"])
+def test_the_look_holds_back_an_unchecked_answer_outside_it_and_removes_its_rank(
+        lie, mpi, job_args, small_data, tmp_path):
+    """An unchecked worker commits to 1000 times its honest answer, or to NaN, and sends its
+    slices as committed (they open): an aggregator's look at its slice (the slice's median,
+    looks.slice_outliers) flags it, the manager asks for the slice's inputs, looks itself,
+    recomputes the fragment, finds it differs, removes the rank and runs the iteration's
+    reduction again with its own answer in the fake's place. No honest rank is removed, the
+    model is single-process training's, and the audit confirms the look's verdict."""
+    from staging import first_plan
+    plan = first_plan(WORLD)
+    liar = next(r for r in plan.workers if r != plan.checked)
+    out = tmp_path / "run"
+    r = run_job(WORLD, job_args(blocks=3, reduce="ranks"), path=PATH,
+                adversary=(liar, ADVERSARY), env={"LIE": lie})
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = read_jsonl(out / "ledger.jsonl")[0]
+    assert first["removed"] == [liar]
+    (look,) = first["looks"]
+    assert look["rank"] == liar and look["verdict"] == "differs"
+    assert ("non-finite" if lie == "nan" else "beyond") in look["why"]
+    assert [a["lines"] for a in first["assignments"] if a["role"] == "manager"] == [look["lines"]]
+    assert first["applied_from"][first["applied"].index(look["lines"])] == 0
+    assert first["reduction"]["refused"] == []
+    assert read_json(out / "summary.json")["removed"] == [
+        {"rank": liar, "iteration": 0, "role": "worker"}]
+    single_process.assert_matches(out, small_data["train"], read_json(out / "config.json"),
+                                  read_jsonl(out / "ledger.jsonl"))
+    rep = audit(out)
+    assert rep["passed"], rep["problems"]
+    assert rep["replay"]["verified"] == 3
 
 
 def test_a_malformed_commitment_is_refused_and_the_manager_sends_that_fragment_s_slices(

@@ -64,3 +64,36 @@ def test_a_look_and_a_loss_survive_the_record():
     assert "loss" not in a.to_json(4)
     with pytest.raises(records.RecordError, match="lacks loss"):
         records.Assignment.from_json(a.to_json(4) | {"role": "worker"}, 5)
+
+
+def test_the_reduction_s_look_holds_back_a_slice_input_beyond_the_slice_s_median():
+    """Per slice, against the median of the slice's finite inputs of this iteration: a
+    minority cannot move it, a 10x norm (100x squared) is out, NaN is out, and the manager's
+    margin widens or narrows the bound by its fraction (another processor's rounding)."""
+    honest = {i: (True, 1.0 + 0.1 * i, 0.5) for i in range(5)}
+    assert looks.slice_outliers(honest) == set()
+    big = {**honest, 5: (True, 100.0 * 1.25 * 1.01, 0.5), 6: (False, float("nan"), 0.0)}
+    assert looks.slice_outliers(big) == {5, 6}
+    edge = {**honest, 5: (True, 100.0 * 1.25 * (1 + 5e-4), 0.5)}  # median of 6: 1.25
+    assert looks.slice_outliers(edge) == {5}
+    assert looks.slice_outliers(edge, looks.MARGIN) == set()       # not clearly out
+    assert looks.slice_outliers(edge, -looks.MARGIN) == {5}
+    buffers = {**honest, 5: (True, 1.0, 0.5 * 100 * 1.5)}  # the buffers' change alone
+    assert looks.slice_outliers(buffers) == {5}
+    assert looks.slice_outliers({0: (True, 0.0, 0.0), 1: (True, 0.0, 0.0)}) == set()
+    assert looks.slice_outliers({0: (False, 1.0, 0.0)}) == {0}
+
+
+def test_a_slice_s_sizes_are_its_gradient_and_its_change_of_the_float_buffers():
+    import numpy as np
+    import torch
+    from podlt_mpi.compute import training
+    from podlt_mpi.compute.layout import Layout
+    layout = Layout(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)))
+    g = layout.n_grad
+    before = np.arange(layout.n_float, dtype=np.float32)
+    values = np.concatenate([np.full(g, 2, np.float32), before + 3])[g - 4:]  # across the cut
+    ok, grad, buffers = training.slice_sizes(layout, g - 4, g + layout.n_float, values, before)
+    assert ok and grad == 4 * 4.0 and buffers == 9.0 * layout.n_float
+    values[0] = np.inf
+    assert not training.slice_sizes(layout, g - 4, g + layout.n_float, values, before)[0]

@@ -275,6 +275,18 @@ class SliceSum:
         return out
 
 
+def slice_sizes(layout: Layout, a: int, b: int, values, before) -> tuple:
+    """What the reduction's look reads from one input of slice [a, b) (looks.slice_outliers):
+    (finite, the gradient part's squared norm, the float buffers' change's squared norm), in
+    float64. `before`: the float buffers the change is measured from (the whole vector)."""
+    g = layout.n_grad
+    cut = max(0, min(b, g) - a)
+    part = torch.as_tensor(np.asarray(values)).double()
+    change = part[cut:] - torch.as_tensor(before)[max(a, g) - g:b - g].double()
+    grad, buffers = float(part[:cut].square().sum()), float(change.square().sum())
+    return math.isfinite(grad) and math.isfinite(buffers), grad, buffers
+
+
 def slice_parts(layout: Layout, a: int, b: int, values) -> tuple:
     """Slice [a, b)'s sum as a SUM carries it (b - a float32 values) in SliceSum.result's
     form: (gradient part, change part), None where the slice has none."""

@@ -112,9 +112,9 @@ class RunConfig:
                                   "waits for a sleeping rank)", choices=("auto", "on", "off"))
     reduce: str = _opt("auto", "who sums the answers: star, the manager (every answer crosses its "
                                "link); ranks, the ranks in slices, verified (exact mode; the "
-                               "manager's link carries about one model; the look at each "
-                               "unchecked answer does not cover it yet); auto: star", choices=("auto", "star",
-                                                                               "ranks"))
+                               "manager's link carries about one model); auto: ranks in exact "
+                               "mode where ranks spin, from 8 ranks, else star",
+                       choices=("auto", "star", "ranks"))
     challenges: int = _opt(2, "--reduce ranks: slices the manager sums again each iteration, to "
                               "check their aggregators")
     rank_timeout: float = _opt(0.0, "seconds the manager waits for a rank's answer before it "

@@ -66,3 +66,26 @@ def why(sizes: Sizes, ref: Reference | None, model_finite: bool = True) -> str |
         if not math.isfinite(v) or v > BOUND * r and v > 0:
             return f"{what} norm {v:.4g} > {BOUND:g} x median {r:.4g}"
     return None
+
+
+# ---- the ranks' reduction (reduction.py): the look, slice by slice ---------------------------
+
+MARGIN = 1e-3  # the manager's allowance, either way, for another processor's rounding of norms
+
+
+def slice_outliers(sizes, margin: float = 0.0) -> set:
+    """Under the ranks' reduction no answer reaches the manager whole, so each aggregator looks
+    at its slice of every input: `sizes`, {leaf: (finite, the gradient part's squared norm,
+    the float buffers' change's squared norm)} over that slice alone. The leaves outside:
+    non-finite, or either squared norm beyond BOUND^2 times the median of the slice's finite
+    inputs (one iteration's: a minority of cheaters cannot move it). An answer inside in every
+    slice is within BOUND times the root of the sum of the slices' medians: beyond it, some
+    slice would hold more than its share. `margin` widens (> 0) or narrows (< 0) the bound by
+    that fraction, for the manager judging an aggregator's look from another processor."""
+    finite = [s for s in sizes.values() if s[0]]
+    if not finite:
+        return {i for i, s in sizes.items() if not s[0]}
+    medians = [statistics.median(s[k] for s in finite) for k in (1, 2)]
+    limit = BOUND * BOUND * (1 + margin)
+    return {i for i, (ok, *norms) in sizes.items()
+            if not ok or any(v > limit * m and v > 0 for v, m in zip(norms, medians))}

@@ -95,19 +95,15 @@ def challenged(key: bytes, iteration: int, n_slices: int, n: int) -> tuple:
 
 
 def choose(mode: str, exact: bool, ranks_spin: bool, world: int) -> str:
-    """The reduction `auto` takes, `star` or `ranks` as asked. Auto keeps the star for now: the
-    look (looks.py: no unchecked answer folded beyond 10x the median norm, nor non-finite)
-    reads every answer whole at the manager, and does not yet cover the ranks' reduction, so
-    only a user who asks for `ranks` trades it for the manager's link. Where it will be taken
-    (`ready`): in exact mode (tolerance mode needs every answer whole at the manager, for its
-    sketch), where ranks spin (a rank that sleeps between polls on an oversubscribed node makes
-    every hop of the reduction a wake-up), from MIN_RANKS up."""
+    """The reduction `auto` takes, `star` or `ranks` as asked: the ranks' reduction in exact
+    mode (tolerance mode needs every answer whole at the manager, for its sketch), where ranks
+    spin (a rank that sleeps between polls on an oversubscribed node makes every hop of the
+    reduction a wake-up), from MIN_RANKS up."""
     if mode != AUTO:
         return mode
-    return RANKS if LOOKED and exact and ranks_spin and world >= MIN_RANKS else STAR
+    return RANKS if exact and ranks_spin and world >= MIN_RANKS else STAR
 
 
-LOOKED = False  # whether the look covers the ranks' reduction (choose)
 MIN_RANKS = 8  # below, the manager's link is not the bottleneck (traffic: 1-2 answers a rank)
 
 

@@ -5,7 +5,8 @@ receiver knows each message's exact size before it probes for it.
 - The commitment (on GRAD, in place of the answer): float32 [root, slices' root, counters], the
   two digests as 8 words each.
 - REDUCE header (from the manager to every rank the table names: `recipients`), [REDUCE,
-  iteration, the table's length, the rank it comes from (`relay`), the aggregators' wait in ms,
+  iteration, the table's length, the round (0, or 1 where the look found a fake answer) and
+  the rank it comes from (`relay_field`, `relay`), the aggregators' wait in ms,
   the table's digest as 4 int64], then the table (int64, on tags.table_tag): [slices, leaves,
   each slice's aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's
   slices' root and its rank's public key, 4 words each]. A leaf's rank is -1 where the
@@ -119,6 +120,16 @@ def recipients(aggregators, leaves) -> tuple:
 
 
 FANOUT = 2  # the copies of the table the manager sends, and each rank forwards
+
+
+def relay_field(round_: int, parent: int) -> int:
+    """A REDUCE header's seed field: the round (tags.step) and the rank the table comes from."""
+    return round_ << 32 | parent
+
+
+def read_relay(field: int) -> tuple:
+    """(round, parent) of a REDUCE header's seed field."""
+    return field >> 32, field & 0xFFFFFFFF
 
 
 def relay(ranks, rank: int) -> tuple:

@@ -14,19 +14,24 @@ SUM, PROOF = 10, 19
 # The table is relayed from rank to rank (reduce_messages.relay), and a rank that its relay did
 # not give it asks the manager with TABLE_REQUEST ([iteration], int64).
 TABLE_REQUEST = 20
-# A TABLE and a SLICE travel on their iteration's tag, so that one sent too late for its
-# receiver is never taken for the next iteration's: it waits unmatched, and the next drain
-# discards it.
+# A TABLE and a SLICE travel on their round's tag (`step`: an iteration's reduction is run again
+# where the manager's look finds a fake answer), so that one sent too late for its receiver is
+# never taken for a later round's: it waits unmatched, and the next drain discards it.
 SPAN = 64
 _TABLES, _SLICES = 64, 128  # the first tag of each kind's range
+ROUNDS = 4                  # an iteration's reductions at most (a fake found in each but the last)
 
 
-def table_tag(iteration: int) -> int:
-    return _TABLES + iteration % SPAN
+def step(iteration: int, round_: int = 0) -> int:
+    return ROUNDS * iteration + round_
 
 
-def slice_tag(iteration: int) -> int:
-    return _SLICES + iteration % SPAN
+def table_tag(step_: int) -> int:
+    return _TABLES + step_ % SPAN
+
+
+def slice_tag(step_: int) -> int:
+    return _SLICES + step_ % SPAN
 
 
 def is_slice(tag: int) -> bool:
@@ -37,11 +42,11 @@ def is_table(tag: int) -> bool:
     return _TABLES <= tag < _TABLES + SPAN
 
 
-def ahead(tag: int, iteration: int) -> bool:
-    """Whether a table or slice tag is for an iteration after `iteration` (within half the
-    span): one for `iteration` or before is late, and nobody will receive it."""
+def ahead(tag: int, step_: int) -> bool:
+    """Whether a table or slice tag is for a round after `step_` (within half the span): one
+    for `step_` or before is late, and nobody will receive it."""
     base = next((b for b in (_TABLES, _SLICES) if b <= tag < b + SPAN), None)
-    return base is not None and 0 < (tag - base - iteration) % SPAN < SPAN // 2
+    return base is not None and 0 < (tag - base - step_) % SPAN < SPAN // 2
 
 
 # The job's start and end (run/startup.py), rank 0 with every other rank, before and after the

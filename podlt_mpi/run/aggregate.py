@@ -14,7 +14,7 @@ import torch
 
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
-from podlt_mpi.core import reduction
+from podlt_mpi.core import looks, reduction
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import reduce_messages as rm
 from podlt_mpi.dist import tags
@@ -29,7 +29,7 @@ class Aggregator:
         self.signer = signer  # core/signatures.Signer: its public key is in the table
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
-        self.iteration = None
+        self.iteration, self.step = None, None  # the last round's (tags.step)
         self.kept = {}     # fragment seed -> reduction.Committed, this iteration's answers
         self.inputs = {}   # slice -> its inputs as received (SLICE messages), for a challenge
         self.sends = mpi.Sends(comm, waiter.mode)
@@ -46,15 +46,15 @@ class Aggregator:
         if iteration != self.iteration:
             self.iteration, self.kept, self.inputs = iteration, {}, {}
 
-    def receive_table(self, iteration: int, parent: int, size: int, digest: np.ndarray,
-                      wait_s: float):
+    def receive_table(self, iteration: int, round_: int, parent: int, size: int,
+                      digest: np.ndarray, wait_s: float):
         """The table the REDUCE header names (by its digest and size), from `parent` in the
         relay (rm.relay) or, where that does not bring it within RELAY_SHARE of the wait,
         from the manager, asked with TABLE_REQUEST; forwarded to this rank's own children in
         the relay. (raw int64 table, rm.Table), or None: not even the manager's came, and this
         rank sits the reduction out (its slices are fetched from it, its sums made by the
         manager)."""
-        tag, me = tags.table_tag(iteration), self.comm.Get_rank()
+        tag, me = tags.table_tag(tags.step(iteration, round_)), self.comm.Get_rank()
         for source, share in ((parent, RELAY_SHARE), (0, 1 - RELAY_SHARE))[parent == 0:]:
             got = mpi.Checked(self.comm, np.empty(max(size, 0), np.int64), source, tag)
             mpi.Waiter(self.waiter.mode).poll([got], None, None, wait_s * share)
@@ -76,17 +76,19 @@ class Aggregator:
                 self.sends.post(np.array([iteration], np.int64), 0, tags.TABLE_REQUEST)
         return None
 
-    def reduce(self, iteration: int, table: rm.Table, weights: np.ndarray,
+    def reduce(self, iteration: int, round_: int, table: rm.Table, weights: np.ndarray,
                wait_s: float) -> None:
         """Send this rank's leaves' slices, then sum the slices it aggregates and send the
-        manager each SUM."""
+        manager each SUM: of the inputs that came, opened under their roots and are inside the
+        look (looks.slice_outliers), the others flagged."""
         me = self.comm.Get_rank()
         self._at(iteration)  # a rank that computed nothing this iteration keeps nothing
+        self.step = tags.step(iteration, round_)
         for leaf in table.leaves:
             c = self.kept.get(leaf.seed) if leaf.rank == me else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
                 self.sends.post(self.slice(iteration, j, leaf.seed, c), table.aggregators[j],
-                                tags.slice_tag(iteration))
+                                tags.slice_tag(self.step))
         mine = [j for j, r in enumerate(table.aggregators) if r == me]
         receives = {}  # in the order a sender sends them: by leaf, then by slice
         for i, leaf in enumerate(table.leaves):
@@ -94,7 +96,7 @@ class Aggregator:
                 a, b = self.bounds[j]
                 buffer = np.empty(rm.slice_len(a, b, j, self.n_slices), np.float32)
                 receives[(j, i)] = mpi.Checked(self.comm, buffer, leaf.rank,
-                                                tags.slice_tag(iteration))
+                                                tags.slice_tag(self.step))
         if receives:
             mpi.Waiter(self.waiter.mode).poll(mpi.in_order(receives.values()), None, None,
                                               wait_s)
@@ -103,18 +105,23 @@ class Aggregator:
         for j in mine:
             a, b = self.bounds[j]
             s = training.SliceSum(self.layout, len(table.leaves), a, b, before)
-            flags, got = [], []
+            got, opened = [], {}
             for i, leaf in enumerate(table.leaves):
                 r = receives.get((j, i))
                 came = r is not None and r.finished and r.bad is None
-                ok = came
-                if ok:
+                if came:
                     values, path, _ = rm.read_slice(r.buffer, a, b)
-                    ok = reduction.opens(leaf.slices_root, j, self.n_slices, values, path)
+                    if reduction.opens(leaf.slices_root, j, self.n_slices, values, path):
+                        opened[i] = values
                 if r is not None:  # one that came but does not open is the manager's to judge
                     got.append(r.buffer if came else None)
-                flags.append(0 if leaf.rank < 0 or ok else 1)
-                s.set(i, values if ok else None, leaf.count, leaf.lines)
+            sizes = {i: training.slice_sizes(self.layout, a, b, v, weights[g:f])
+                     for i, v in opened.items()}
+            outside = looks.slice_outliers(sizes)
+            flags = [0 if leaf.rank < 0 or i in opened and i not in outside else 1
+                     for i, leaf in enumerate(table.leaves)]
+            for i, leaf in enumerate(table.leaves):
+                s.set(i, None if flags[i] else opened.get(i), leaf.count, leaf.lines)
             self.inputs[j] = got
             self.sends.post(rm.sum_message(s.values(), flags), 0, tags.SUM)
 
@@ -140,4 +147,4 @@ class Aggregator:
         a, b = self.bounds[j]
         msg = (self.slice(iteration, j, seed, c) if c is not None
                else np.zeros(rm.slice_len(a, b, j, self.n_slices), np.float32))
-        self.sends.post(msg, 0, tags.slice_tag(iteration))
+        self.sends.post(msg, 0, tags.slice_tag(self.step))

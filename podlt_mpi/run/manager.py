@@ -87,6 +87,7 @@ class Manager:
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
                                cfg.compare, cfg.rtol, cfg.atol, cfg.seed, self.looking)
         self.mine = {}  # ranks' reduction: seed -> the manager's own answers among the leaves
+        self.losses = {}  # ... and seed -> the loss of each fragment it recomputed
         if self.reducing:
             self.reduction = Reduction(comm, self.layout, comm.Get_size() - 1, self.exchange,
                                        *signing, cfg.challenges)
@@ -263,7 +264,7 @@ class Manager:
         if self.folding:
             unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
-        self.mine = {}
+        self.mine, self.losses = {}, {}
         if self.folding and not self.reducing:  # the unchecked answers fold in as they arrive
             controls = dict(plan.checks)
             # the answers' order (window.py): line order, each control after its checked worker
@@ -305,7 +306,21 @@ class Manager:
         lying, reduced = {}, None  # the ranks' reduction: ranks it proved lying, what it did
         if applied and self.reducing:
             excluded = {*fake, *refused, *(x.rank for x in held)}
-            reduced = self.reduced(rnd, applied, [r for r in st.active if r not in excluded])
+            members = [r for r in st.active if r not in excluded]
+            reduced = self.reduced(rnd, applied, members, checked)
+            looked = self.held_back(rnd, reduced)
+            held += looked
+            while reduced.parts is None:  # the look found a fake answer: the reduction again,
+                replaced += [x.lines for x in looked if x.verdict != "same"]  # the manager's
+                applied = self.accepted(plan, checks, replaced)  # answer in the fake's place
+                members = [r for r in members
+                           if r not in {*reduced.refused, *(x.rank for x in looked)}]
+                before = reduced
+                reduced = self.reduced(rnd, applied, members, checked, before.round + 1)
+                looked = self.held_back(rnd, reduced)
+                held += looked
+                reduced = reduced._replace(refused={**before.refused, **reduced.refused},
+                                           senders=before.senders | reduced.senders)
             lying = reduced.refused
         loss = self.apply(rnd, applied, epoch, fold, checked, reduced) if applied else None
         for r in fake:
@@ -435,9 +450,27 @@ class Manager:
         self.held = {}
         return out
 
-    def reduced(self, rnd: Round, applied: list, members) -> Reduced:
+    def held_back(self, rnd: Round, reduced: Reduced) -> list:
+        """The answers the reduction's look held back (reduce.py), as records.Look: `same`, or
+        `differs`, the manager's answer then standing for the fragment (its commitment in
+        `rnd`, its slices in `self.mine`)."""
+        workers = [a for a in rnd.plan.assignments if a.role == "worker"]  # the leaves' order
+        out = []
+        for i, why, c in reduced.looked:
+            a = workers[i]
+            if c is not None:
+                mine = (rules.MANAGER, a.start, a.stop)
+                seed = messages.fragment_seed(self.cfg.seed, rnd.iteration, a.start, a.stop)
+                rnd.grads[mine], rnd.losses[mine] = self.commitment_of(c), self.losses[seed]
+                self.mine[seed] = c
+            out.append(records.Look(a.rank, (a.start, a.stop), why,
+                                    "same" if c is None else "differs"))
+        return out
+
+    def reduced(self, rnd: Round, applied: list, members, checked, round_: int = 0) -> Reduced:
         """The ranks' reduction of the applied fragments (reduce.py): every worker fragment a
-        leaf in line order, the standing rank's answer, or none."""
+        leaf in line order, the standing rank's answer, or none. `checked`: the lines of the
+        checked fragments, which the look leaves alone (as the star's does)."""
         start, it = rnd.plan.start, rnd.iteration
         standing = {(s, e): r for s, e, r in applied}
         leaves, lines_of = [], {}
@@ -453,11 +486,13 @@ class Manager:
                                        slices_root))
 
         def recompute(leaf):
-            grad, _ = self.checker.recompute(rnd, *lines_of[leaf.seed])
+            grad, self.losses[leaf.seed] = self.checker.recompute(rnd, *lines_of[leaf.seed])
             return np.ascontiguousarray(host(torch.as_tensor(grad)), np.float32)
+        trusted = {i for i, x in enumerate(leaves)  # the look's, as the star's: unchecked only
+                   if x.rank <= 0 or lines_of[x.seed] in checked}
         with self.cost.part("reduce"):
             return self.reduction(it, self.state.role_key, members, leaves, rnd.weights,
-                                  self.mine, recompute)
+                                  self.mine, recompute, trusted, round_)
 
     def apply(self, rnd: Round, applied: list, epoch: int, fold, checked,
               reduced: Reduced | None = None) -> float:

@@ -21,7 +21,7 @@ import torch
 
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
-from podlt_mpi.core import merkle, reduction
+from podlt_mpi.core import looks, merkle, reduction
 from podlt_mpi.dist import comm as mpi
 from podlt_mpi.dist import messages, tags
 from podlt_mpi.dist import reduce_messages as rm
@@ -40,6 +40,8 @@ class Reduced(NamedTuple):
     fetched: tuple       # slices the manager summed itself
     unattributed: tuple  # (sender, aggregator, slice): flagged, and given to the manager
     senders: frozenset = frozenset()  # the refused that lied as senders, not as aggregators
+    looked: tuple = ()   # (leaf, why, None or the manager's Committed): the look's held back
+    round: int = 0       # tags.step's: the iteration's reductions, one more per fake it finds
 
 
 class Reduction:
@@ -53,7 +55,8 @@ class Reduction:
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.challenges = challenges
         self.sends = mpi.Sends(comm, exchange.waiter.mode)
-        self.requests, self.table, self.iteration = {}, None, None  # this iteration's (_serve)
+        # this round's (_serve): the ranks that may ask for the table, the table, its tags
+        self.requests, self.table, self.iteration, self.step = {}, None, None, None
 
     # ---- the wire --------------------------------------------------------------------------
 
@@ -99,26 +102,35 @@ class Reduction:
                 if c.bad is None and int(c.buffer[0]) == self.iteration:
                     log.info("iteration %d: rank %d asked for the table directly",
                              self.iteration, r)
-                    self._post(self.table, r, tags.table_tag(self.iteration))
+                    self._post(self.table, r, tags.table_tag(self.step))
 
     # ---- one reduction ---------------------------------------------------------------------
 
     def __call__(self, iteration: int, key: bytes, members, leaves, weights, mine: dict,
-                 recompute) -> Reduced:
+                 recompute, trusted=(), round_: int = 0) -> Reduced:
         """`members`: the active ranks in good standing (they aggregate); `leaves`:
         rm.TableLeaf in line order (their keys filled in here); `weights`: the state the
         answers were computed from; `mine`: seed -> reduction.Committed, the manager's own
         answers among the leaves; `recompute(leaf)`: the manager's answer for a leaf whose
-        sender fails it."""
+        sender fails it, or that the look holds back; `trusted`: the leaves the look leaves
+        alone (checked, or the manager's). `round_` 1: the iteration's reduction
+        again, after the look found a fake answer in round 0 (its parts were None)."""
         perm = reduction.aggregators(key, iteration, members)
         agg = tuple(perm[j % len(perm)] for j in range(self.n_slices))
         leaves = [x._replace(key=self.keys[x.rank]) if x.rank >= 0 else x for x in leaves]
-        self._send_table(iteration, agg, leaves)
+        self.step = tags.step(iteration, round_)
+        self._send_table(iteration, round_, agg, leaves)
         for leaf in leaves:  # the manager's own answers: slices like any sender's
             c = mine.get(leaf.seed) if leaf.rank == 0 else None
             for j, (a, b) in enumerate(self.bounds if c is not None else ()):
                 self._post(rm.signed_slice(self.signer, iteration, j, leaf.seed, c.answer,
-                                           c.paths[j], a, b), agg[j], tags.slice_tag(iteration))
+                                           c.paths[j], a, b), agg[j], tags.slice_tag(self.step))
+        memo = {}
+
+        def again(leaf):  # each fragment computed once, however many slices need it
+            if leaf.seed not in memo:
+                memo[leaf.seed] = recompute(leaf)
+            return memo[leaf.seed]
         n_leaves = len(leaves)
         sums = self._receive({j: (agg[j], tags.SUM, rm.sum_len(a, b, n_leaves))
                               for j, (a, b) in enumerate(self.bounds)})
@@ -137,19 +149,34 @@ class Reduction:
         challenged = reduction.challenged(key, iteration, self.n_slices, self.challenges)
         # the drawn slices, and every flagged one: its inputs are the evidence of who lied
         senders = set()  # the refused that lied as senders; the other refused, as aggregators
+        outside = {}     # leaf -> why the look holds it back
         proven = self._challenge(iteration, sorted({*(j for j in challenged if j in values),
                                                     *(j for j in values if flagged[j])}),
-                                 agg, leaves, weights, values, flagged, refused, senders)
+                                 agg, leaves, weights, values, flagged, refused, senders,
+                                 outside)
+        looked = []  # (leaf, why, the manager's answer where the sender's differs, else None)
+        last = round_ == tags.ROUNDS - 1  # no round after it: what its look finds stands
+        for i, why in sorted(x for x in outside.items() if x[0] not in trusted and not last):
+            c = reduction.commit(again(leaves[i]), self.n_summed, self.n_slices, mpi.cores())
+            same = c.slices_root == leaves[i].slices_root
+            looked.append((i, why, None if same else c))
+            log.info("iteration %d: rank %d's answer (%s) held back; the manager's "
+                     "recomputation is %s", iteration, leaves[i].rank, why,
+                     "the same" if same else "different")
+        if any(c is not None for *_, c in looked):  # round 1 sums the manager's answer instead
+            return Reduced(None, refused, agg, challenged, (), (), (), frozenset(senders),
+                           tuple(looked), round_)
         fetch = sorted(j for j in range(self.n_slices) if j not in values or flagged.get(j))
         unattributed = self._fetch(iteration, fetch, agg, leaves, weights, values, flagged,
-                                   proven, refused, senders, mine, recompute)
+                                   proven, refused, senders, mine, again)
         parts = [training.slice_parts(self.layout, *self.bounds[j], values[j])
                  for j in range(self.n_slices)]
         return Reduced(parts, refused, agg, challenged,
                        tuple(merkle.leaf(values[j]).hex() for j in range(self.n_slices)),
-                       tuple(fetch), tuple(unattributed), frozenset(senders))
+                       tuple(fetch), tuple(unattributed), frozenset(senders), tuple(looked),
+                       round_)
 
-    def _send_table(self, iteration: int, agg, leaves) -> None:
+    def _send_table(self, iteration: int, round_: int, agg, leaves) -> None:
         """The REDUCE header to every rank the table names, the table to the first of its
         relay (rm.relay); requests for it are served while the sums come (_serve)."""
         table = rm.table(self.n_slices, agg, leaves)
@@ -158,10 +185,11 @@ class Reduction:
         told = rm.recipients(agg, leaves)
         for r in told:  # each is told where its table comes from; the manager relays to FANOUT
             parent, _ = rm.relay(told, r)
-            self._post(messages.header(rm.REDUCE, iteration, len(table), parent,
-                                       (wait_ms, digest)), r, tags.HEADER)
+            self._post(messages.header(rm.REDUCE, iteration, len(table),
+                                       rm.relay_field(round_, parent), (wait_ms, digest)),
+                       r, tags.HEADER)
         for child in rm.relay(told, 0)[1]:
-            self._post(table, child, tags.table_tag(iteration))
+            self._post(table, child, tags.table_tag(self.step))
         # a rank its relay failed asks for the table directly: once, this iteration
         self.requests = {r: mpi.Checked(self.comm, np.empty(1, np.int64), r, tags.TABLE_REQUEST)
                          for r in told}
@@ -185,12 +213,16 @@ class Reduction:
         return v.copy() if reduction.opens(leaf.slices_root, j, self.n_slices, v, path) else None
 
     def _challenge(self, iteration, slices, agg, leaves, weights, values, flagged,
-                   refused, senders) -> dict:
+                   refused, senders, outside) -> dict:
         """Each slice in `slices` summed again from its aggregator's inputs (PROOF), which must
         open under their roots, but for those it flagged: a flagged one that opens was flagged
         falsely (the aggregator is removed); one that does not, under its sender's signature,
         is the sender's equivocation (the sender is removed, and added to `senders`); any other
-        proves nothing. Returns {slice: {leaf: values}}, the inputs the proofs opened."""
+        proves nothing. The manager looks at the inputs itself (looks.slice_outliers): one it
+        finds outside is added to `outside`, and an aggregator that flagged one clearly inside,
+        or none clearly outside, is removed (clearly: by looks.MARGIN, another processor's
+        rounding). Returns {slice: {leaf: values}}, the inputs the proofs opened."""
+        g, f = self.layout.n_grad, self.n_summed
         present = [i for i, leaf in enumerate(leaves) if leaf.rank >= 0]
         for j in slices:
             self._post(messages.header(rm.CHALLENGE, iteration, j), agg[j], tags.HEADER)
@@ -213,12 +245,23 @@ class Reduction:
                         senders.add(leaves[i].rank)
                         refused.setdefault(leaves[i].rank, f"its slice {j}, signed, does not "
                                                            f"open under its committed root")
-                if any(i in opened[j] or i not in inputs for i in marked):
-                    why = f"it flagged an input of slice {j} that opens under its root"
+                sizes = {i: training.slice_sizes(self.layout, *self.bounds[j], v, weights[g:f])
+                         for i, v in opened[j].items()}
+                for i in sorted(looks.slice_outliers(sizes)):
+                    outside.setdefault(i, f"slice {j}: " + (
+                        "non-finite" if not sizes[i][0] else
+                        f"squared norms {sizes[i][1]:.4g}, {sizes[i][2]:.4g} beyond "
+                        f"{looks.BOUND:g}^2 x the slice's median"))
+                inside = set(opened[j]) - looks.slice_outliers(sizes, -looks.MARGIN)
+                if any(i in inside or i not in inputs for i in marked):
+                    why = f"it flagged an input of slice {j} that opens and is inside the look"
+                elif any(i not in marked for i in looks.slice_outliers(sizes, looks.MARGIN)):
+                    why = f"it did not flag an input of slice {j} outside the look"
                 elif any(i not in opened[j] and i not in marked for i in inputs):
                     why = f"it summed inputs of slice {j} that do not open under their roots"
                 else:
-                    again = self._sum(j, leaves, opened[j], weights)
+                    again = self._sum(j, leaves, {i: v for i, v in opened[j].items()
+                                                  if i not in marked}, weights)
                     if np.array_equal(again.view(np.uint32), values[j].view(np.uint32)):
                         continue
                     why = f"its sum of slice {j} differs from the sum of its own inputs"
@@ -251,7 +294,7 @@ class Reduction:
                     continue  # its own signature proved it lied: its fragment is recomputed
                 self._post(messages.header(rm.FETCH, iteration, j, leaf.seed), leaf.rank,
                            tags.HEADER)
-                wanted[i] = (leaf.rank, tags.slice_tag(iteration),
+                wanted[i] = (leaf.rank, tags.slice_tag(self.step),
                              rm.slice_len(*self.bounds[j], j, self.n_slices))
             got = self._receive(wanted)
             for i, msg in got.items():

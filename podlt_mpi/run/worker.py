@@ -65,8 +65,8 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                 # only rank 0 speaks to a worker, and the reduction's senders send slices:
                 # anything else other ranks send it is discarded
                 mpi.drain(comm, others, lambda r, t: aggregator is not None and
-                          tags.ahead(t, aggregator.iteration if aggregator.iteration
-                                     is not None else -1), ())
+                          tags.ahead(t, aggregator.step if aggregator.step is not None
+                                     else -1), ())
                 if time.monotonic() - t0 > limit:
                     raise mpi.PeerLost(f"rank {comm.Get_rank()} heard nothing from the manager "
                                        f"for {limit:.0f} s") from None
@@ -146,15 +146,16 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
 def _reduce(aggregator, command: int, iteration: int, lines: int, seed: int,
             wait_ms: int, digest, weights, on_message) -> None:
     """The manager's REDUCE (then its table), CHALLENGE or FETCH header (aggregate.py)."""
-    if command == rm.REDUCE:  # the header's seed names the rank that relays the table
+    if command == rm.REDUCE:  # the header's seed: the round, and the table's relay
         t0 = time.monotonic()
-        got = aggregator.receive_table(iteration, seed, lines, digest, wait_ms / 1000)
+        round_, parent = rm.read_relay(seed)
+        got = aggregator.receive_table(iteration, round_, parent, lines, digest, wait_ms / 1000)
         if got is None:
             return
         if on_message:
-            on_message(tags.table_tag(iteration), got[0].copy())
+            on_message(tags.table_tag(tags.step(iteration, round_)), got[0].copy())
         # one wait for the table and the inputs together: the manager's deadline is the same
-        aggregator.reduce(iteration, got[1], weights,
+        aggregator.reduce(iteration, round_, got[1], weights,
                           max(0.0, wait_ms / 1000 - (time.monotonic() - t0)))
     elif command == rm.CHALLENGE:
         aggregator.prove(lines)

@@ -12,6 +12,9 @@ project's worker, patched and with its sends rewritten, and from iteration LIE_F
                       commitment)
     LIE=withhold      it never sends a SUM
     LIE=bad-proof     challenged, it sends inputs other than those it summed
+    LIE=1000x         every answer it commits to is 1000 times the honest one (a cheat the look
+                      is for: it commits to its lie, and its slices open)
+    LIE=nan           every answer it commits to is all NaN
     LIE=relay-alter   the table it relays to the ranks below it in the relay is altered
     LIE=relay-withhold  it relays no table
 
@@ -86,6 +89,21 @@ def patch_signed_slices():
     aggregate.Aggregator.reduce, aggregate.Aggregator.slice = reduce, slice_
 
 
+def patch_answers():
+    """1000x / nan: what it commits to (and sends the slices of) is not the honest answer."""
+    from podlt_mpi.run import aggregate
+    real = aggregate.Aggregator.commit
+
+    def commit(self, iteration, seed, answer):
+        if iteration >= SINCE:
+            told(iteration)
+            answer = answer.copy()
+            part = answer[:self.n_summed]
+            part[:] = np.nan if LIE == "nan" else part * np.float32(1000)
+        return real(self, iteration, seed, answer)
+    aggregate.Aggregator.commit = commit
+
+
 def patch_withhold():
     from podlt_mpi.run import aggregate
     from podlt_mpi.dist import comm
@@ -141,6 +159,8 @@ def after_the_kernels(patch):
 def main(argv) -> int:
     if LIE in ("drop-input", "double-input"):
         after_the_kernels(patch_sums)
+    elif LIE in ("1000x", "nan"):
+        after_the_kernels(patch_answers)
     elif LIE == "equivocate-signed":
         after_the_kernels(patch_signed_slices)
     elif LIE in ("withhold", "relay-withhold"):
