@@ -151,7 +151,7 @@ def test_the_busiest_link_stays_within_twice_a_ring_all_reduce_from_4_to_1024_ra
 
 def test_a_table_travels_as_int64_and_is_checked_on_arrival():
     from podlt_mpi.dist import reduce_messages as rm
-    leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32)), bytes(range(32, 64))),
+    leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32))),
               rm.TableLeaf(-1, 11, 0, 0, bytes(32))]
     arr = rm.table(4, (1, 3, 2, 1), leaves)
     assert arr.dtype == np.int64
@@ -187,6 +187,24 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
     assert np.array_equal(values, answer[:16]) and flagged == [1, 33]
     with pytest.raises(ValueError, match="past the last"):
         rm.read_sum(msg, 0, 16, 33)  # leaf 33's flag lies in the padding of 33 leaves
+
+
+def test_a_proof_carries_a_signature_only_on_the_inputs_its_aggregator_flagged():
+    from podlt_mpi.dist import reduce_messages as rm
+    answer = np.arange(100, dtype=np.float32)
+    c = reduction.commit(answer, 100, 4)
+    j, (a, b) = 2, reduction.bounds(100, 4)[2]
+    inputs = [rm.slice_message(answer[a:b] + k, c.paths[j], bytes([k]) * 64) for k in range(3)]
+    flags = [False, True, False]
+    msg = rm.proof_message(inputs, flags)
+    n = rm.slice_len(a, b, j, 4)
+    assert len(msg) == rm.proof_len(a, b, j, 4, flags) == 3 * n - 2 * rm.SIGNATURE_WORDS
+    back = rm.read_proof(msg, a, b, j, 4, flags)
+    assert np.array_equal(back[1], inputs[1])  # the flagged one whole: the evidence
+    for k in (0, 2):
+        values, path, signature = rm.read_slice(back[k], a, b)
+        assert np.array_equal(values, answer[a:b] + k) and path == c.paths[j]
+        assert signature == bytes(64)
 
 
 def test_a_slice_that_does_not_open_is_its_sender_s_lie_only_under_its_signature():

@@ -112,6 +112,7 @@ MIN_RANKS = 8  # below, the manager's link is not the bottleneck (traffic: 1-2 a
 HEADER_BYTES = 9 * 8     # messages.HEADER_LEN int64
 ANSWER_BYTES = 3 * 8     # [loss, signal, seconds]
 ROOT_BYTES = 32
+SIGNATURE_BYTES = 64     # signatures.py's Ed25519
 TABLE_FIELDS = 4         # a leaf's (rank, seed, count, lines) in a table
 FANOUT = 2               # reduce_messages.FANOUT: the table's copies out of each rank
 
@@ -140,24 +141,27 @@ def traffic(values: int, ranks: int, controls: int = 2, challenges: int = 2, cou
             "rank_in": bcast / 2 + HEADER_BYTES + data_bytes / max(w, 1),
             "rank_out": bcast / 2 + model + ANSWER_BYTES}
     slice_bytes = 4 * values / a
-    path = path_bytes(a) + ROOT_BYTES  # a slice's path to its slices' root, then the counters
+    # a slice's path to its slices' root, then the counters; a SLICE also carries its sender's
+    # signature, which a proof leaves out where the input opens
+    path = path_bytes(a) + ROOT_BYTES
+    signed = path + SIGNATURE_BYTES
     # reduce_messages.table, int64: [slices, leaves, each slice's aggregator, each leaf's
     # (rank, seed, count, lines) and root], relayed through a tree of the ranks, FANOUT copies
     # out of each (point to point from the manager, a x w entries would be 75 MB an iteration
     # at 1024 ranks, whatever the model)
-    table = 8 * (2 + a + (TABLE_FIELDS + ROOT_BYTES // 8) * w)
+    table = 8 * (2 + a + TABLE_FIELDS * w) + ROOT_BYTES * w
     commit = 2 * ROOT_BYTES + ANSWER_BYTES + 4 * counters  # the root, the slices' root
     # a slice's sum, then one bit per leaf, 32 to a 4-byte word
     sums = a * (slice_bytes + 4 * -(-w // 32))
-    inputs = min(challenges, a) * w * (slice_bytes + path)
+    inputs = min(challenges, a) * w * (slice_bytes + path)  # unflagged: no signature
     ranks_mode = {
         "manager_in": a * commit + sums + inputs,
         "manager_out": bcast + headers + data_bytes + a * HEADER_BYTES + FANOUT * table,
         # an aggregator that also worked: its weights, lines, the table, w slices in; its own
         # answer's a slices and its sum out
         "rank_in": bcast / 2 + HEADER_BYTES + data_bytes / max(w, 1) + table
-                   + w * (slice_bytes + path),
-        "rank_out": bcast / 2 + commit + FANOUT * table + a * (slice_bytes + path) + slice_bytes
+                   + w * (slice_bytes + signed),
+        "rank_out": bcast / 2 + commit + FANOUT * table + a * (slice_bytes + signed) + slice_bytes
                     + w * (slice_bytes + path),  # + its inputs, if challenged
     }
     ring = 2 * (ranks - 1) / ranks * model

@@ -7,7 +7,9 @@ sends: then a slice that does not open, under a valid signature, is the sender's
 against its commitment, and the manager removes it on that evidence alone. A slice whose
 signature does not verify proves nothing about anyone (the aggregator could have made it up),
 and is treated as one that never came. Each rank makes its key at start-up and reports the
-public half to rank 0 (run/startup.py), which names every leaf's key in the table.
+public half to rank 0 (run/startup.py). Only the manager checks signatures (an aggregator
+keeps what does not open, as it came, for the manager to judge), so no other rank needs the
+keys.
 
 What is signed is a statement of 35 + 32 x (depth + 1) bytes, never the values themselves:
 "slice j of the answer of fragment seed s, in iteration i, has this Merkle leaf, under this

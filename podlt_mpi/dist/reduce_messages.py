@@ -9,7 +9,7 @@ receiver knows each message's exact size before it probes for it.
   the rank it comes from (`relay_field`, `relay`), the aggregators' wait in ms,
   the table's digest as 4 int64], then the table (int64, on tags.table_tag): [slices, leaves,
   each slice's aggregator, each leaf's (rank, fragment seed, count, lines), each leaf's
-  slices' root and its rank's public key, 4 words each]. A leaf's rank is -1 where the
+  slices' root as 4 words]. A leaf's rank is -1 where the
   fragment is not applied. The seed names the answer: a rank is never told line numbers, and
   it knows each fragment it computed by its seed. Every aggregator needs every leaf, so the
   table goes through a tree of the ranks (the manager sends FANOUT copies, each rank forwards
@@ -23,7 +23,7 @@ receiver knows each message's exact size before it probes for it.
   did not open under its root, else 0]. Bits, not words: at 1024 ranks a word per leaf would
   be 4.2 MB an iteration into the manager, past 2x a ring all-reduce's link for a 1 MB model.
 - CHALLENGE header (iteration, slice): PROOF, the slice's inputs as SLICE messages, in leaf
-  order, absent leaves left out. FETCH header (iteration, slice, seed): one SLICE.
+  order, absent leaves left out, the signature only on those the SUM flagged (`proof_len`). FETCH header (iteration, slice, seed): one SLICE.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class TableLeaf(NamedTuple):
     count: int
     lines: int
     slices_root: bytes
-    key: bytes = signatures.NO_KEY  # its rank's public key (core/signatures.py)
+    key: bytes = signatures.NO_KEY  # its rank's public key: the manager's, never in a table
 
 
 class Table(NamedTuple):
@@ -74,13 +74,13 @@ class Table(NamedTuple):
     leaves: tuple       # TableLeaf, in line order
 
 
-LEAF_WORDS = LEAF_FIELDS + (merkle.DIGEST + signatures.KEY_BYTES) // 8  # int64, one leaf
+LEAF_WORDS = LEAF_FIELDS + merkle.DIGEST // 8  # int64, one leaf
 
 
 def table(n_slices: int, aggregators, leaves) -> np.ndarray:
     head = [n_slices, len(leaves), *aggregators]
     fields = [v for x in leaves for v in (x.rank, x.seed, x.count, x.lines)]
-    roots = b"".join(x.slices_root + x.key for x in leaves)
+    roots = b"".join(x.slices_root for x in leaves)
     return np.concatenate([np.array(head + fields, np.int64), np.frombuffer(roots, np.int64)])
 
 
@@ -100,9 +100,8 @@ def read_table(arr: np.ndarray, world: int) -> Table:
     if not all(0 < r < world for r in aggregators) or \
             not all(-1 <= int(r) < world for r in fields[:, 0]):
         raise ValueError("a table naming ranks outside the world")
-    each = merkle.DIGEST + signatures.KEY_BYTES
-    leaves = tuple(TableLeaf(int(r), int(s), int(c), int(n), roots[each * i:each * i + 32],
-                             roots[each * i + 32:each * (i + 1)])
+    leaves = tuple(TableLeaf(int(r), int(s), int(c), int(n),
+                             roots[merkle.DIGEST * i:merkle.DIGEST * (i + 1)])
                    for i, (r, s, c, n) in enumerate(fields))
     return Table(n_slices, aggregators, leaves)
 
@@ -167,6 +166,32 @@ _BITS = np.arange(PER_WORD, dtype=np.uint32)
 
 def flag_words(n_leaves: int) -> int:
     return -(-n_leaves // PER_WORD)
+
+
+def proof_len(a: int, b: int, j: int, n_slices: int, flags) -> int:
+    """The length of a PROOF of slice j = [a, b): one input per present leaf (`flags`, in leaf
+    order: whether its aggregator flagged it), the signature only on the flagged ones (the
+    evidence; an input that opens needs none, and 64 bytes an input of the challenged slices
+    put the manager's link past 2x a ring all-reduce's at 1024 ranks of a 1 MB model)."""
+    return len(flags) * (slice_len(a, b, j, n_slices) - SIGNATURE_WORDS) + \
+        SIGNATURE_WORDS * sum(map(bool, flags))
+
+
+def proof_message(inputs, flags) -> np.ndarray:
+    """A PROOF from the inputs as they came (SLICE messages, in leaf order) and their flags."""
+    parts = [x if f else x[:len(x) - SIGNATURE_WORDS] for x, f in zip(inputs, flags)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def read_proof(msg: np.ndarray, a: int, b: int, j: int, n_slices: int, flags) -> list:
+    """The inputs of a PROOF as SLICE messages (an unflagged one with a zero signature)."""
+    out, at, n = [], 0, slice_len(a, b, j, n_slices)
+    for f in flags:
+        size = n if f else n - SIGNATURE_WORDS
+        part = msg[at:at + size]
+        out.append(part if f else np.concatenate([part, np.zeros(SIGNATURE_WORDS, np.float32)]))
+        at += size
+    return out
 
 
 def signed_slice(signer, iteration: int, j: int, seed: int, answer, path, a: int,

@@ -26,12 +26,12 @@ RELAY_SHARE = 0.25  # of the aggregators' wait, for the table from its relay bef
 class Aggregator:
     def __init__(self, comm, layout: Layout, n_slices: int, waiter: mpi.Waiter, signer):
         self.comm, self.layout, self.n_slices, self.waiter = comm, layout, n_slices, waiter
-        self.signer = signer  # core/signatures.Signer: its public key is in the table
+        self.signer = signer  # core/signatures.Signer: its public key is in its report
         self.n_summed = layout.n_grad + layout.n_float
         self.bounds = reduction.bounds(self.n_summed, n_slices)
         self.iteration, self.step = None, None  # the last round's (tags.step)
         self.kept = {}     # fragment seed -> reduction.Committed, this iteration's answers
-        self.inputs = {}   # slice -> its inputs as received (SLICE messages), for a challenge
+        self.inputs = {}   # slice -> (its inputs as received, SLICE messages, their flags)
         self.sends = mpi.Sends(comm, waiter.mode)
 
     def commit(self, iteration: int, seed: int, answer: np.ndarray) -> np.ndarray:
@@ -105,9 +105,11 @@ class Aggregator:
         for j in mine:
             a, b = self.bounds[j]
             s = training.SliceSum(self.layout, len(table.leaves), a, b, before)
-            got, opened = [], {}
+            got, opened, present = [], {}, []
             for i, leaf in enumerate(table.leaves):
                 r = receives.get((j, i))
+                if r is not None:
+                    present.append(i)
                 came = r is not None and r.finished and r.bad is None
                 if came:
                     values, path, _ = rm.read_slice(r.buffer, a, b)
@@ -122,7 +124,7 @@ class Aggregator:
                      for i, leaf in enumerate(table.leaves)]
             for i, leaf in enumerate(table.leaves):
                 s.set(i, None if flags[i] else opened.get(i), leaf.count, leaf.lines)
-            self.inputs[j] = got
+            self.inputs[j] = got, [flags[i] for i in present]
             self.sends.post(rm.sum_message(s.values(), flags), 0, tags.SUM)
 
     def slice(self, iteration: int, j: int, seed: int, c) -> np.ndarray:
@@ -133,12 +135,13 @@ class Aggregator:
     def prove(self, j: int) -> None:
         """A challenge: slice j's inputs as they came, in leaf order, those that do not open
         as well (under their sender's signature, they are evidence against it), a missing one
-        as zeros of its size (which opens under no root, and is signed by nobody)."""
+        as zeros of its size (which opens under no root, and is signed by nobody); the
+        signature only on those it flagged (rm.proof_len)."""
         a, b = self.bounds[j]
         size = rm.slice_len(a, b, j, self.n_slices)
-        got = self.inputs.get(j, [])
+        got, flags = self.inputs.get(j, ([], []))
         parts = [x if x is not None else np.zeros(size, np.float32) for x in got]
-        self.sends.post(np.concatenate(parts) if parts else np.zeros(0, np.float32), 0, tags.PROOF)
+        self.sends.post(rm.proof_message(parts, flags), 0, tags.PROOF)
 
     def fetch(self, iteration: int, j: int, seed: int) -> None:
         """The manager asks for slice j of the answer of `seed` directly (a slice an aggregator

@@ -226,8 +226,9 @@ class Reduction:
         present = [i for i, leaf in enumerate(leaves) if leaf.rank >= 0]
         for j in slices:
             self._post(messages.header(rm.CHALLENGE, iteration, j), agg[j], tags.HEADER)
-        sizes = {j: rm.slice_len(*self.bounds[j], j, self.n_slices) for j in slices}
-        proofs = self._receive({j: (agg[j], tags.PROOF, len(present) * sizes[j])
+        flags = {j: [i in flagged.get(j, ()) for i in present] for j in slices}
+        proofs = self._receive({j: (agg[j], tags.PROOF,
+                                    rm.proof_len(*self.bounds[j], j, self.n_slices, flags[j]))
                                 for j in slices})
         opened = {}
         for j in slices:
@@ -235,7 +236,8 @@ class Reduction:
             if isinstance(msg, str):
                 why = f"its inputs of slice {j}: {msg}"
             else:
-                parts = dict(zip(present, np.split(msg, len(present)) if present else []))
+                parts = dict(zip(present, rm.read_proof(msg, *self.bounds[j], j, self.n_slices,
+                                                        flags[j])))
                 inputs = {i: self._opened(j, leaves[i], m) for i, m in parts.items()}
                 opened[j] = {i: v for i, v in inputs.items() if v is not None}
                 marked = set(flagged.get(j, ()))
