@@ -60,10 +60,10 @@ def patch_sums():
     training.SliceSum.set = set_
     real_reduce = aggregate.Aggregator.reduce
 
-    def reduce(self, iteration, table, weights, wait_s):
+    def reduce(self, iteration, *args):
         now["iteration"] = iteration
         told(iteration)
-        return real_reduce(self, iteration, table, weights, wait_s)
+        return real_reduce(self, iteration, *args)
     aggregate.Aggregator.reduce = reduce
 
 
