@@ -278,6 +278,11 @@ class Sends:
         self.pending = [(r, b) for r, b in self.pending if not r.Test()]
         self.pending.append((isend(self.comm, array, dest, tag), array))
 
+    def keep(self, receives) -> None:
+        """Checked receives past their deadline with a receive under way: MPI may still write
+        their buffers, which are kept alive with the sends."""
+        self.pending += [(r, r.buffer) for r in receives if r.req is not None and not r.finished]
+
     def close(self, timeout: float = 10.0) -> None:
         """Complete what is still in flight, to `timeout`, so that MPI finalizes with none
         pending (a send to a rank that never receives is left)."""

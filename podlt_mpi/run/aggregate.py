@@ -65,8 +65,7 @@ class Aggregator:
                     table = rm.read_table(got.buffer, self.comm.Get_size())
                 except ValueError:
                     pass  # the manager's digest names it, so only the manager could send it
-            elif got.req is not None and not got.finished:
-                self.sends.pending.append((got, got.buffer))  # MPI still writes the buffer
+            self.sends.keep([got])
             if table is not None:
                 _, children = rm.relay(rm.recipients(table.aggregators, table.leaves), me)
                 for child in children:
@@ -100,6 +99,7 @@ class Aggregator:
         if receives:
             mpi.Waiter(self.waiter.mode).poll(mpi.in_order(receives.values()), None, None,
                                               wait_s)
+            self.sends.keep(receives.values())
         g, f = self.layout.n_grad, self.n_summed
         before = torch.from_numpy(np.ascontiguousarray(weights[g:f]))
         for j in mine:

@@ -88,6 +88,7 @@ class Manager:
                                cfg.compare, cfg.rtol, cfg.atol, cfg.seed, self.looking)
         self.mine = {}  # ranks' reduction: seed -> the manager's own answers among the leaves
         self.losses = {}  # ... and seed -> the loss of each fragment it recomputed
+        self.looked = []  # ... and the looks its reductions made this iteration (held_back)
         if self.reducing:
             self.reduction = Reduction(comm, self.layout, comm.Get_size() - 1, self.exchange,
                                        *signing, cfg.challenges)
@@ -264,7 +265,7 @@ class Manager:
         if self.folding:
             unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
-        self.mine, self.losses = {}, {}
+        self.mine, self.losses, self.looked = {}, {}, []
         if self.folding and not self.reducing:  # the unchecked answers fold in as they arrive
             controls = dict(plan.checks)
             # the answers' order (window.py): line order, each control after its checked worker
@@ -465,6 +466,7 @@ class Manager:
                 self.mine[seed] = c
             out.append(records.Look(a.rank, (a.start, a.stop), why,
                                     "same" if c is None else "differs"))
+        self.looked += out
         return out
 
     def reduced(self, rnd: Round, applied: list, members, checked, round_: int = 0) -> Reduced:
@@ -488,8 +490,11 @@ class Manager:
         def recompute(leaf):
             grad, self.losses[leaf.seed] = self.checker.recompute(rnd, *lines_of[leaf.seed])
             return np.ascontiguousarray(host(torch.as_tensor(grad)), np.float32)
-        trusted = {i for i, x in enumerate(leaves)  # the look's, as the star's: unchecked only
-                   if x.rank <= 0 or lines_of[x.seed] in checked}
+        # the look's, as the star's: unchecked only, and each once an iteration (a later round
+        # does not hold back again what an earlier one found the same)
+        seen = {x.lines for x in self.looked}
+        trusted = {i for i, x in enumerate(leaves)
+                   if x.rank <= 0 or lines_of[x.seed] in checked or lines_of[x.seed] in seen}
         with self.cost.part("reduce"):
             return self.reduction(it, self.state.role_key, members, leaves, rnd.weights,
                                   self.mine, recompute, trusted, round_)

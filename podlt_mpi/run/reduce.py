@@ -89,6 +89,7 @@ class Reduction:
         timeout = self.exchange.timeout()
         mpi.Waiter(self.exchange.waiter.mode).poll(mpi.in_order(got.values()), None, None,
                                                    timeout, idle)
+        self.sends.keep(got.values())
         return {k: (c.buffer if c.finished and c.bad is None else
                     c.bad or f"nothing within {timeout:g} s") for k, c in got.items()}
 
