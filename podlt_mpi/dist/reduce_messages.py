@@ -202,6 +202,16 @@ def signed_slice(signer, iteration: int, j: int, seed: int, answer, path, a: int
     return slice_message(values, path, signer.sign(statement))
 
 
+def opened(msg, leaf: TableLeaf, j: int, n_slices: int, a: int, b: int):
+    """The values of a SLICE of slice j = [a, b) from `leaf`'s sender, where it is of the right
+    size and opens under the leaf's committed root; else None."""
+    if isinstance(msg, str) or len(msg) != slice_len(a, b, j, n_slices):
+        return None
+    values, path, _ = read_slice(msg, a, b)
+    return values if merkle.opens(leaf.slices_root, j, n_slices, merkle.leaf(values),
+                                  path) else None
+
+
 OPENS, UNSIGNED, EQUIVOCAL = "opens", "unsigned", "equivocal"  # what a SLICE is (judge)
 
 
@@ -212,13 +222,12 @@ def judge(msg: np.ndarray, leaf: TableLeaf, iteration: int, j: int, n_slices: in
     sender's valid signature (the sender's own word against its commitment), or UNSIGNED (it
     proves nothing about anyone: whoever hands it over could have made it up). Only a slice
     that does not open has its signature checked."""
+    if opened(msg, leaf, j, n_slices, a, b) is not None:
+        return OPENS
     if len(msg) != slice_len(a, b, j, n_slices):
         return UNSIGNED
     values, path, signature = read_slice(msg, a, b)
-    leaf_digest = merkle.leaf(values)
-    if merkle.opens(leaf.slices_root, j, n_slices, leaf_digest, path):
-        return OPENS
-    statement = signatures.statement(iteration, j, leaf.seed, leaf_digest, path)
+    statement = signatures.statement(iteration, j, leaf.seed, merkle.leaf(values), path)
     return EQUIVOCAL if signatures.verifies(leaf.key, signature, statement) else UNSIGNED
 
 

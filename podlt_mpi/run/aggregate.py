@@ -111,10 +111,9 @@ class Aggregator:
                 if r is not None:
                     present.append(i)
                 came = r is not None and r.finished and r.bad is None
-                if came:
-                    values, path, _ = rm.read_slice(r.buffer, a, b)
-                    if reduction.opens(leaf.slices_root, j, self.n_slices, values, path):
-                        opened[i] = values
+                values = rm.opened(r.buffer, leaf, j, self.n_slices, a, b) if came else None
+                if values is not None:
+                    opened[i] = values
                 if r is not None:  # one that came but does not open is the manager's to judge
                     got.append(r.buffer if came else None)
             sizes = {i: training.slice_sizes(self.layout, a, b, v, weights[g:f])

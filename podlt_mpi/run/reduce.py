@@ -207,11 +207,8 @@ class Reduction:
         return s.values()
 
     def _opened(self, j: int, leaf, msg) -> np.ndarray | None:
-        a, b = self.bounds[j]
-        if isinstance(msg, str) or len(msg) != rm.slice_len(a, b, j, self.n_slices):
-            return None
-        v, path, _ = rm.read_slice(msg, a, b)
-        return v.copy() if reduction.opens(leaf.slices_root, j, self.n_slices, v, path) else None
+        v = rm.opened(msg, leaf, j, self.n_slices, *self.bounds[j])
+        return None if v is None else v.copy()
 
     def _challenge(self, iteration, slices, agg, leaves, weights, values, flagged,
                    refused, senders, outside) -> dict:
