@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from podlt_mpi.core import digests
-from podlt_mpi.dist.comm import cores
+from podlt_mpi.mpi.comm import cores
 
 
 def one_by_one(alg, arrays):

@@ -9,7 +9,7 @@ Each variant is its own mpiexec job, one after the other, on the same data and o
 machine is shared: compare within a run). Numbers are the means over iterations 1..blocks-2 of
 metrics.jsonl (iteration 0 warms up, the last writes the final checkpoint). The manager counts
 every byte it sends and receives (exchange.py, reduce.py); its link is the star's bottleneck.
-Every rank also counts the bytes it hands MPI and asks of it (dist/comm.counted, summary.json's
+Every rank also counts the bytes it hands MPI and asks of it (mpi/comm.counted, summary.json's
 counted_bytes: the whole job, start-up included, shown per iteration); a broadcast counts its
 buffer once at each rank, whatever MPI forwards on the way. `scale:mlp24` is the 24.2M-parameter
 MLP of benchmarks/scale.py.

@@ -33,8 +33,8 @@ FEATURES = ("received_s", "send_s")
 
 PROBE = r'''
 import json, os, sys, time
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import tags
 from podlt_mpi.run import worker
 real_isend, real_run = mpi.isend, worker.run
 seen = {"iteration": None, "t_head": None, "rows": {}}

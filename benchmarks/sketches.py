@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from podlt_mpi.core import digests, sketch
-from podlt_mpi.dist.comm import cores
+from podlt_mpi.mpi.comm import cores
 
 KEY = bytes(range(32))
 

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from podlt_mpi.run.job import run
     code = run(argv)
     if code == 0:  # error exits keep the normal path: with os._exit, MPICH returned 9, not 2
-        from podlt_mpi.dist.comm import finish
+        from podlt_mpi.mpi.comm import finish
         finish(code)
     return code
 

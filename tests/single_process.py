@@ -29,7 +29,7 @@ from podlt_mpi.compute import models
 from podlt_mpi.core import rates
 from podlt_mpi.core.config import model_kwargs
 from podlt_mpi.core.tasks import Task
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 
 
 def flat(tensors):

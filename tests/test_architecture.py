@@ -1,7 +1,7 @@
 """The package's layout is its architecture (docs/design.md): what each sub-package may import.
 
 core/ is pure (numpy at most), so the protocol can be audited and simulated without torch or MPI;
-only dist/ talks MPI; sub-packages import only those below them; no module imports itself back
+only mpi/ talks MPI; sub-packages import only those below them; no module imports itself back
 through others. The checks read every import statement, lazy ones inside functions included."""
 import ast
 import os
@@ -16,10 +16,10 @@ PACKAGE = os.path.join(ROOT, "podlt_mpi")
 ALLOWED = {
     "core": set(),
     "io": {"core"},
-    "dist": {"core"},
-    "compute": {"core", "io", "dist"},
-    "run": {"core", "io", "dist", "compute"},
-    "tools": {"core", "io", "dist", "compute", "run"},
+    "mpi": {"core"},
+    "compute": {"core", "io", "mpi"},
+    "run": {"core", "io", "mpi", "compute"},
+    "tools": {"core", "io", "mpi", "compute", "run"},
 }
 FORBIDDEN_IN_CORE = {"torch", "mpi4py", "h5py", "triton", "matplotlib", "tqdm"}
 
@@ -82,10 +82,10 @@ def test_core_imports_neither_torch_nor_mpi():
     assert {m: b for m, b in bad.items() if b} == {}
 
 
-def test_only_dist_imports_mpi4py():
+def test_only_mpi_imports_mpi4py():
     users = sorted(m for m, p in MODULES.items()
                    if any(i.split(".")[0] == "mpi4py" for i in imports(m, p)))
-    assert users and all(sub_package(m) == "dist" for m in users), users
+    assert users and all(sub_package(m) == "mpi" for m in users), users
 
 
 def test_sub_packages_import_only_those_below_them():
@@ -139,7 +139,7 @@ def test_core_loads_without_torch_or_mpi():
 
 def test_every_sub_package_is_a_package_that_git_keeps():
     """A sub-package without __init__.py is not installed by a regular pip install, and a
-    .gitignore pattern like `dist/` once hid podlt_mpi/dist/ from commits."""
+    .gitignore pattern like `dist/` once hid a sub-package named dist/ from commits."""
     assert all(f"podlt_mpi.{p}" in MODULES for p in ALLOWED)
     if not os.path.isdir(os.path.join(ROOT, ".git")):
         pytest.skip("not a git checkout")
@@ -147,3 +147,9 @@ def test_every_sub_package_is_a_package_that_git_keeps():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT,
                              capture_output=True, text=True, timeout=60).stdout.split()
     assert ignored == []
+
+
+def test_no_sub_package_has_a_name_tools_skip():
+    """pytest's norecursedirs and ruff's exclude skip build-output names, and a reader takes
+    `dist` for torch.distributed: the MPI package was once podlt_mpi/dist/."""
+    assert set(ALLOWED) & {"dist", "build", "venv", "node_modules", "_build"} == set()

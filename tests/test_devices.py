@@ -152,7 +152,7 @@ def test_the_mpi_library_is_asked_about_cuda_buffers(name):
     """Both MPIs here are built without CUDA and say so; --cuda-aware-mpi warns on that answer
     (None would mean the library has no MPIX_Query_cuda_support to ask)."""
     impl = mpi_impls.get(name)
-    r = subprocess.run([impl.python, "-c", "from podlt_mpi.dist import comm; print(comm.cuda_support())"],
+    r = subprocess.run([impl.python, "-c", "from podlt_mpi.mpi import comm; print(comm.cuda_support())"],
                        capture_output=True, text=True, timeout=120, cwd=mpi_impls.ROOT,
                        env=impl.environ({"PYTHONPATH": mpi_impls.ROOT}))
     assert r.returncode == 0, r.stderr

@@ -15,7 +15,7 @@ from fakes import (
 from staging import first_plan, first_rechecks
 
 from podlt_mpi.core import records
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 
 pytestmark = pytest.mark.slow
 

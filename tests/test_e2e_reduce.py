@@ -183,7 +183,7 @@ def test_a_rank_that_fails_the_table_s_relay_costs_the_manager_one_table_per_ran
     the header's digest no longer names it, or not at all: each of them asks the manager and
     takes part as if nothing had happened. Who failed whom cannot be told, so nobody is
     removed; no slice is fetched, and the model is single-process training's."""
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     relay = 1
     below = rm.relay(tuple(range(1, WORLD)), relay)[1]
     assert below  # the tree of 5 ranks has rank 1 relay to two

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.staging import first_plan
 
-from podlt_mpi.dist import messages, tags
+from podlt_mpi.mpi import messages, tags
 
 pytestmark = pytest.mark.slow
 ADVERSARIES = os.path.join(ROOT, "tests", "adversaries")

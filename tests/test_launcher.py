@@ -1,5 +1,5 @@
 """The one-rank-worlds mistake is recognised from the launcher's environment, and said once."""
-from podlt_mpi.dist.launcher import lone_worlds
+from podlt_mpi.mpi.launcher import lone_worlds
 
 
 def test_srun_without_a_plugin_is_refused_and_only_task_0_says_so():

@@ -11,7 +11,7 @@ import torch
 from podlt_mpi.compute import losses, models, training
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.core import digests, ledger, records, schedule, tasks
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 from podlt_mpi.run.checks import Checker, Round
 from podlt_mpi.run.files import RunFiles
 from podlt_mpi.run.resume import Resume
@@ -205,8 +205,8 @@ def test_sealing_matches_the_ledgers_own(tmp_path, first):
 def test_the_manager_posts_its_sends_in_rank_order_whatever_the_roles(monkeypatch):
     # the plan lists the controls last; posting in its order would tell a control its role by
     # when its messages leave (without the broadcast, each rank's weights go with its lines)
-    from podlt_mpi.dist import comm as mpi
-    from podlt_mpi.dist import messages
+    from podlt_mpi.mpi import comm as mpi
+    from podlt_mpi.mpi import messages
     from podlt_mpi.run.exchange import Exchange
     posted = []
     monkeypatch.setattr(mpi, "isend", lambda comm, arr, dest, tag: posted.append(dest))

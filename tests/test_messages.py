@@ -2,7 +2,7 @@
 import numpy as np
 
 from podlt_mpi.core import schedule
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 
 
 def test_messages_have_the_same_form_for_every_role():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from podlt_mpi.core import portable
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 
 RANK = {"kernels": "portable", "aten": "avx2", "mkl_cbwr": "COMPATIBLE,STRICT",
         "onednn_isa": "AVX2", "capability": "AVX2", "mkl_branch": "COMPATIBLE,STRICT",

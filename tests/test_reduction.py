@@ -150,7 +150,7 @@ def test_the_busiest_link_stays_within_twice_a_ring_all_reduce_from_4_to_1024_ra
 # ---- the wire ---------------------------------------------------------------------------------------
 
 def test_a_table_travels_as_int64_and_is_checked_on_arrival():
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     leaves = [rm.TableLeaf(3, 2**62 + 5, 7, 9, bytes(range(32))),
               rm.TableLeaf(-1, 11, 0, 0, bytes(32))]
     arr = rm.table(4, (1, 3, 2, 1), leaves)
@@ -165,7 +165,7 @@ def test_a_table_travels_as_int64_and_is_checked_on_arrival():
 
 
 def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     rng = np.random.default_rng(0)
     answer = rng.standard_normal(103).astype(np.float32)
     c = reduction.commit(answer, 100, 4)
@@ -190,7 +190,7 @@ def test_a_commitment_a_slice_and_a_sum_say_what_they_carry():
 
 
 def test_a_proof_carries_a_signature_only_on_the_inputs_its_aggregator_flagged():
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     answer = np.arange(100, dtype=np.float32)
     c = reduction.commit(answer, 100, 4)
     j, (a, b) = 2, reduction.bounds(100, 4)[2]
@@ -213,7 +213,7 @@ def test_a_slice_that_does_not_open_is_its_sender_s_lie_only_under_its_signature
     against its commitment; unsigned, or signed by another key, or for another iteration,
     slice or fragment, it proves nothing (an aggregator could have made it up)."""
     from podlt_mpi.core import signatures
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     answer = np.random.default_rng(1).standard_normal(100).astype(np.float32)
     c = reduction.commit(answer, 100, 4)
     sender, other = signatures.Signer(), signatures.Signer()
@@ -241,7 +241,7 @@ def test_the_table_s_relay_reaches_every_rank_once_from_a_rank_that_has_it(n):
     """A tree rooted at the manager: every recipient has one parent, which is the manager or
     a recipient earlier in the order (it has the table by then), and nobody sends more than
     FANOUT copies; the depth grows as log(n)."""
-    from podlt_mpi.dist import reduce_messages as rm
+    from podlt_mpi.mpi import reduce_messages as rm
     ranks = tuple(range(3, 3 + 2 * n, 2))  # not 1..n: ranks are looked up, not computed
     parent_of, sent = {}, {}
     for r in (0, *ranks):
@@ -260,7 +260,7 @@ def test_the_table_s_relay_reaches_every_rank_once_from_a_rank_that_has_it(n):
 
 
 def test_a_late_table_or_slice_is_never_taken_for_a_later_iteration():
-    from podlt_mpi.dist import tags
+    from podlt_mpi.mpi import tags
     for it in (0, 5, 63, 64, 1000):
         t, s = tags.table_tag(it), tags.slice_tag(it)
         assert tags.is_table(t) and tags.is_slice(s) and not tags.is_slice(t)

@@ -3,7 +3,7 @@ rank observes as the start of its rendezvous send, must follow from its lines, n
 import numpy as np
 
 from podlt_mpi.core import timing
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import tags
 from podlt_mpi.run import window as window_module
 
 

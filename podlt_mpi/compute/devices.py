@@ -8,7 +8,7 @@ modulo gives 0.
 from __future__ import annotations
 
 from podlt_mpi.core.errors import ConfigError
-from podlt_mpi.dist.launcher import env_int
+from podlt_mpi.mpi.launcher import env_int
 
 # (variable with this process's index on its node, launcher), most specific first. Slurm's comes
 # last and counts only where srun started this process itself (SLURM_PROCID is the MPI rank):

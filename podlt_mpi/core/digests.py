@@ -67,7 +67,7 @@ class Pool:
     the threads use cores that the manager's own thread, waiting on MPI, leaves idle."""
 
     def __init__(self, alg: str, threads: int):
-        """`threads`: the cores this rank may use (dist.comm.cores)."""
+        """`threads`: the cores this rank may use (mpi.comm.cores)."""
         self.alg = alg
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="digest")

@@ -15,9 +15,9 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.core import looks, reduction
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import reduce_messages as rm
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import reduce_messages as rm
+from podlt_mpi.mpi import tags
 
 
 RELAY_SHARE = 0.25  # of the aggregators' wait, for the table from its relay before asking rank 0

@@ -14,7 +14,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.core import ledger, records, rules, schedule, verify
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 
 
 @dataclass

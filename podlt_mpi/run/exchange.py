@@ -1,6 +1,6 @@
 """The manager's side of the transport: send each assigned rank its work, gather the answers.
 
-Every rank of a plan gets the same form of message (dist/messages.py); a recheck is one more
+Every rank of a plan gets the same form of message (mpi/messages.py); a recheck is one more
 plan of one assignment, sent the same way. A plan sends the weights once, by a non-blocking
 broadcast over a communicator of the manager and the active ranks, rebuilt whenever the active
 ranks change (a removal, a resume), or, without the broadcast, with each rank's lines. The answers
@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from podlt_mpi.core import digests, schedule, timing
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages, preempt, tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages, preempt, tags
 from podlt_mpi.run.window import Window
 
 log = logging.getLogger("podlt_mpi")

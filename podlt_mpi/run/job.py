@@ -38,8 +38,8 @@ from podlt_mpi.core.config import (
 )
 from podlt_mpi.core import portable, reduction, signatures
 from podlt_mpi.core.errors import ConfigError
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import launcher, preempt
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import launcher, preempt
 from podlt_mpi.io import data
 from podlt_mpi.run import resume, rundir, startup
 

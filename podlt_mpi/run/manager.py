@@ -23,8 +23,8 @@ import torch
 from podlt_mpi.compute import kernels, training
 from podlt_mpi.compute import losses as task_losses
 from podlt_mpi.compute.layout import Layout, host
-from podlt_mpi.dist import messages
-from podlt_mpi.dist import reduce_messages as rm
+from podlt_mpi.mpi import messages
+from podlt_mpi.mpi import reduce_messages as rm
 from podlt_mpi.core import (
     credits,
     digests,
@@ -41,8 +41,8 @@ from podlt_mpi.core import (
 )
 from podlt_mpi.core.config import RunConfig, broadcasts, min_active
 from podlt_mpi.core.errors import ConfigError
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import preempt
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import preempt
 from podlt_mpi.io.data import Dataset, Reader
 from podlt_mpi.run import checkpoint, rundir
 from podlt_mpi.run.checks import Checker, Round

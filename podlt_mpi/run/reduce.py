@@ -22,9 +22,9 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.core import looks, merkle, reduction
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages, tags
-from podlt_mpi.dist import reduce_messages as rm
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages, tags
+from podlt_mpi.mpi import reduce_messages as rm
 
 log = logging.getLogger("podlt_mpi")
 

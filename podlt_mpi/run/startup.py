@@ -1,5 +1,5 @@
 """The job's start and end between rank 0 and every other rank: typed point-to-point messages
-with deadlines (dist/messages.py, dist/tags.py).
+with deadlines (mpi/messages.py, mpi/tags.py).
 
 No rank unpickles another's data (mpi4py's lowercase calls would), and none waits in a
 collective that one rank can hang by never joining: rank 0 takes every rank's message with a
@@ -20,9 +20,9 @@ import json
 
 import numpy as np
 
-from podlt_mpi.dist import comm as mpi
+from podlt_mpi.mpi import comm as mpi
 from podlt_mpi.core import signatures
-from podlt_mpi.dist import messages, tags
+from podlt_mpi.mpi import messages, tags
 
 WAIT_FOR_ZERO = 3600.0  # seconds a rank waits for rank 0 at start-up (it may be generating data)
 FINISH_TIMEOUT = 20.0   # seconds rank 0 waits for the ranks' last word at the end (the others

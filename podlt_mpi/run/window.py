@@ -24,8 +24,8 @@ from collections import deque
 
 import numpy as np
 
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages, tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages, tags
 
 
 class Window:

@@ -1,6 +1,6 @@
 """Every rank but 0: receive the model's state and a slice, return the answer (gradient and
 buffers, layout.py), until told to stop. The state comes by the group's broadcast or, for a
-recheck, with the lines (dist/messages.py).
+recheck, with the lines (mpi/messages.py).
 
 A rank does not know its role; it computes whatever it is sent. A removed rank is sent STOP.
 """
@@ -17,9 +17,9 @@ from podlt_mpi.compute.faults import Faker
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.compute.losses import loss_function
 from podlt_mpi.core.tasks import Task, classification
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages, preempt, tags
-from podlt_mpi.dist import reduce_messages as rm
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages, preempt, tags
+from podlt_mpi.mpi import reduce_messages as rm
 
 IDLE_MIN = 600.0  # seconds without a word from the manager before a rank gives up on it
 

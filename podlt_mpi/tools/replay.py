@@ -26,7 +26,7 @@ from podlt_mpi.compute.layout import Layout
 from podlt_mpi.compute.losses import loss_function
 from podlt_mpi.core import digests, ledger, merkle, rates, records, reduction, rules, sketch, verify
 from podlt_mpi.core.tasks import Task, classification
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import messages
 from podlt_mpi.io.data import Reader
 
 

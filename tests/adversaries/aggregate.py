@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import tags
 from rewrite import run_rewriting
 
 LIE = os.environ["LIE"]
@@ -106,7 +106,7 @@ def patch_answers():
 
 def patch_withhold():
     from podlt_mpi.run import aggregate
-    from podlt_mpi.dist import comm
+    from podlt_mpi.mpi import comm
     real = comm.Sends.post
 
     def post(self, array, dest, tag):

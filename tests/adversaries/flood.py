@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import tags
 
 
 def main(argv) -> int:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import tags
 from rewrite import run_rewriting
 
 LIES = {

@@ -6,7 +6,7 @@ told to, and sleeps instead, alive, for ever. Reports "adversary: not joining".
 import sys
 import time
 
-from podlt_mpi.dist import comm as mpi
+from podlt_mpi.mpi import comm as mpi
 
 
 def never(*args, **kwargs):

@@ -14,8 +14,8 @@ import numpy as np
 
 from podlt_mpi.core import schedule
 from podlt_mpi.core.config import parse_args
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import tags
 from rewrite import run_rewriting
 
 

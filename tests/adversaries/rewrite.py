@@ -6,8 +6,8 @@ import inspect
 
 import numpy as np
 
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import tags
 
 
 def run_rewriting(argv, rewrite) -> int:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from podlt_mpi.dist import tags
+from podlt_mpi.mpi import tags
 from podlt_mpi.run import startup
 
 

@@ -8,7 +8,7 @@ import pytest
 from mpi4py import MPI
 
 from podlt_mpi.core import portable
-from podlt_mpi.dist import comm as mpi
+from podlt_mpi.mpi import comm as mpi
 
 pytestmark = pytest.mark.mpi(min_size=4)
 
@@ -122,7 +122,7 @@ def test_start_up_messages_between_rank_0_and_the_others():
 
 
 def test_rank_0_names_a_rank_whose_report_is_malformed_or_missing():
-    from podlt_mpi.dist import messages, tags
+    from podlt_mpi.mpi import messages, tags
     from podlt_mpi.run import startup
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()

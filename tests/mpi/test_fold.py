@@ -14,8 +14,8 @@ from podlt_mpi.compute.faults import Faker
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.core import digests, schedule
 from podlt_mpi.core.config import RunConfig
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages
 from podlt_mpi.run import exchange as exchange_module
 from podlt_mpi.run import worker
 

@@ -14,8 +14,8 @@ from podlt_mpi.compute.faults import Faker
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.core import roles, schedule
 from podlt_mpi.core.config import RunConfig
-from podlt_mpi.dist import comm as mpi
-from podlt_mpi.dist import messages, tags
+from podlt_mpi.mpi import comm as mpi
+from podlt_mpi.mpi import messages, tags
 from podlt_mpi.run import worker
 
 pytestmark = pytest.mark.mpi(min_size=4)

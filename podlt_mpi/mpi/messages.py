@@ -15,7 +15,7 @@ import hashlib
 import numpy as np
 
 from podlt_mpi.core import digests, portable, signatures
-from podlt_mpi.dist import preempt, tags
+from podlt_mpi.mpi import preempt, tags
 
 STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
 # [command, iteration, lines, seed of the fragment's random generators, then for SHARED: the
