@@ -14,7 +14,9 @@ applied is left out of its pair) and divides once; format 7's ranks' reduction s
 tree slice by slice (S slices of the gradient-then-change vector, cut at multiples of 16
 values: slice j starts at 16 * floor(ceil(n / 16) * j / S)), each slice's pieces of the
 leaves added as the whole tree adds them, and the slices put side by side; formats 1 and 2
-add weight/total x vector in line order. It shares no code with the job but the model's factory, the
+add weight/total x vector in line order. The loss takes the model's scores: the output itself
+if a tensor, else its --output-key item or attribute (an index for a tuple), else its
+"logits", else a tuple's first element (docs/usage.md). It shares no code with the job but the model's factory, the
 seed's formula and the learning-rate formula.
 """
 import importlib
@@ -36,9 +38,28 @@ def flat(tensors):
     return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
 
+def scores(out, key):
+    """The tensor the loss takes from a model's output, written from docs/usage.md."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if key is not None:
+        if isinstance(out, dict):
+            return out[key]
+        return out[int(key)] if isinstance(out, (tuple, list)) else getattr(out, key)
+    if isinstance(out, dict):
+        return out["logits"]
+    return out[0] if isinstance(out, (tuple, list)) else out.logits
+
+
 def objective(cfg):
     """(loss(output, y), weight(y)) of the run's task, written from the README."""
     task = cfg.get("task") or {"loss": "cross-entropy", "ignore_index": -100}
+    loss, weight = _loss(task)
+    key = task.get("output_key")
+    return (lambda out, y: loss(scores(out, key), y)), weight
+
+
+def _loss(task):
     if task["loss"] == "cross-entropy":
         ignore = task["ignore_index"]
 

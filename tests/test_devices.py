@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from podlt_mpi.compute import devices, models, training
+from podlt_mpi.compute import devices, probe, training
 from podlt_mpi.core.config import ConfigError, parse_args
 
 
@@ -127,10 +127,10 @@ def determinism():
 def test_an_op_without_a_deterministic_kernel_is_bad_input_in_exact_mode(determinism):
     determinism(1, exact=True)
     with pytest.raises(ConfigError, match="no deterministic kernel on cpu.*--compare tolerance"):
-        models.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=True)
+        probe.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=True)
     determinism(1, exact=False)  # tolerance: it warns and runs
     with pytest.warns(UserWarning, match="deterministic"):
-        models.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=False)
+        probe.probe(Unpool(), "m:unpool", (4,), 4, "cpu", 2, exact=False)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
@@ -144,7 +144,7 @@ def test_a_model_failing_on_its_device_is_bad_input(determinism):
             return self.lin(x.double())  # float64 input against float32 weights
     determinism(1, exact=True)
     with pytest.raises(ConfigError, match="fails a training pass on 2 line.* on cpu"):
-        models.probe(Broken(), "m:broken", (4,), 3, "cpu", 2, exact=True)
+        probe.probe(Broken(), "m:broken", (4,), 3, "cpu", 2, exact=True)
 
 
 @pytest.mark.parametrize("name", mpi_impls.NAMES)

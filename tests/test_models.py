@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from podlt_mpi.compute import models, training
+from podlt_mpi.compute import models, probe, training
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.core import schedule
 from podlt_mpi.core.config import ConfigError
@@ -59,7 +59,7 @@ def frozen_all(shape, n_classes):
     (lambda s, c: Picky(), "fails on input of shape [4] on cpu: wants 5 features"),
 ])
 def test_building_a_bad_model_is_bad_input(make, message, monkeypatch):
-    monkeypatch.setattr(models, "load_function", lambda spec, what: make)
+    monkeypatch.setattr(models, "load_function", lambda spec, what, builtin=(): make)
     with pytest.raises(ConfigError, match=None) as e:
         models.build("m:f", (4,), 3, seed=0)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -74,19 +74,19 @@ def test_building_a_bad_model_is_bad_input(make, message, monkeypatch):
 ])
 def test_a_model_that_cannot_train_is_bad_input(model, lines, message):
     with pytest.raises(ConfigError) as e:
-        models.probe(model, "m:f", (4,), 3, "cpu", lines, exact=True)
+        probe.probe(model, "m:f", (4,), 3, "cpu", lines, exact=True)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_the_clock_model_passes_in_tolerance_mode():
-    assert models.probe(badmodels.clock((4,), 3), "m:f", (4,), 3, "cpu", 2, exact=False)
+    assert probe.probe(badmodels.clock((4,), 3), "m:f", (4,), 3, "cpu", 2, exact=False)
 
 
 def test_the_probe_tells_whether_a_model_draws_random_numbers():
     torch.manual_seed(0)
     drops = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
-    assert models.probe(drops, "m:f", (4,), 3, "cpu", 4, exact=True)
-    assert not models.probe(Lin(), "m:f", (4,), 3, "cpu", 4, exact=True)
+    assert probe.probe(drops, "m:f", (4,), 3, "cpu", 4, exact=True)
+    assert not probe.probe(Lin(), "m:f", (4,), 3, "cpu", 4, exact=True)
 
 
 def test_a_tensor_on_another_device_is_bad_input():
@@ -95,7 +95,7 @@ def test_a_tensor_on_another_device_is_bad_input():
     model = Lin()
     model.register_buffer("table", torch.zeros(2, device="meta"))
     with pytest.raises(ConfigError, match="keeps 'table' on meta, but this rank computes on cpu"):
-        models.probe(model, "m:f", (4,), 3, "cpu", 2, exact=True)
+        probe.probe(model, "m:f", (4,), 3, "cpu", 2, exact=True)
 
 
 def test_the_probe_leaves_the_model_as_it_was():
@@ -104,7 +104,7 @@ def test_the_probe_leaves_the_model_as_it_was():
     layout = Layout(model)
     before = host(layout.state()).copy()
     rng = torch.get_rng_state()
-    models.probe(model, "m:f", (4,), 3, "cpu", 8, exact=True)
+    probe.probe(model, "m:f", (4,), 3, "cpu", 8, exact=True)
     assert host(layout.state()).tobytes() == before.tobytes()
     assert torch.equal(torch.get_rng_state(), rng)  # the fragment's generators are put back
     assert all(p.grad is None for p in model.parameters())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from podlt_mpi.compute import losses, models, training
+from podlt_mpi.compute import losses, models, probe, training
 from podlt_mpi.compute.faults import Faker
 from podlt_mpi.compute.layout import Layout
 from podlt_mpi.core.config import ConfigError, RunConfig, model_kwargs, parse_args
@@ -220,8 +220,8 @@ def test_gpt_is_causal_tied_and_passes_the_exact_probe():
     assert a.shape == (2, 6, 10)
     assert torch.equal(a[:, :4], b[:, :4]) and not torch.equal(a[:, 4:], b[:, 4:])
     drops = small_gpt(dropout=0.1)
-    assert models.probe(drops, "gpt", (6,), 10, "cpu", 4, exact=True, task=LM)  # random masks
-    assert not models.probe(model, "gpt", (6,), 10, "cpu", 4, exact=True, task=LM)
+    assert probe.probe(drops, "gpt", (6,), 10, "cpu", 4, exact=True, task=LM)  # random masks
+    assert not probe.probe(model, "gpt", (6,), 10, "cpu", 4, exact=True, task=LM)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -245,12 +245,12 @@ def test_gpt_needs_token_inputs():
 def test_a_users_loss_that_fails_is_bad_input():
     reg = Task("float", "values", (2,), 0, "usermodels:huber")
     model = models.build("usermodels:regressor", (3,), 0, 0, reg)
-    assert models.probe(model, "m", (3,), 0, "cpu", 4, exact=True, task=reg)  # dropout
+    assert probe.probe(model, "m", (3,), 0, "cpu", 4, exact=True, task=reg)  # dropout
     for spec, message in (("tasks_unit_losses:vector", "must return a tensor of one value"),
                           ("tasks_unit_losses:broken", "fails a training pass"),
                           ("tasks_unit_losses:nowhere", "has no function 'nowhere'")):
         with pytest.raises(ConfigError, match=message):
-            models.probe(model, "m", (3,), 0, "cpu", 4, exact=True,
+            probe.probe(model, "m", (3,), 0, "cpu", 4, exact=True,
                          task=Task("float", "values", (2,), 0, spec))
 
 

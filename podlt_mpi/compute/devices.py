@@ -82,7 +82,7 @@ def describe(dev: str) -> str:
 def check_kinds(placed: list, compare: str, resumed_kind: str | None,
                 cuda_aware: bool = False, stochastic: bool = False) -> str | None:
     """Bad input in the ranks' devices (one per rank, as `describe` gives), or None.
-    `stochastic`: the model draws random numbers (models.probe)."""
+    `stochastic`: the model draws random numbers (probe.py)."""
     now = kinds(placed)
     cpu = [r for r, d in enumerate(placed) if kind(d) == "cpu"]
     if cuda_aware and cpu:

@@ -12,7 +12,7 @@ import torch
 from podlt_mpi.compute import training
 from podlt_mpi.compute.layout import Layout, host
 from podlt_mpi.compute.losses import loss_function
-from podlt_mpi.compute.models import load_function
+from podlt_mpi.compute.user_code import load_function
 from podlt_mpi.core.config import RunConfig, fake_modes
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task

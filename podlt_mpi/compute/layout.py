@@ -24,6 +24,11 @@ from torch import nn
 from podlt_mpi.core import digests
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's tensors live (a model is on one device: models.probe checks it)."""
+    return next(model.parameters()).device
+
+
 def host(t: torch.Tensor) -> np.ndarray:
     """A flat float32 numpy array of t (a copy from a GPU; no copy on the CPU)."""
     return t.detach().reshape(-1).cpu().numpy().astype(np.float32, copy=False)

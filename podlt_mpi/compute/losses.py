@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from podlt_mpi.core.errors import ConfigError
+from podlt_mpi.compute.layout import device_of
+from podlt_mpi.compute.outputs import scores
+from podlt_mpi.compute.user_code import load_function
 from podlt_mpi.core.tasks import Task, bits_per_byte
 
 
@@ -35,38 +37,24 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def loss_function(task: Task):
-    """(output, y) -> the fragment's mean loss, for the task's --loss."""
+    """(the model's output, y) -> the fragment's mean loss, for the task's --loss, on the
+    output's scores (outputs.py)."""
+    key = task.output_key
     if task.loss == "cross-entropy":
         ignore = task.ignore_index
-        return lambda out, y: cross_entropy(out, y, ignore)
+        return lambda out, y: cross_entropy(scores(out, key), y, ignore)
     if task.loss == "mse":
-        return mse
-    from podlt_mpi.compute.models import load_function
+        return lambda out, y: mse(scores(out, key), y)
     user = load_function(task.loss, "--loss")
 
     def users(out, y):
-        loss = user(out, y)
+        loss = user(scores(out, key), y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"--loss {task.loss} must return a tensor of one value (the "
                              f"fragment's mean loss), it returned "
                              f"{list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}")
         return loss.reshape(())
     return users
-
-
-def check_output(task: Task, out, lines: int, spec: str) -> None:
-    """A model whose output the loss cannot take is bad input (ConfigError)."""
-    want = task.output_shape(lines)
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"model {spec!r} returns {type(out).__name__}, not a tensor")
-    if want is None:
-        return
-    got = tuple(out.shape)
-    fits = got == want if task.loss == "cross-entropy" else math.prod(got) == math.prod(want)
-    if not fits:
-        what = ("class scores" if task.loss == "cross-entropy" else "values (mse)")
-        raise ConfigError(f"model {spec!r} outputs {list(got[1:])} per line, expected "
-                          f"{list(want[1:])} {what}")
 
 
 @torch.no_grad()
@@ -78,7 +66,6 @@ def evaluate(model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,
     or lines for a user's loss); test_accuracy: argmax against the counted class targets, per
     position for sequences; test_bits_per_byte: the loss in bits, per byte of the source text.
     """
-    from podlt_mpi.compute.training import device_of
     dev, fn = device_of(model), loss_function(task)
     # 2,000 lines of one target; lines of many targets, 16,384 targets a batch
     batch = batch or (max(1, 16384 // math.prod(task.target_shape)) if task.per_position
@@ -88,13 +75,13 @@ def evaluate(model: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,
     for s in range(0, len(y), batch):
         xb = torch.from_numpy(x[s:s + batch]).to(dev)
         yb = torch.from_numpy(y[s:s + batch]).to(dev)
-        out = model(xb)
+        out = scores(model(xb), task.output_key)
         if ce:
-            scores, targets = out.float().reshape(-1, out.shape[-1]), yb.reshape(-1)
+            flat, targets = out.float().reshape(-1, out.shape[-1]), yb.reshape(-1)
             keep = targets != task.ignore_index
             loss_sum += float(nn.functional.cross_entropy(
-                scores, targets, ignore_index=task.ignore_index, reduction="sum"))
-            correct += int((scores.argmax(-1)[keep] == targets[keep]).sum())
+                flat, targets, ignore_index=task.ignore_index, reduction="sum"))
+            correct += int((flat.argmax(-1)[keep] == targets[keep]).sum())
             counted += int(keep.sum())
         elif task.loss == "mse":
             loss_sum += float(nn.functional.mse_loss(out.float().reshape(yb.shape), yb.float(),

@@ -1,13 +1,14 @@
 """Model registry: built-in `mlp`, `cnn` and `gpt`, or a user's `module:function` factory."""
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 from torch import nn
 
 from podlt_mpi.compute.gpt import gpt
+from podlt_mpi.compute.outputs import check_output
+from podlt_mpi.compute.user_code import load_function
 from podlt_mpi.core.errors import ConfigError
 from podlt_mpi.core.tasks import Task, classification
 
@@ -54,40 +55,22 @@ def dummy_targets(task: Task, lines: int, generator=None) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
-def load_function(spec: str, what: str):
-    """Resolve "module:function", turning every way it can fail into a ConfigError."""
-    if ":" not in spec:
-        raise ConfigError(f"unknown {what} {spec!r}: expected one of {sorted(BUILTIN)} "
-                          "or module:function" if what == "model" else
-                          f"{what} must be module:function, got {spec!r}")
-    mod_name, _, fn_name = spec.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # the user's module may fail in any way while importing
-        raise ConfigError(f"cannot import {what} module {mod_name!r}: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"{what} module {mod_name!r} has no function {fn_name!r}")
-    return fn
-
-
 def build(spec: str, input_shape, n_classes: int, seed: int, task: Task | None = None,
           args: dict | None = None) -> nn.Module:
     """The model `spec` names, with weights drawn from `seed` and the factory's keyword
     arguments `args` (--model-args). Every way a user's factory or model can fail here is bad
     input (ConfigError), named with the model and the cause."""
-    from podlt_mpi.compute.losses import check_output
     task = task or classification(n_classes)
     if spec == "gpt" and not (task.inputs == "tokens" and task.targets == "classes"):
         raise ConfigError("--model gpt reads token ids and predicts classes: the data's x and y "
                           "must both be integers")
-    factory = BUILTIN.get(spec) or load_function(spec, "model")
+    factory = BUILTIN.get(spec) or load_function(spec, "model", BUILTIN)
     model = _construct(factory, spec, input_shape, n_classes, seed, args)
     with torch.no_grad():  # a dry run, so a shape mismatch is bad input, not a crash mid-training
         try:
             out = model(dummy_input(task, input_shape, 2, torch.Generator().manual_seed(0)))
         except Exception as e:  # the user's forward may fail in any way
-            raise _failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
+            raise failure(spec, "cpu", e, f"fails on input of shape {list(input_shape)}") from None
     check_output(task, out, 2, spec)
     # built again: the dry run moved BatchNorm statistics, and must not shift initial weights
     return _construct(factory, spec, input_shape, n_classes, seed, args)
@@ -127,56 +110,12 @@ def place(model: nn.Module, spec: str, device) -> nn.Module:
         raise ConfigError(f"model {spec!r} cannot move to {device}: {_first_line(e)}") from None
 
 
-def probe(model: nn.Module, spec: str, input_shape, n_classes: int, device, lines: int,
-          exact: bool, task: Task | None = None) -> bool:
-    """Training passes over the same `lines` random lines on `device` before training starts:
-    a model that fails there, keeps a tensor on another device, uses an op with no deterministic
-    kernel (exact mode makes torch raise) or gives two different answers under one seed (exact
-    mode) is bad input, reported before the first iteration rather than as a crash or a stream
-    of disputes in it. `lines`: the smallest fragment the run will send (a BatchNorm layer
-    cannot train on one line). The model is left as it was.
-
-    Returns whether the model draws random numbers (another seed gives another answer)."""
-    from podlt_mpi.compute import losses, training
-    from podlt_mpi.compute.layout import Layout
-    device = torch.device(device)
-    task = task or classification(n_classes)
-    loss_fn = losses.loss_function(task)
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        if t.device != device:
-            raise ConfigError(f"model {spec!r} keeps {name!r} on {t.device}, but this rank "
-                              f"computes on {device}: register it as a parameter or buffer, so "
-                              "that .to(device) moves it")
-    g = torch.Generator().manual_seed(0)
-    x = dummy_input(task, input_shape, lines, g)
-    y = (torch.arange(lines) % n_classes if task.target_shape == () and task.targets == "classes"
-         else dummy_targets(task, lines, g))
-    layout = Layout(model)
-    answers = []
-    for seed in (12345, 12345, 54321) if exact else (12345, 54321):
-        try:
-            answer, loss = training.gradient(model, x, y, seed, layout, loss_fn)
-        except Exception as e:  # the user's forward, loss or backward may fail in any way
-            raise _failure(spec, device, e, f"fails a training pass on {lines} line(s)") from None
-        if not math.isfinite(loss):
-            raise ConfigError(f"model {spec!r} with --loss {task.loss} gives a non-finite loss "
-                              f"({loss}) on {lines} random line(s)")
-        answers.append(answer.tobytes())
-    if exact and answers[0] != answers[1]:
-        raise ConfigError(f"model {spec!r} is not deterministic on {device}: two passes over the "
-                          "same lines under the same seed gave different gradients (random draws "
-                          "outside torch, numpy and random, or the clock?); --compare exact needs "
-                          "bit-identical results on every rank: fix the model, or use --compare "
-                          "tolerance")
-    return answers[0] != answers[-1]
-
-
 def _first_line(e: Exception) -> str:
     text = str(e).strip().split("\n", 1)[0]
     return text or type(e).__name__
 
 
-def _failure(spec: str, device, e: Exception, what: str) -> ConfigError:
+def failure(spec: str, device, e: Exception, what: str) -> ConfigError:
     first = _first_line(e)
     if "deterministic" in first:
         op = first.split(", but you set", 1)[0]  # torch goes on about its options for a paragraph

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from podlt_mpi.compute.layout import Layout, host, pieces
+from podlt_mpi.compute.layout import Layout, device_of, host, pieces
 from podlt_mpi.compute.losses import cross_entropy
 from podlt_mpi.core import looks
 from podlt_mpi.core.pairwise import PairwiseSum
@@ -33,10 +33,6 @@ def set_determinism(threads: int, exact: bool = True) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @contextmanager

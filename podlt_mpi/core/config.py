@@ -48,6 +48,9 @@ class RunConfig:
                              "n_classes, **model_args)")
     model_args: str = _opt("", "keyword arguments of the model's factory, e.g. "
                                "n_layer=4,n_head=4,n_embd=128,dropout=0.1 for gpt")
+    output_key: Optional[str] = _opt(None, "where the scores are in what the model returns: a "
+                                           "dict's key, an attribute, or a tuple's index; "
+                                           "default: a tensor, .logits, or the first element")
     loss: str = _opt("auto", "cross-entropy, mse, module:function(output, y) returning the "
                              "fragment's mean loss, or auto (cross-entropy for integer targets, "
                              "mse for float ones)")
@@ -200,7 +203,7 @@ class _Parser(argparse.ArgumentParser):
 GROUPS = {
     "data and schedule": ("data", "test_data", "x_key", "y_key", "holdout", "out", "block_lines",
                           "epochs", "shuffle_blocks", "blocks", "eval_every"),
-    "model and optimizer": ("model", "model_args", "loss", "ignore_index", "optimizer", "lr",
+    "model and optimizer": ("model", "model_args", "output_key", "loss", "ignore_index", "optimizer", "lr",
                             "momentum", "nesterov", "weight_decay", "clip_grad_norm",
                             "lr_schedule", "warmup", "lr_drops", "lr_gamma"),
     "protocol and reproducibility": ("controls", "checks_per_iteration", "compare", "rtol", "atol",
@@ -316,6 +319,8 @@ def check_options(cfg: RunConfig) -> None:
         raise ConfigError(f"--challenges must be at least 1, got {cfg.challenges}")
     fake_modes(cfg.fake_mode, cfg.fake_ranks)
     model_kwargs(cfg.model_args)
+    if cfg.output_key is not None and not cfg.output_key.strip():
+        raise ConfigError("--output-key must name a key, an attribute or an index, got nothing")
     if cfg.loss not in LOSSES and ":" not in cfg.loss:
         raise ConfigError(f"--loss must be one of {', '.join(LOSSES)} or module:function, "
                           f"got {cfg.loss!r}")

@@ -32,6 +32,7 @@ class Task:
     ignore_index: int = -100    # a target of this value does not count (cross-entropy)
     vocab: int = 0              # token inputs: ids lie in [0, vocab)
     bytes_per_token: float | None = None  # from the data file: turns nats into bits per byte
+    output_key: str | None = None  # --output-key: where the scores are in the model's output
 
     @property
     def x_dtype(self):

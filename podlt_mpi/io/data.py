@@ -271,7 +271,7 @@ def _task(cfg: RunConfig, seen: list) -> Task:
         n = 0
     vocab = max(top_token + 1, declared[0] if declared and first.inputs == "tokens" else 0)
     return Task(first.inputs, first.targets, first.target_shape, n, loss, cfg.ignore_index,
-                vocab, first.bytes_per_token)
+                vocab, first.bytes_per_token, cfg.output_key)
 
 
 # ---- prepare synthetic ---------------------------------------------------------------------

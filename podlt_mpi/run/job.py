@@ -300,7 +300,7 @@ def rank_parts(inputs: _Inputs, rank: int, size: int, dev) -> tuple:
     fault behaviour. Any of it may fail on user code: raises ConfigError."""
     # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
     # and bad input should be reported in seconds.
-    from podlt_mpi.compute import models, training
+    from podlt_mpi.compute import models, probe, training
     from podlt_mpi.compute.faults import Faker
     from podlt_mpi.compute.layout import Layout
     from podlt_mpi.core import schedule
@@ -309,8 +309,8 @@ def rank_parts(inputs: _Inputs, rank: int, size: int, dev) -> tuple:
     model = models.place(models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed,
                                       ds.task, model_kwargs(cfg.model_args)), cfg.model, dev)
     smallest = schedule.smallest_fragment(len(ds.train), cfg.block_lines, n_workers(cfg, size))
-    stochastic = models.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
-                              min(smallest, 8), exact=cfg.compare == "exact", task=ds.task)
+    stochastic = probe.probe(model, cfg.model, ds.line_shape, ds.n_classes, dev,
+                             min(smallest, 8), exact=cfg.compare == "exact", task=ds.task)
     layout = Layout(model)
     return _Built(model, layout, Faker(cfg, rank, layout, ds.task), []), stochastic
 

@@ -22,7 +22,7 @@ import torch
 
 from podlt_mpi.compute import kernels, training
 from podlt_mpi.compute import losses as task_losses
-from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.compute.layout import Layout, device_of, host
 from podlt_mpi.mpi import messages
 from podlt_mpi.mpi import reduce_messages as rm
 from podlt_mpi.core import (
@@ -83,7 +83,7 @@ class Manager:
                                  cfg.rank_timeout, out, self.pool, broadcasts(cfg, waiter.mode))
         self.exchange.ordered_fold = self.folding and not self.keyed
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
-        three_way = kernels.for_device(training.device_of(model), self.layout.answer_size)
+        three_way = kernels.for_device(device_of(model), self.layout.answer_size)
         self.checker = Checker(model, ds.line_shape, self.loss_fn, three_way, self.exchange,
                                cfg.compare, cfg.rtol, cfg.atol, cfg.seed, self.looking)
         self.mine = {}  # ranks' reduction: seed -> the manager's own answers among the leaves

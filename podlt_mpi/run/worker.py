@@ -14,7 +14,7 @@ import torch
 
 from podlt_mpi.compute import training
 from podlt_mpi.compute.faults import Faker
-from podlt_mpi.compute.layout import Layout, host
+from podlt_mpi.compute.layout import Layout, device_of, host
 from podlt_mpi.compute.losses import loss_function
 from podlt_mpi.core.tasks import Task, classification
 from podlt_mpi.mpi import comm as mpi
@@ -44,7 +44,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
     line_size = math.prod(line_shape)
     task = task or classification()
     loss_fn = loss_function(task)
-    dev = training.device_of(model)
+    dev = device_of(model)
     weights = (torch.empty(layout.state_size, dtype=torch.float32, device=dev) if cuda_aware
                else np.empty(layout.state_size, np.float32))
     head = np.empty(messages.HEADER_LEN, np.int64)
