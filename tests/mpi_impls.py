@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("mpich", "openmpi")
 # .ci/run sets these: there a test skipped for want of them is a failure, not a pass
 REQUIRE = {"openmpi": "PODLT_REQUIRE_OPENMPI", "slurm": "PODLT_REQUIRE_SLURM",
-           "triton": "PODLT_REQUIRE_TRITON", "data": "PODLT_REQUIRE_DATA"}
+           "triton": "PODLT_REQUIRE_TRITON", "data": "PODLT_REQUIRE_DATA",
+           "transformers": "PODLT_REQUIRE_TRANSFORMERS"}
 
 
 def unavailable(what: str, reason: str):
