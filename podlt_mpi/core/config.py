@@ -363,7 +363,9 @@ RESUME_MAY_CHANGE = {"data", "test_data", "wait", "broadcast", "reduce", "challe
 
 def broadcasts(cfg: RunConfig, wait_mode: str) -> bool:
     """Whether the weights go out by one broadcast (--broadcast) for ranks that wait this way.
-    Measured at 50 ranks on 2 cores (sleep): training took 2.5x as long with the broadcast."""
+    Where ranks sleep, each step of a broadcast waits for a rank to wake: the default job at 50
+    ranks on 2 cores trained much slower with it (measured: benchmarks/RESULTS.md,
+    "The manager at scale: weights out once, memory flat, start-up flat (issue 18)")."""
     return cfg.broadcast == "on" or (cfg.broadcast == "auto" and wait_mode == "spin")
 
 

@@ -2,8 +2,9 @@
 off the manager's critical path. Pure, no MPI.
 
 A record of format 1 digests with sha256; format 2 and later say which hash they use in
-`digest`, and this version writes BLAKE3 (a standard cryptographic hash, 3-5x sha256 here,
-benchmarks/hashing.py). The hash chain of the records themselves stays sha256: records are a
+`digest`, and this version writes BLAKE3 (a standard cryptographic hash, several times faster
+than sha256 on these arrays; measured: benchmarks/RESULTS.md, "The ledger's hashing (issue 18,
+first step)"). The hash chain of the records themselves stays sha256: records are a
 few KB, the arrays are the model's size times the ranks.
 """
 from __future__ import annotations

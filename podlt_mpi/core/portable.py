@@ -3,7 +3,7 @@ Intel or AMD, with or without AVX-512, give the same bits, and any such machine 
 Pure (no torch): the settings must be in the environment before torch is imported.
 
 Three libraries choose their kernels by the processor they find (measured in
-benchmarks/RESULTS.md, "Portable kernels"):
+benchmarks/RESULTS.md, "Portable kernels (issue 28, first part)"):
 - ATen's vectorized CPU kernels (exp, tanh, softmax, the optimizers' arithmetic) by its vector
   unit: AVX-512 or AVX2. ATEN_CPU_CAPABILITY=avx2 takes the AVX2 ones everywhere.
 - MKL's matrix products and vector maths by vendor and vector unit. MKL_CBWR=AVX2 holds on Intel

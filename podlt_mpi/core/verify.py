@@ -72,7 +72,7 @@ def decide(grads: dict, mode: str = "exact", rtol: float = 1e-5, atol: float = 0
     same_shape = _same_shape(grads.values())
     if same_shape and len({grads[r].tobytes() for r in ranks}) == 1:
         # all bits equal, the honest case: the same verdict and rel_dist (0.0) as the full pass,
-        # for a memcmp (0.13 ms at 270k values here, the fused pass 2.3 ms)
+        # for a memcmp, a small part of the fused pass's cost
         pairs = {(r, s): Pair(True, 0.0) for r, s in combinations(ranks, 2)}
     elif len(ranks) == 3 and same_shape:
         # the usual check: one fused pass reads each vector once (kernels/)

@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 SLEEP_MIN = 50e-6
 IDLE_EVERY = 0.05  # seconds between a waiting manager's drains of unsolicited messages
-SLEEP_MAX = 2e-3  # measured here: 0.2 ms sleeps gave 2.7k samples/s at N=50 on 2 cores, 2 ms 7.4k
+SLEEP_MAX = 2e-3  # at N=50 on 2 cores the default job trained faster with this than a tenth of it
 
 
 class RankTimeout(RuntimeError):
@@ -339,11 +339,12 @@ def late_group(timeout: float):
 def finish(code: int) -> None:
     """Finalize MPI and leave through C's exit(), skipping the interpreter's teardown.
 
-    Tearing down torch in 50 processes on 2 cores took about 30 s after the last iteration;
-    every file the job writes is closed by now, so there is nothing left for it to do. Not
-    os._exit: it skips MPICH's exit handlers, and under load Hydra then killed the job after a
-    clean finish (rc 9 in 41 of 60 tries of a bare mpi4py script on a busy machine; C's exit(),
-    0 of 40; a normal exit, 0 of 40).
+    Tearing down torch in 50 processes on 2 cores took most of the time from the last iteration
+    to exit (measured: benchmarks/RESULTS.md, "The default 50-rank job (issue 2)"); every file
+    the job writes is closed by now, so there is nothing left for it to do. Not os._exit: it
+    skips MPICH's exit handlers, and under load Hydra then often killed the job after a clean
+    finish (rc 9), where C's exit() did not (measured: benchmarks/RESULTS.md, "Preemption,
+    resume and audit at 50 ranks (issue 3)"), nor did a normal exit.
     """
     import ctypes
     sys.stdout.flush()

@@ -35,8 +35,9 @@ def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0,
 def state_digest(weights) -> np.ndarray:
     """The digest of the flat state a SHARED header names, as 4 int64 values: what a rank
     compares with what the broadcast, which passes through other ranks, brought it."""
-    # BLAKE3 on one thread: 30 ms for 97 MB here (blake2b took 131 ms), every rank, every
-    # iteration that broadcasts
+    # BLAKE3 on one thread, faster than blake2b (measured: benchmarks/RESULTS.md, "Untrusted
+    # ranks, part 2: no pickles, no crash, no hang, bounded memory (issue 27)"), every rank,
+    # every iteration that broadcasts
     hexdigest = digests.of_arrays(digests.BLAKE3, np.ascontiguousarray(weights))
     return np.frombuffer(bytes.fromhex(hexdigest), np.int64).copy()
 

@@ -35,7 +35,7 @@ MIN_TIMEOUT = 20.0     # later: max(this, 10 x the slowest exchange so far),
 MAX_TIMEOUT = 600.0    # but never more: a slow rank could otherwise grow it tenfold each time
 # Receive buffers for the answers folded as they arrive: at least WINDOW, more while they fit in
 # WINDOW_BYTES. Folding in line order through a few buffers serialises the answers; small models
-# (50 ranks on 2 cores, sleeping between polls: 2.8x slower training with 4 buffers of 1 MB)
+# (50 ranks on 2 cores, sleeping between polls, trained much slower through 4 buffers of 1 MB)
 # lose more to that than they save in memory, which stays bounded either way.
 WINDOW = 4
 WINDOW_BYTES = 256 * 2**20

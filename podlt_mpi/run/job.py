@@ -298,8 +298,9 @@ def _build(comm, inputs: _Inputs, local: int) -> _Built:
 def rank_parts(inputs: _Inputs, rank: int, size: int, dev) -> tuple:
     """(_Built, stochastic): one rank's model on `dev`, probed with a training pass, and its
     fault behaviour. Any of it may fail on user code: raises ConfigError."""
-    # torch is imported only now: at 50 ranks on 2 cores the import alone takes about a minute,
-    # and bad input should be reported in seconds.
+    # torch is imported only now: at 50 ranks on 2 cores the import dominates the start-up
+    # (measured: benchmarks/RESULTS.md, "The default 50-rank job (issue 2)"), and bad input
+    # should be reported in seconds.
     from podlt_mpi.compute import models, probe, training
     from podlt_mpi.compute.faults import Faker
     from podlt_mpi.compute.layout import Layout

@@ -9,7 +9,9 @@ is posted (which a rank can observe: a rendezvous send starts when it is) and ho
 the manager is taking in at once depend on its place in that order alone, never on whether the
 answer is checked. (Posting a checked fragment's K+1 receives together, at the fragment's own
 turn, made the posting times exact but shared the manager's copy bandwidth K+1 ways for exactly
-the watched ranks: benchmarks/role_timing.py measured their sends slower, AUC 0.72.)
+the watched ranks: their sends took longer, which gave their roles away (benchmarks/role_timing.py;
+measured: benchmarks/RESULTS.md, "Same messages for every role, the look, the loss (issue 26,
+second part)").)
 
 A streamed answer (an unchecked worker's) goes to `add(rank, gradient, answer)` in line order
 and its buffer then serves the next turn, unless `add` returns True (the look held it back,
