@@ -216,3 +216,120 @@ def test_the_manager_posts_its_sends_in_rank_order_whatever_the_roles(monkeypatc
                                           np.zeros((30, 6), np.float32), np.zeros(30, np.int64))
     Exchange(None, None, 4, 0, pool=object()).post(outgoing, [], [])
     assert posted == sorted(posted) and set(posted) == {1, 2, 3, 4, 5}
+
+
+# ---- a whole run in this process: the manager with ranks that live here ---------------------
+
+class Ranks:
+    """The exchange's interface (run/exchange.py), served by ranks in this process: each computes
+    its lines as run/worker.py does (the weights loaded, the fragment's seed), and `lie(rank,
+    iteration, gradient)` may change what a rank sends. Answers stream to the fold in the
+    order the manager gives, as the window (run/window.py) hands them over."""
+
+    def __init__(self, cfg, ds, lie=lambda rank, it, g: g):
+        self.cfg, self.lie = cfg, lie
+        self.model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed, ds.task)
+        self.layout, self.loss_fn = Layout(self.model), losses.loss_function(ds.task)
+        self.line_shape = ds.line_shape
+        self.pool = digests.Pool(digests.WRITTEN, 1)
+        self.cost, self.notices, self.unsolicited, self.misbehaved = None, {}, {}, set()
+        self.ordered_fold, self.stopped, self.plans = False, [], []
+
+    def __call__(self, plan, iteration, weights, bx, by, everyone=None, fold=None):
+        self.plans.append(plan)
+        order, streamed, add = fold or ([a.rank for a in plan.assignments], (), None)
+        work = {a.rank: a for a in plan.assignments}
+        grads, losses_, futures = {}, {}, {}
+        for r in order:
+            a = work[r]
+            self.layout.load_state(weights)
+            lines = slice(a.start - plan.start, a.stop - plan.start)
+            x = torch.from_numpy(bx[lines].copy()).view(-1, *self.line_shape)
+            grad, loss = training.fragment(self.model, self.layout, x,
+                                           torch.from_numpy(by[lines].copy()),
+                                           messages.fragment_seed(self.cfg.seed, iteration,
+                                                                  a.start, a.stop),
+                                           self.loss_fn)
+            grad = self.lie(r, iteration, host(grad).copy())
+            losses_[r], futures[r] = loss, self.pool.answer(grad)
+            if r in streamed and not add(r, grad, messages.answer(loss, 0, 0.0)):
+                continue  # folded: the window reuses its buffer
+            grads[r] = grad
+        return grads, losses_, futures, {}
+
+    def drain(self, awaits=None):
+        pass
+
+    def reclaim(self, buffers):
+        pass
+
+    def stop(self, ranks):
+        self.stopped += list(ranks)
+
+
+class OneRank:
+    """What the manager asks of its communicator when another object carries the messages."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def Get_size(self):
+        return self.size
+
+
+def in_process_run(tmp_path, ranks=5, lie=lambda rank, it, g: g, **options):
+    """A run of the manager (run/manager.py) over `ranks` - 1 stand-in ranks, to the end."""
+    from podlt_mpi.core.config import parse_args
+    from podlt_mpi.io import data
+    from podlt_mpi.mpi import comm as mpi
+    from podlt_mpi.run.manager import Manager
+    path = str(tmp_path / "small.h5")
+    data.prepare_synthetic(path, lines=600, test_lines=100)
+    argv = ["--data", path, "--test-data", data.test_path_for(path), "--out",
+            str(tmp_path / "run"), "--block-lines", "120", "--role-seed", "3", "--epochs", "2"]
+    for k, v in options.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    cfg = parse_args(argv)
+    training.set_determinism(cfg.threads, exact=True)  # as run/job.py sets it on every rank
+    ds = data.resolve(cfg)
+    model = models.build(cfg.model, ds.line_shape, ds.n_classes, cfg.seed, ds.task)
+    stand_in = Ranks(cfg, ds, lie)
+    meta = {"data": path, "line_shape": list(ds.line_shape), "n_classes": ds.n_classes,
+            "task": ds.task.to_meta(), "world_size": ranks}
+    manager = Manager(OneRank(ranks), cfg, ds, model, cfg.out, mpi.Waiter("sleep"), meta,
+                      exchange=stand_in)
+    summary = manager.run()
+    return manager, stand_in, summary, records.load(os.path.join(cfg.out, "ledger.jsonl")).records
+
+
+def test_a_run_of_the_manager_with_ranks_in_this_process_is_single_process_training(tmp_path):
+    """step, iteration and apply without mpiexec: every iteration's plan goes to the stand-in
+    ranks, the unchecked answers fold in as they stream, every check agrees, and the final
+    model is tests/single_process.py's, bit for bit."""
+    import single_process
+    manager, ranks, summary, ledger = in_process_run(tmp_path)
+    assert summary["status"] == "complete" and summary["iterations"] == 10
+    assert summary["checks"] == {"agree": 10, "fake": 0, "dispute": 0}
+    assert summary["removed"] == [] and len(ledger) == 10 == len(ranks.plans)
+    assert all(sum(e - s for s, e in rec.applied) == 120 for rec in ledger)
+    assert ranks.stopped and set(ranks.stopped) == {1, 2, 3, 4}  # told at the end
+    out = manager.out
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    single_process.assert_matches(
+        __import__("pathlib").Path(out), cfg["data"], cfg,
+        [json.loads(line) for line in open(os.path.join(out, "ledger.jsonl"))])
+
+
+def test_a_lying_rank_in_this_process_is_removed_and_its_lie_never_applied(tmp_path):
+    """A rank that scales its gradient whenever it answers: the checks find it, the manager
+    removes it and tells it to stop, and no record applies its fragment."""
+    liar = 2
+    manager, ranks, summary, ledger = in_process_run(
+        tmp_path, lie=lambda rank, it, g: g * 3 if rank == liar else g)
+    assert [x["rank"] for x in summary["removed"]] == [liar]
+    caught = next(rec for rec in ledger if rec.removed)
+    assert caught.removed == (liar,) and liar in ranks.stopped
+    assert all(liar not in rec.applied_from for rec in ledger)
+    assert all(liar not in (a.rank for a in p.assignments)
+               for p in ranks.plans[caught.iteration + 1:])
+    assert summary["checks"]["dispute"] == 0 and summary["checks"]["fake"] >= 1

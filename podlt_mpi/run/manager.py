@@ -59,9 +59,12 @@ TOO_FEW = "too few active ranks left for the controls"
 
 class Manager:
     def __init__(self, comm, cfg: RunConfig, ds: Dataset, model, out: str, waiter: mpi.Waiter,
-                 meta: dict, resume=None, started: float | None = None, signing=None):
+                 meta: dict, resume=None, started: float | None = None, signing=None,
+                 exchange=None):
         """`signing`: (every rank's public key, by rank; the manager's core/signatures.Signer),
-        for the ranks' reduction."""
+        for the ranks' reduction. `exchange`: the transport to the ranks, called once a plan
+        (exchange.Exchange's interface); None: the MPI exchange over `comm` with `waiter`.
+        tests/test_manager_parts.py passes ranks that live in the test's process."""
         self.comm, self.cfg, self.ds, self.out, self.meta = comm, cfg, ds, out, meta
         self.model, self.task, self.resume = model, ds.task, resume
         self.loss_fn = task_losses.loss_function(ds.task)
@@ -78,9 +81,10 @@ class Manager:
         self.state = RunState.fresh(comm.Get_size(), cfg.seed)
         # --reduce ranks: the ranks send commitments, and sum the answers themselves (reduce.py)
         self.reducing = cfg.reduce == reduction.RANKS
-        self.exchange = Exchange(comm, waiter, rm.commit_len(self.layout.n_count)
-                                 if self.reducing else self.layout.answer_size, cfg.seed,
-                                 cfg.rank_timeout, out, self.pool, broadcasts(cfg, waiter.mode))
+        self.exchange = exchange or Exchange(
+            comm, waiter, rm.commit_len(self.layout.n_count) if self.reducing
+            else self.layout.answer_size, cfg.seed, cfg.rank_timeout, out, self.pool,
+            broadcasts(cfg, waiter.mode))
         self.exchange.ordered_fold = self.folding and not self.keyed
         # the votes' fused comparison: the Triton kernel when the manager has a GPU
         three_way = kernels.for_device(device_of(model), self.layout.answer_size)
@@ -94,7 +98,7 @@ class Manager:
                                        *signing, cfg.challenges)
             self.checker.form = lambda grad: self.commitment_of(self.committed(grad))
         self.files = RunFiles(out)
-        self.train = Reader(ds.train.path, cfg.x_key, cfg.y_key)
+        self.lines = Reader(ds.train.path, cfg.x_key, cfg.y_key)  # ds.train's: the blocks
         self.deadline = preempt.Deadline(cfg.time_limit, started)
         self.ignored = set()  # ranks whose repeated stop signals are not obeyed (stop_reason)
         self.held = {}        # the look's answers held back this iteration (look, looked_again)
@@ -255,7 +259,7 @@ class Manager:
         with cost.part("ledger"):
             model_before = self.weights_digest or self.weights_now(weights)
         with cost.part("read"):
-            bx, by = self.train.read(start, stop)
+            bx, by = self.lines.read(start, stop)
             self.ds.rules.check(bx, by, start)  # a bad line ends the run before it is used
             bx = bx.reshape(len(by), -1)
         data_digest = self.pool.submit(bx, by)  # hashed while the answers arrive
@@ -586,7 +590,7 @@ class Manager:
                     break
         except ConfigError as e:  # a bad line: the ledger ends at the last complete iteration
             self.exchange.stop(st.active)
-            self.train.close()
+            self.lines.close()
             self.pool.close()
             raise ConfigError(f"{e} (read for iteration {st.next_iteration}; the run's files "
                               f"end at the iteration before)") from None
@@ -601,7 +605,7 @@ class Manager:
         if stop is None and self.keyed:  # the run is over: its roles may be audited now
             rundir.reveal(self.out, self.state.role_key)
         files.finish(summary, self.model if stop is None else None)
-        self.train.close()
+        self.lines.close()
         self.pool.close()
         self.say_how_it_ended(stop, summary)
         return summary
