@@ -97,11 +97,12 @@ def test_resume_may_change_how_the_run_goes_on_but_not_its_numbers():
 def test_credits_from_records():
     A = records.Assignment
     rec = records.Record(
-        4, 0, 4, (0, 10), "d", "b",
-        (A(1, "worker", (0, 5), "g"), A(2, "worker", (5, 10), "g"), A(3, "control", (5, 10), "h"),
-         A(4, "control", (5, 10), "g")),
-        records.CheckRecord((5, 10), 2, (3, 4), "fake", (3,), (), None),
-        ((0, 5), (5, 10)), (1, 2), (3,), 0.5, "a", roles="c", active=(1, 2, 3, 4))
+        iteration=4, epoch=0, block=4, lines=(0, 10), data_digest="d", model_before="b",
+        assignments=(A(1, "worker", (0, 5), "g"), A(2, "worker", (5, 10), "g"),
+                     A(3, "control", (5, 10), "h"), A(4, "control", (5, 10), "g")),
+        check=records.CheckRecord((5, 10), 2, (3, 4), "fake", (3,), (), None),
+        applied=((0, 5), (5, 10)), applied_from=(1, 2), removed=(3,), loss=0.5,
+        model_after="a", roles="c", active=(1, 2, 3, 4))
     table = credits.from_ledger([rec])
     assert table["1"]["computed"] == 1 and table["1"]["verified"] == 0
     assert table["2"]["verified"] == 1 and table["2"]["verdicts"]["fake"] == 1

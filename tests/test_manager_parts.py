@@ -153,8 +153,10 @@ def test_the_run_state_round_trips_through_a_checkpoint():
 
 
 def minimal(i) -> records.Record:
-    return records.Record(i, 0, i, (10 * i, 10 * i + 10), "d", "b", (), None, (), (), (), 0.5,
-                          "a", roles="c", active=(1,))
+    return records.Record(iteration=i, epoch=0, block=i, lines=(10 * i, 10 * i + 10),
+                          data_digest="d", model_before="b", assignments=(), check=None,
+                          applied=(), applied_from=(), removed=(), loss=0.5, model_after="a",
+                          roles="c", active=(1,))
 
 
 def test_run_files_write_a_run_and_a_resume_cuts_it_back(tmp_path):

@@ -62,7 +62,9 @@ def test_the_role_of_a_removed_rank():
 
 def minimal(i, **fields) -> records.Record:
     """A record of iteration i without checks, enough for the rules on checkpoints."""
-    return records.Record(i, 0, i, (0, 10), "d", "before", (), None, (), (), (), None, "after",
+    return records.Record(iteration=i, epoch=0, block=i, lines=(0, 10), data_digest="d",
+                          model_before="before", assignments=(), check=None, applied=(),
+                          applied_from=(), removed=(), loss=None, model_after="after",
                           roles="c", **fields)
 
 

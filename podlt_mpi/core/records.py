@@ -319,9 +319,10 @@ class CheckRecord:
                    None if d["referee"] is None else Referee.from_json(d["referee"], fmt))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Record:
-    """One iteration of the run, as sealed into the ledger."""
+    """One iteration of the run, as sealed into the ledger. Built with keywords: most fields
+    are digests or tuples of lines, which positions would mix up unseen."""
     iteration: int
     epoch: int
     block: int
@@ -411,24 +412,26 @@ class Record:
                 len(d["applied"]) != len(d["applied_from"]):
             raise RecordError(f"applied has {len(d['applied'])} fragments but applied_from "
                               f"{len(d['applied_from'])} ranks")
-        return cls(_int(d["iteration"], "iteration"), _int(d["epoch"], "epoch"),
-                   _int(d["block"], "block"), _lines(d["lines"], "lines"),
-                   s(_key("data_digest", fmt)), s("model_before"),
-                   tuple(Assignment.from_json(a, fmt)
-                         for a in _list(d["assignments"], "assignments")),
-                   None if d["check"] is None else CheckRecord.from_json(d["check"], fmt),
-                   tuple(_lines(p, "applied") for p in _list(d["applied"], "applied")),
-                   _ints(d["applied_from"], "applied_from"), _ints(d["removed"], "removed"),
-                   loss, s("model_after"),
-                   tuple(CheckRecord.from_json(c, fmt) for c in _list(extra, "extra_checks")),
-                   d.get("checkpoint") and s("checkpoint"), d.get("prev") and s("prev"),
-                   d.get("hash") and s("hash"), fmt, alg,
-                   s("roles") if fmt >= KEYED else None,
-                   _ints(d["active"], "active") if fmt >= KEYED else (),
-                   tuple(Look.from_json(x) for x in _list(d["looks"], "looks"))
-                   if fmt >= LOOKED else (),
-                   Reduction.from_json(d["reduction"]) if d.get("reduction") is not None
-                   else None)
+        return cls(
+            iteration=_int(d["iteration"], "iteration"), epoch=_int(d["epoch"], "epoch"),
+            block=_int(d["block"], "block"), lines=_lines(d["lines"], "lines"),
+            data_digest=s(_key("data_digest", fmt)), model_before=s("model_before"),
+            assignments=tuple(Assignment.from_json(a, fmt)
+                              for a in _list(d["assignments"], "assignments")),
+            check=None if d["check"] is None else CheckRecord.from_json(d["check"], fmt),
+            applied=tuple(_lines(p, "applied") for p in _list(d["applied"], "applied")),
+            applied_from=_ints(d["applied_from"], "applied_from"),
+            removed=_ints(d["removed"], "removed"), loss=loss, model_after=s("model_after"),
+            extra_checks=tuple(CheckRecord.from_json(c, fmt)
+                               for c in _list(extra, "extra_checks")),
+            checkpoint=d.get("checkpoint") and s("checkpoint"), prev=d.get("prev") and s("prev"),
+            hash=d.get("hash") and s("hash"), format=fmt, digest=alg,
+            roles=s("roles") if fmt >= KEYED else None,
+            active=_ints(d["active"], "active") if fmt >= KEYED else (),
+            looks=tuple(Look.from_json(x) for x in _list(d["looks"], "looks"))
+            if fmt >= LOOKED else (),
+            reduction=Reduction.from_json(d["reduction"]) if d.get("reduction") is not None
+            else None)
 
 
 # ---- the one reader -----------------------------------------------------------------------------

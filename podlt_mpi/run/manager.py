@@ -347,14 +347,16 @@ class Manager:
         with cost.part("ledger"):  # the weights' digest; the rest is mostly done by now
             self.weights_digest = self.weights_now()
             record = records.Record(
-                iteration, epoch, block, (start, stop), data_digest.result(), model_before,
-                tuple(self.assignment(rnd, a, refused)
-                      for a in (*plan.assignments, *rechecks, *mine)),
-                done[0] if done else None, tuple((s, e) for s, e, _ in applied),
-                tuple(r for _, _, r in applied), tuple(fake), ledger.finite_or_none(loss),
-                self.weights_digest, extra_checks=tuple(done[1:]), format=self.format,
-                digest=self.digest, **({"roles": self.commitment, "active": active}
-                                       if self.keyed else {}), looks=tuple(held),
+                iteration=iteration, epoch=epoch, block=block, lines=(start, stop),
+                data_digest=data_digest.result(), model_before=model_before,
+                assignments=tuple(self.assignment(rnd, a, refused)
+                                  for a in (*plan.assignments, *rechecks, *mine)),
+                check=done[0] if done else None, extra_checks=tuple(done[1:]),
+                applied=tuple((s, e) for s, e, _ in applied),
+                applied_from=tuple(r for _, _, r in applied), removed=tuple(fake),
+                loss=ledger.finite_or_none(loss), model_after=self.weights_digest,
+                format=self.format, digest=self.digest, looks=tuple(held),
+                **({"roles": self.commitment, "active": active} if self.keyed else {}),
                 **({"reduction": records.Reduction.of(reduced)} if reduced else {}))
         self.exchange.reclaim(rnd.grads.values())  # every digest has read them by now
         credits.account(st.credits, record)
