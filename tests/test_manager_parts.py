@@ -335,3 +335,19 @@ def test_a_lying_rank_in_this_process_is_removed_and_its_lie_never_applied(tmp_p
     assert all(liar not in (a.rank for a in p.assignments)
                for p in ranks.plans[caught.iteration + 1:])
     assert summary["checks"]["dispute"] == 0 and summary["checks"]["fake"] >= 1
+
+
+def test_a_format_3_run_folds_in_rules_fold_order_as_the_replay_does(tmp_path, monkeypatch):
+    """A run resumed in ledger format 3 sums in arrival order: the unchecked answers as they
+    stream, then the checked ones (rules.fold_order, which the replay calls too). Its final
+    model is single-process training's, summed in that order, bit for bit."""
+    import single_process
+    monkeypatch.setattr(records, "FORMAT", 3)  # what a resume of a format 3 run continues in
+    manager, ranks, summary, ledger = in_process_run(tmp_path)
+    assert {rec.format for rec in ledger} == {3} and manager.folding and not manager.keyed
+    assert summary["checks"] == {"agree": 10, "fake": 0, "dispute": 0}
+    out = manager.out
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    single_process.assert_matches(
+        __import__("pathlib").Path(out), cfg["data"], cfg,
+        [json.loads(line) for line in open(os.path.join(out, "ledger.jsonl"))])

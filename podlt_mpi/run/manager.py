@@ -270,6 +270,7 @@ class Manager:
             unchecked = {a.rank: (i, *self.weight(by, start, a.start, a.stop))
                          for i, a in enumerate(workers) if (a.start, a.stop) not in checked}
         self.mine, self.losses, self.looked = {}, {}, []
+        self.folded = []  # format 3: the lines in the order they were summed (apply checks it)
         if self.folding and not self.reducing:  # the unchecked answers fold in as they arrive
             controls = dict(plan.checks)
             # the answers' order (window.py): line order, each control after its checked worker
@@ -281,10 +282,13 @@ class Manager:
                        lambda r, grad, answer: fold.set(unchecked[r][0], grad,
                                                         *unchecked[r][1:]))
                 streamed = (order, list(unchecked), add)
-            else:
+            else:  # format 3: summed in arrival order, the unchecked answers as they stream
                 fold = training.Fold(self.model, self.layout)
-                streamed = (order, list(unchecked),
-                            lambda r, grad, answer: fold.add(grad, *unchecked[r][1:]))
+                def add(r, grad, answer):
+                    a = workers[unchecked[r][0]]
+                    self.folded.append((a.start, a.stop))
+                    fold.add(grad, *unchecked[r][1:])
+                streamed = (order, list(unchecked), add)
         sent, losses, hashed, refused = self.exchange(plan, iteration, weights, bx, by,
                                                       st.active, streamed)
         self.refuse_old_format(refused, iteration)
@@ -539,10 +543,16 @@ class Manager:
                     else:
                         fold.set(i, rnd.grads[(r, *lines)], *self.weight(rnd.by, start, *lines))
                 fold.apply(self.opt, lr, clip)
-            else:
-                for s, e, r in applied:  # the unchecked ones are in already
+            else:  # the checked ones that stand, in line order: the unchecked are in already
+                for s, e, r in applied:
                     if (s, e) in checked:
+                        self.folded.append((s, e))
                         fold.add(rnd.grads[(r, s, e)], *self.weight(rnd.by, start, s, e))
+                lines = [(s, e) for s, e, _ in applied]
+                if self.folded != [lines[i] for i in rules.fold_order(lines, checked)]:
+                    # the replay sums in rules.fold_order: a record summed otherwise fails it
+                    raise AssertionError(f"iteration {rnd.iteration} summed {self.folded}, not "
+                                         f"in rules.fold_order")
                 fold.apply(self.opt, lr, clip)
         return training.combined_loss([rnd.losses[(r, s, e)] for s, e, r in applied], counts)
 
