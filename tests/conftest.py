@@ -1,10 +1,16 @@
-"""Shared fixtures: a small dataset and a helper that launches the job under mpiexec."""
+"""Shared fixtures: a small dataset, the MPI implementation a module's jobs run under, a quick
+run's options. The helpers that launch the job are tests/helpers/jobs.py."""
 import os
-import subprocess
 import sys
 
-import mpi_impls
 import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# the tests' own modules (mpi_impls, single_process, user_runs) and tests/helpers: the models and
+# data helpers that jobs load as user plugins, which tests import too, and jobs.py. Put here
+# whatever pytest's import mode (--import-mode=importlib puts no test folder on the path).
+sys.path[:0] = [TESTS, os.path.join(TESTS, "helpers")]
+import mpi_impls  # noqa: E402
 
 # Triton reads this once, when it is first imported, and torch imports it as a side effect
 # (torch.load does): set it before any test runs, or the interpreter tests of the fused
@@ -17,26 +23,17 @@ from podlt_mpi.core import portable  # noqa: E402
 assert "torch" not in sys.modules, "torch was imported before conftest could set the kernels"
 portable.apply(portable.PORTABLE)
 
-ROOT = mpi_impls.ROOT
-# the models and data helpers that jobs load as user plugins; tests import some of them too
-sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
-import runfiles  # noqa: E402
-
-read_json, read_jsonl = runfiles.read_json, runfiles.read_jsonl  # tests import them from here
-RUN_TIMEOUT = 240  # seconds; every subprocess has one, so a hang fails instead of blocking CI
+import jobs  # noqa: E402
 
 # tests/mpi/ run inside an MPI world (python -m mpi4py -m pytest --with-mpi); plain pytest
 # launches them from test_mpi_suite.py.
 collect_ignore = [] if "--with-mpi" in sys.argv else ["mpi"]
 
 
-def mpiexec():
-    return mpi_impls.get("mpich").launcher[0]
-
-
 def pytest_generate_tests(metafunc):
-    # The end-to-end tests run under every MPI implementation users may have.
-    if metafunc.module.__name__.startswith("test_e2e_") and "mpi" in metafunc.fixturenames:
+    # The end-to-end tests run under every MPI implementation users may have. (By the file's
+    # name: the module's is "tests.test_e2e_..." under --import-mode=importlib.)
+    if metafunc.definition.path.name.startswith("test_e2e_") and "mpi" in metafunc.fixturenames:
         metafunc.parametrize("mpi", mpi_impls.NAMES, indirect=True, scope="module")
 
 
@@ -57,37 +54,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module", autouse=True)
 def mpi(request):
     """The MPI implementation run_job launches with (MPICH unless parametrized)."""
-    _current["mpi"] = mpi_impls.get(getattr(request, "param", "mpich"))
-    yield _current["mpi"]
-    _current["mpi"] = None
-
-
-_current = {"mpi": None}
-
-
-def run_job(n, args, cwd=None, timeout=RUN_TIMEOUT, path=(), env=None, adversary=None,
-            program=None):
-    """mpiexec -n N python -m podlt_mpi ARGS, with a timeout; returns CompletedProcess.
-
-    Under the current test's MPI implementation. `path`: extra folders on PYTHONPATH (for user
-    plugins and models); `env`: extra variables (None: unset, e.g. this process's portable
-    kernel settings for a job whose ranks choose natively); `adversary`: (rank, program) runs
-    that rank as the program (tests/adversaries/), given the same ARGS; `program`: every rank
-    runs it instead of the package.
-    """
-    impl = _current["mpi"] or mpi_impls.get("mpich")
-    full_env = impl.environ({**(env or {}),
-                             "PYTHONPATH": os.pathsep.join([*map(str, path), ROOT])})
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    job = (program, *args) if program else ("-m", "podlt_mpi", *args)
-    if adversary is None:
-        command = impl.command(n, *job)
-    else:
-        rank, program = adversary
-        command = impl.mpmd(*[seg for seg in ((rank, *job), (1, program, *args),
-                                              (n - rank - 1, *job)) if seg[0]])
-    return subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    jobs.current["mpi"] = mpi_impls.get(getattr(request, "param", "mpich"))
+    yield jobs.current["mpi"]
+    jobs.current["mpi"] = None
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import read_json, run_job
+from jobs import read_json, run_job
 
 pytestmark = pytest.mark.slow
 

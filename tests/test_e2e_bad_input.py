@@ -9,7 +9,7 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, read_json, run_job
+from jobs import ROOT, read_json, run_job
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,6 @@ import math
 import os
 
 import pytest
-from conftest import read_json, read_jsonl, run_job
 from fakes import (
     GROUPS,
     MODES,
@@ -12,6 +11,7 @@ from fakes import (
     groups,
     removed_ranks,
 )
+from jobs import read_json, read_jsonl, run_job
 from staging import first_plan, first_rechecks
 from tiers import full_but
 

@@ -5,9 +5,9 @@ import os
 import shutil
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.forge import rechain
 from helpers.staging import first_plan
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 LIAR = os.path.join(ROOT, "tests", "adversaries", "lie.py")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import single_process
-from conftest import ROOT, read_json, read_jsonl, run_job
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import reduction, roles
 

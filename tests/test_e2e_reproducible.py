@@ -4,7 +4,7 @@ import os
 import pytest
 import single_process
 import torch
-from conftest import read_json, read_jsonl, run_job
+from jobs import read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 

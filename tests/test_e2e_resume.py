@@ -5,7 +5,7 @@ import shutil
 import time
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 

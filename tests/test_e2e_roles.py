@@ -7,8 +7,8 @@ import shutil
 import sys
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.forge import rechain
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import records, roles
 

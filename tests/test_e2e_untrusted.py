@@ -6,8 +6,8 @@ import os
 import time
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.staging import first_plan
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.mpi import messages, tags
 

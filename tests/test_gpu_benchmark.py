@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from jobs import ROOT
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.py")
 pytestmark = pytest.mark.slow

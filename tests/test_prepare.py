@@ -8,7 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, read_json, run_job
+from jobs import ROOT, read_json, run_job
 from mpi_impls import unavailable
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_job
+from jobs import ROOT, run_job
 from tiers import full_but
 
 from podlt_mpi.core import digests, ledger, records

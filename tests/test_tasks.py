@@ -8,7 +8,7 @@ import pytest
 import single_process
 import taskdata  # tests/helpers, on the path through conftest
 import torch
-from conftest import read_json, read_jsonl
+from jobs import read_json, read_jsonl
 from tiers import full_but
 from user_runs import audit_all, job, made_once, protocol_records
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import single_process
 import torch
-from conftest import read_json, read_jsonl
+from jobs import read_json, read_jsonl
 from tiers import full_but
 from user_runs import audit_all, job, made_once, protocol_records
 
