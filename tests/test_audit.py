@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import read_json, run_job
+from jobs import read_json, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -237,6 +237,7 @@ def test_audit_command_exit_codes_and_json(honest, tmp_path):
     assert r.returncode == 1 and "PROBLEM iteration 2 [chain]" in r.stdout
 
 
+@pytest.mark.full
 def test_a_cuda_run_is_replayed_only_on_cuda_and_resumed_only_there(honest, tmp_path):
     import subprocess
     import sys

@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from conftest import ROOT
+from jobs import ROOT
 from test_e2e_bad_input import (
     BAD_OPTIONS,
     CASES,

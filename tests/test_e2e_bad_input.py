@@ -9,7 +9,7 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, read_json, run_job
+from jobs import ROOT, read_json, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ CASES = ["missing", "unreadable", "no x", "no y", "empty", "lengths", "negative"
 # found when the block holding the line is read, not at start-up: the file declares nothing that
 # needs them (float features, float targets), so start-up reads none of their values
 LINE_CASES = ["nan target", "non-finite"]
-E2E_DATA_CASES = ["missing", "negative"]
+E2E_DATA_CASES = ["missing", pytest.param("negative", marks=pytest.mark.full)]
 
 
 def assert_clean_exit_2(r, message, out=None):
@@ -75,6 +75,7 @@ def test_bad_data_file(case, tmp_path):
     assert_clean_exit_2(r, message, out)
 
 
+@pytest.mark.full
 def test_a_bad_line_ends_the_run_when_its_block_is_read(tmp_path):
     # start-up reads no feature values (float features): the NaN is found in its block, after
     # the iterations before it, which stay whole in the ledger
@@ -119,6 +120,7 @@ def test_bad_options(n, args, message, small_data, tmp_path):
     assert_clean_exit_2(r, message, out)
 
 
+@pytest.mark.full
 def test_unwritable_out(small_data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -137,8 +139,10 @@ def no_cuda():
 
 @pytest.mark.parametrize("args,message,needs_no_cuda", [
     (["--device", "cpu", "--cuda-aware-mpi"], "--cuda-aware-mpi moves GPU buffers", False),
-    (["--device", "cuda"], "rank 0 sees no CUDA device", True),
-    (["--cuda-aware-mpi"], "rank(s) [0, 1, 2, 3] compute on the CPU", True),
+    pytest.param(["--device", "cuda"], "rank 0 sees no CUDA device", True,
+                 marks=pytest.mark.full),
+    pytest.param(["--cuda-aware-mpi"], "rank(s) [0, 1, 2, 3] compute on the CPU", True,
+                 marks=pytest.mark.full),
 ])
 def test_device_options_that_cannot_work_are_bad_input(args, message, needs_no_cuda, small_data,
                                                        tmp_path):
@@ -169,6 +173,7 @@ def make(shape, n_classes):
 '''
 
 
+@pytest.mark.full
 def test_a_model_without_deterministic_kernels_is_refused_in_exact_mode_only(small_data,
                                                                             tmp_path):
     (tmp_path / "unpoolmodel.py").write_text(UNPOOL)

@@ -3,7 +3,6 @@ import math
 import os
 
 import pytest
-from conftest import read_json, read_jsonl, run_job
 from fakes import (
     GROUPS,
     MODES,
@@ -12,7 +11,9 @@ from fakes import (
     groups,
     removed_ranks,
 )
+from jobs import read_json, read_jsonl, run_job
 from staging import first_plan, first_rechecks
+from tiers import full_but
 
 from podlt_mpi.core import records
 from podlt_mpi.mpi import messages
@@ -46,7 +47,9 @@ def test_the_groups_hold_every_mode_once():
         tuple("abcd"), tuple("efgh"), tuple("ijklm")]
 
 
-@pytest.mark.parametrize("modes", GROUPS, ids="+".join)
+# the first tier: the group with label-flip
+@pytest.mark.parametrize("modes", full_but(GROUPS, *(g for g in GROUPS if "label-flip" in g)),
+                         ids="+".join)
 def test_each_fake_mode_is_caught_and_only_the_fakes_are_removed(modes, job_args, tmp_path,
                                                                 honest_accuracy):
     # one fake per mode on the even ranks, as many honest ranks plus one on the odd ranks; the
@@ -60,6 +63,7 @@ def test_each_fake_mode_is_caught_and_only_the_fakes_are_removed(modes, job_args
     assert_accuracy_near(out, honest_accuracy[0])
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("modes", GROUPS, ids="+".join)
 def test_two_fakes_of_each_mode_with_another_seed(modes, job_args, tmp_path, honest_accuracy):
     # a second seed and two fakes per mode, cheating from the start, with four honest ranks
@@ -76,6 +80,7 @@ def test_two_fakes_of_each_mode_with_another_seed(modes, job_args, tmp_path, hon
     assert_accuracy_near(out, honest_accuracy[1])
 
 
+@pytest.mark.full
 def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     r = run_job(6, job_args(epochs=2))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -111,6 +116,7 @@ def test_honest_run_removes_nobody_and_every_check_agrees(job_args, tmp_path):
     assert sum(c[1] for c in counted[1:]) >= sum(row["bytes_in"] for row in rows)
 
 
+@pytest.mark.full
 def test_fake_control_is_caught(job_args, tmp_path):
     # a control of the first iteration (drawn from --role-seed 0, as the job draws it) cheats
     control = first_plan(6).controls[0]
@@ -120,6 +126,7 @@ def test_fake_control_is_caught(job_args, tmp_path):
     assert s["removed"] == [{"rank": control, "iteration": 0, "role": "control"}]
 
 
+@pytest.mark.full
 def test_colluding_fakes_are_both_removed_and_no_honest_rank(job_args, tmp_path):
     # Two fakes computing the same wrong gradient outvote an honest control 2-1 whenever they are
     # the checked worker and a control; the manager's recomputation must overturn that vote.
@@ -135,6 +142,7 @@ def test_colluding_fakes_are_both_removed_and_no_honest_rank(job_args, tmp_path)
     assert first["referee"]["overturned"] is True and first["fake"] == fakes
 
 
+@pytest.mark.full
 def test_fault_plugin(job_args, tmp_path):
     plugin_dir = tmp_path / "plug"
     plugin_dir.mkdir()
@@ -147,6 +155,7 @@ def test_fault_plugin(job_args, tmp_path):
     assert removed_ranks(str(tmp_path / "run")) == [2]
 
 
+@pytest.mark.full
 def test_intermittent_cheater_is_caught(job_args, tmp_path):
     r = run_job(6, job_args(fake_ranks=4, fake_mode="scaled", fake_prob=0.5, epochs=2))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -179,6 +188,7 @@ def test_a_dispute_is_resolved_by_a_further_rank_and_both_fakes_removed(job_args
     assert rep["passed"], rep["problems"]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("reduce", ["star", "ranks"])
 def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_names_it(
         reduce, job_args, tmp_path):
@@ -217,6 +227,7 @@ def test_a_rank_caught_on_a_recheck_keeps_its_folded_fragment_and_the_audit_name
             "replay": "shown fake"} in rep["unverified_from_removed"]
 
 
+@pytest.mark.full
 def test_several_checks_per_iteration(job_args, tmp_path):
     # 8 ranks: 2 checks of 2 controls each, 3 more workers; rank 3 cheats from iteration 1
     r = run_job(9, job_args(checks_per_iteration=2, fake_ranks=3, fake_mode="ipm", fake_from=1))

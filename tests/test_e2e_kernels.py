@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, read_json, run_job
+from jobs import ROOT, read_json, run_job
 
 from podlt_mpi.core import portable
 

@@ -5,9 +5,9 @@ import os
 import shutil
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.forge import rechain
 from helpers.staging import first_plan
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 LIAR = os.path.join(ROOT, "tests", "adversaries", "lie.py")
@@ -30,7 +30,8 @@ def lied(stderr) -> list:
             if line.startswith("adversary: lied at iteration")]
 
 
-@pytest.mark.parametrize("lie", ["nan", "inf", "1000x"])
+@pytest.mark.parametrize("lie", ["nan", pytest.param("inf", marks=pytest.mark.full),
+                                 pytest.param("1000x", marks=pytest.mark.full)])
 def test_a_wild_answer_from_an_unchecked_worker_removes_it_at_once(lie, job_args, tmp_path):
     liar = unchecked_worker()
     r = run_job(WORLD, job_args(), adversary=(liar, LIAR), env={"LIE": lie})
@@ -77,6 +78,7 @@ def assert_the_audit_sees_forged_looks_and_losses(out, tmp_path, liar):
                for p in rep["problems"]), rep["problems"]
 
 
+@pytest.mark.full
 def test_a_lying_loss_gets_the_rank_removed_and_the_audit_names_it(job_args, tmp_path):
     # 5 active ranks, 3 of them in each check: a rank that always lies is caught in its first
     # watched iteration; before that its lies stood, unchecked, and the audit must say whose

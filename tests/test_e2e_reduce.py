@@ -7,11 +7,12 @@ import re
 
 import pytest
 import single_process
-from conftest import ROOT, read_json, read_jsonl, run_job
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import reduction, roles
 
 pytestmark = pytest.mark.slow
+# the first tier runs the ranks' reduction (issue 29) honest and with one lying aggregator
 ADVERSARY = os.path.join(ROOT, "tests", "adversaries", "aggregate.py")
 PATH = [os.path.join(ROOT, "tests", "adversaries")]
 WORLD = 6
@@ -27,7 +28,8 @@ def reductions(out) -> list:
     return [rec.get("reduction") for rec in read_jsonl(out / "ledger.jsonl")]
 
 
-@pytest.mark.parametrize("model", ["mlp", "usermodels:combined"])
+@pytest.mark.parametrize("model", ["mlp",
+                                   pytest.param("usermodels:combined", marks=pytest.mark.full)])
 def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
         model, mpi, job_args, small_data, tmp_path):
     """Every record's weights are the star's; each names a permutation of the active ranks as
@@ -72,10 +74,10 @@ def test_auto_keeps_the_star_where_ranks_sleep_or_in_tolerance_mode(mpi, job_arg
 
 @pytest.mark.parametrize("lie,why", [
     ("wrong-sum", "differs from the sum of its own inputs"),
-    ("drop-input", "differs from the sum of its own inputs"),
-    ("double-input", "differs from the sum of its own inputs"),
-    ("bad-proof", "do not open under their roots"),
-    ("withhold", "nothing within"),
+    pytest.param("drop-input", "differs from the sum of its own inputs", marks=pytest.mark.full),
+    pytest.param("double-input", "differs from the sum of its own inputs", marks=pytest.mark.full),
+    pytest.param("bad-proof", "do not open under their roots", marks=pytest.mark.full),
+    pytest.param("withhold", "nothing within", marks=pytest.mark.full),
 ])
 def test_a_lying_aggregator_is_removed_and_no_lie_reaches_the_model(lie, why, mpi, job_args,
                                                                     small_data, tmp_path):
@@ -103,6 +105,7 @@ def test_a_lying_aggregator_is_removed_and_no_lie_reaches_the_model(lie, why, mp
     assert {f["rank"] for f in rep["fake_contributions"]} <= {LIAR}
 
 
+@pytest.mark.full
 def test_a_lie_no_challenge_saw_is_applied_and_the_audit_names_its_aggregator(mpi, job_args,
                                                                             tmp_path):
     """From an iteration whose challenges miss its slice on, the liar's sums are wrong; those of slices nobody challenged are
@@ -127,6 +130,7 @@ def test_a_lie_no_challenge_saw_is_applied_and_the_audit_names_its_aggregator(mp
     assert all(f["removed_at"] == caught and f["iteration"] in unseen for f in named)
 
 
+@pytest.mark.full
 def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data, tmp_path):
     """It sends the aggregators slices other than those it committed to, under no valid
     signature: each aggregator flags them, the manager fetches the true ones from it and sums
@@ -149,6 +153,7 @@ def test_an_equivocating_sender_s_slices_enter_no_sum(mpi, job_args, small_data,
     assert rep["passed"], rep["problems"]
 
 
+@pytest.mark.full
 def test_a_sender_that_signs_slices_it_did_not_commit_to_is_removed_on_its_own_word(
         mpi, job_args, small_data, tmp_path):
     """It signs and sends the aggregators slices other than those it committed to: each
@@ -176,6 +181,7 @@ def test_a_sender_that_signs_slices_it_did_not_commit_to_is_removed_on_its_own_w
     assert rep["passed"], rep["problems"]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("lie", ["relay-alter", "relay-withhold"])
 def test_a_rank_that_fails_the_table_s_relay_costs_the_manager_one_table_per_rank_below_it(
         lie, mpi, job_args, small_data, tmp_path):
@@ -202,6 +208,7 @@ def test_a_rank_that_fails_the_table_s_relay_costs_the_manager_one_table_per_ran
                                   read_jsonl(out / "ledger.jsonl"))
 
 
+@pytest.mark.full
 def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tmp_path):
     """Three iterations, then three more by --resume, give the bytes of six in one go, record
     by record, and the continued run audits."""
@@ -220,7 +227,7 @@ def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tm
     assert rep["passed"], rep["problems"]
 
 
-@pytest.mark.parametrize("lie", ["1000x", "nan"])
+@pytest.mark.parametrize("lie", ["1000x", pytest.param("nan", marks=pytest.mark.full)])
 def test_the_look_holds_back_an_unchecked_answer_outside_it_and_removes_its_rank(
         lie, mpi, job_args, small_data, tmp_path):
     """An unchecked worker commits to 1000 times its honest answer, or to NaN, and sends its
@@ -253,6 +260,7 @@ def test_the_look_holds_back_an_unchecked_answer_outside_it_and_removes_its_rank
     assert rep["replay"]["verified"] == 3
 
 
+@pytest.mark.full
 def test_a_malformed_commitment_is_refused_and_the_manager_sends_that_fragment_s_slices(
         mpi, job_args, small_data, tmp_path):
     """An unchecked worker's commitment one value short: refused, the rank removed, and the

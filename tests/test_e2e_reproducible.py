@@ -4,11 +4,13 @@ import os
 import pytest
 import single_process
 import torch
-from conftest import read_json, read_jsonl, run_job
+from jobs import read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 
 
+# bitwise reproducibility: test_matches_single_process_training, against the reference
+@pytest.mark.full
 def test_same_seed_same_bytes(job_args, tmp_path):
     for name in ("a", "b"):
         r = run_job(5, job_args(out=name, blocks=6, seed=7))
@@ -51,6 +53,7 @@ def test_files_follow_the_contract(job_args, tmp_path):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("model_name,optimizer", [("mlp", "sgd"), ("cnn", "sgd"), ("mlp", "adam")])
 def test_matches_single_process_training(model_name, optimizer, job_args, small_data, tmp_path):
     """The manager's update equals training in one process on the applied fragments, summed in
@@ -73,6 +76,7 @@ def test_matches_single_process_training(model_name, optimizer, job_args, small_
     single_process.assert_matches(out, small_data["train"], cfg, ledger)
 
 
+@pytest.mark.full
 def test_user_model_and_held_out_split(small_data, tmp_path):
     (tmp_path / "mymodels.py").write_text(
         "import math\nfrom torch import nn\n"

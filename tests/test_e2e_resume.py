@@ -5,7 +5,7 @@ import shutil
 import time
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +60,12 @@ SIGNAMES = {"term-job": "SIGTERM", "usr1-self": "SIGUSR1", "int-job": "SIGINT",
             "usr1-job": "SIGUSR1"}
 
 
-@pytest.mark.parametrize("action,at", [("term-job", 2), ("usr1-self", 9), ("int-job", 16),
-                                       ("usr1-job", 6)])
+@pytest.mark.parametrize("action,at", [
+    ("term-job", 2),
+    pytest.param("usr1-self", 9, marks=pytest.mark.full),
+    pytest.param("int-job", 16, marks=pytest.mark.full),
+    pytest.param("usr1-job", 6, marks=pytest.mark.full),
+])
 def test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes(action, at, small_data,
                                                                       tmp_path, reference, mpi):
     out = str(tmp_path / "run")
@@ -85,6 +89,7 @@ def test_signal_checkpoints_exits_0_and_resume_gives_identical_bytes(action, at,
     assert_equals_reference(out, reference)
 
 
+@pytest.mark.full
 def test_time_limit_stops_in_time_and_resume_completes(small_data, tmp_path, reference):
     out = str(tmp_path / "run")
     r = run_job(RANKS, base(small_data, out) + ["--time-limit", "0.001"])
@@ -98,6 +103,7 @@ def test_time_limit_stops_in_time_and_resume_completes(small_data, tmp_path, ref
 
 # wallclock: the rank timeout is max(20 s, 10 x the slowest exchange); exchanges here take well
 # under a second, so a lost rank is found at about 20 s and the job aborted within 30 s
+@pytest.mark.full
 @pytest.mark.wallclock
 @pytest.mark.parametrize("role", ["worker", "control"])
 def test_kill_9_ends_the_job_quickly_and_resume_completes(role, small_data, tmp_path, reference):
@@ -118,6 +124,8 @@ def test_kill_9_ends_the_job_quickly_and_resume_completes(role, small_data, tmp_
     assert_equals_reference(out, reference)
 
 
+# a silent rank's removal is test_e2e_untrusted's; SIGSTOP is its full-tier variant
+@pytest.mark.full
 @pytest.mark.wallclock  # the same bound as above
 def test_a_hanging_rank_is_removed_within_30_s_and_the_job_finishes(small_data, tmp_path):
     out, stamp = str(tmp_path / "run"), str(tmp_path / "stamp")
@@ -135,6 +143,7 @@ def test_a_hanging_rank_is_removed_within_30_s_and_the_job_finishes(small_data, 
         assert ended - float(f.read()) < 30 + 20 + 60
 
 
+@pytest.mark.full
 def test_resume_on_more_ranks_continues_and_says_what_changes(small_data, tmp_path, reference):
     out = str(tmp_path / "run")
     shutil.copytree(reference, out)

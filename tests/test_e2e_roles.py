@@ -7,8 +7,8 @@ import shutil
 import sys
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.forge import rechain
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import records, roles
 
@@ -57,6 +57,7 @@ def test_a_rank_that_predicts_its_roles_from_the_seed_and_cheats_when_unwatched_
                                                       rep["unverified_from_removed"]}
 
 
+@pytest.mark.full
 def test_two_runs_of_one_command_draw_other_roles_give_one_model_and_audit_every_role(
         job_args, tmp_path):
     outs = []

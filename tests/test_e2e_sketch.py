@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from fakes import GROUPS, assert_each_fake_removed_once_and_for_good, fake_spec
 from forge import rechain
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import portable, records, sketch
 

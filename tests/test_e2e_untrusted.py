@@ -6,12 +6,13 @@ import os
 import time
 
 import pytest
-from conftest import ROOT, read_json, read_jsonl, run_job
 from helpers.staging import first_plan
+from jobs import ROOT, read_json, read_jsonl, run_job
 
 from podlt_mpi.mpi import messages, tags
 
 pytestmark = pytest.mark.slow
+# the first tier: one case of each kind of lie an owned rank tells (issue 27); SIGSTOP: full tier
 ADVERSARIES = os.path.join(ROOT, "tests", "adversaries")
 LIAR = os.path.join(ADVERSARIES, "lie.py")
 STARTER = os.path.join(ADVERSARIES, "startup.py")
@@ -34,8 +35,10 @@ def assert_complete(out, iterations):
     assert os.path.exists(out / "model_final.pt")
 
 
-@pytest.mark.parametrize("lie,why", [("long", "bytes where"), ("short", "bytes where"),
-                                     ("signal", "signal field")])
+@pytest.mark.parametrize("lie,why", [pytest.param("long", "bytes where", marks=pytest.mark.full),
+                                     ("short", "bytes where"),
+                                     pytest.param("signal", "signal field",
+                                                  marks=pytest.mark.full)])
 def test_a_malformed_answer_is_refused_and_the_rank_removed(lie, why, mpi, job_args, tmp_path):
     plan = first_plan(WORLD)
     unchecked = next(r for r in plan.workers if r != plan.checked)
@@ -63,7 +66,7 @@ def test_a_malformed_answer_is_refused_and_the_rank_removed(lie, why, mpi, job_a
         assert rep["passed"], rep["problems"]
 
 
-@pytest.mark.parametrize("lie", ["silent", "sigstop"])
+@pytest.mark.parametrize("lie", ["silent", pytest.param("sigstop", marks=pytest.mark.full)])
 def test_a_rank_that_stops_answering_is_removed_and_the_job_finishes(lie, mpi, job_args,
                                                                      tmp_path):
     # alive but silent from iteration 2: removed after --rank-timeout, and once the run's
@@ -103,7 +106,7 @@ def test_a_false_stop_stops_the_run_once_then_is_not_obeyed(mpi, job_args, tmp_p
     assert rep["passed"], rep["problems"]
 
 
-@pytest.mark.parametrize("mode", ["pickle-report", "absent"])
+@pytest.mark.parametrize("mode", ["pickle-report", pytest.param("absent", marks=pytest.mark.full)])
 def test_a_rank_that_cannot_start_properly_is_refused_and_runs_no_code_on_rank_0(
         mode, mpi, job_args, tmp_path):
     marker = tmp_path / "pickle-ran"
@@ -120,7 +123,8 @@ def test_a_rank_that_cannot_start_properly_is_refused_and_runs_no_code_on_rank_0
     assert time.monotonic() - t0 < 20 + 120
 
 
-@pytest.mark.parametrize("mode", ["pickle-hello", "pickle-finish"])
+@pytest.mark.parametrize("mode", [pytest.param("pickle-hello", marks=pytest.mark.full),
+                                  "pickle-finish"])
 def test_a_pickle_for_a_host_name_or_the_last_word_runs_nothing(mode, mpi, job_args, tmp_path):
     # a host name is only text (a false one misplaces the liar alone); a last word of the
     # wrong size is none: the rank is ended with the job, the run complete
@@ -170,7 +174,8 @@ def test_resume_writes_through_no_link_and_never_starts_over_unasked(mpi, job_ar
 
 
 @pytest.mark.parametrize("tag,size", [(99, 4096),
-                                      (tags.FINISH, 8 * messages.LAST_WORD_LEN)])
+                                      pytest.param(tags.FINISH, 8 * messages.LAST_WORD_LEN,
+                                                   marks=pytest.mark.full)])
 def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat(
         tag, size, mpi, job_args, tmp_path):
     # 20,000 messages of 4 KB (80 MB) on a tag rank 0 never receives, or of a last word's
@@ -198,7 +203,7 @@ def test_a_flood_of_unsolicited_messages_is_drained_and_rank_0_memory_stays_flat
     assert s["peak_rss_mb"][0] < base + 30, (s["peak_rss_mb"][0], base)
 
 
-@pytest.mark.parametrize("mode", ["altered", "withheld"])
+@pytest.mark.parametrize("mode", ["altered", pytest.param("withheld", marks=pytest.mark.full)])
 def test_weights_altered_or_withheld_on_the_way_remove_no_honest_rank(mode, mpi, job_args,
                                                                       tmp_path):
     # an honest rank whose broadcast a forwarder tampered with says so, gets the weights

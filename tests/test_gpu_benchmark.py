@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from jobs import ROOT
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.py")
 pytestmark = pytest.mark.slow
@@ -16,6 +16,7 @@ def run(*args):
                           timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
+@pytest.mark.full
 def test_the_script_measures_and_writes_its_tables(tmp_path):
     out = tmp_path / "gpu.md"
     r = run("--device", "cpu", "--parts", "compare,agree", "--sizes", "20K", "--repeat", "2",

@@ -8,7 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, read_json, run_job
+from jobs import ROOT, read_json, run_job
 from mpi_impls import unavailable
 
 
@@ -156,6 +156,7 @@ def test_npz_converts_and_names_missing_arrays(tmp_path):
         assert np.array_equal(f["y"][:], [0, 2, 1, 2])
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_debians_fashion_mnist_converts_and_trains(tmp_path):
     from podlt_mpi.tools.prepare import FASHION_MNIST

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
+from jobs import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
 
 from podlt_mpi.core import records as ledger_records
 from podlt_mpi.tools import report

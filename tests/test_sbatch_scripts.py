@@ -4,7 +4,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT
+from jobs import ROOT
 
 CPU = os.path.join(ROOT, "slurm", "podlt.sbatch")
 GPU = os.path.join(ROOT, "slurm", "podlt-gpu.sbatch")

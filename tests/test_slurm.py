@@ -13,7 +13,7 @@ import time
 
 import mpi_impls
 import pytest
-from conftest import ROOT, read_json
+from jobs import ROOT, read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -8,7 +8,8 @@ import pytest
 import single_process
 import taskdata  # tests/helpers, on the path through conftest
 import torch
-from conftest import read_json, read_jsonl
+from jobs import read_json, read_jsonl
+from tiers import full_but
 from user_runs import audit_all, job, made_once, protocol_records
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def honest(task_data, tmp_path_factory):
                      lambda task, out: (TASKS[task][1], args(task_data, task, out)))
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", full_but(TASKS, "lm"))
 def test_honest_run_agrees_audits_and_equals_single_process_training(task, honest, task_data):
     out = honest(task)
     s = read_json(out / "summary.json")
@@ -59,6 +60,7 @@ def test_honest_run_agrees_audits_and_equals_single_process_training(task, hones
     assert any(not torch.equal(init[k], final[k]) for k in init)  # it trained
 
 
+@pytest.mark.full
 def test_the_tasks_report_their_own_figures(honest):
     lm = read_json(honest("lm") / "summary.json")
     assert read_json(honest("lm") / "config.json")["task"]["loss"] == "cross-entropy"
@@ -72,6 +74,7 @@ def test_the_tasks_report_their_own_figures(honest):
     assert rows[-1]["test_loss"] == reg["test_loss"] and "test_accuracy" not in rows[-1]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_cheater_is_removed_and_no_honest_rank(task, task_data, tmp_path):
     _, ranks, _, (fake, mode) = TASKS[task]
@@ -83,6 +86,7 @@ def test_a_cheater_is_removed_and_no_honest_rank(task, task_data, tmp_path):
     assert s["checks"]["dispute"] == 0
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("task", list(TASKS))
 def test_resume_after_a_signal_is_byte_identical(task, honest, task_data, tmp_path):
     ranks, out = TASKS[task][1], tmp_path / "run"

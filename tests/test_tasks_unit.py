@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from jobs import ROOT
 
 from podlt_mpi.compute import losses, models, probe, training
 from podlt_mpi.compute.faults import Faker

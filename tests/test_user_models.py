@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import single_process
 import torch
-from conftest import read_json, read_jsonl
+from jobs import read_json, read_jsonl
+from tiers import full_but
 from user_runs import audit_all, job, made_once, protocol_records
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,8 @@ def honest(small_data, tmp_path_factory):
                      lambda model, out: (MODELS[model][0], args(small_data, out, model)))
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+# the first tier: the model with every feature at once
+@pytest.mark.parametrize("model", full_but(MODELS, "combined"))
 def test_honest_run_agrees_audits_and_equals_single_process_training(model, honest, small_data):
     out = honest(model)
     s = read_json(out / "summary.json")
@@ -64,6 +66,7 @@ def test_honest_run_agrees_audits_and_equals_single_process_training(model, hone
         assert torch.equal(state["aux.weight"], init["aux.weight"])
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("model", list(MODELS))
 def test_a_cheater_is_removed_and_no_honest_rank(model, small_data, tmp_path):
     ranks, fake, mode = MODELS[model]
@@ -75,6 +78,7 @@ def test_a_cheater_is_removed_and_no_honest_rank(model, small_data, tmp_path):
     assert s["checks"]["dispute"] == 0
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("model", list(MODELS))
 def test_resume_after_a_signal_is_byte_identical(model, honest, small_data, tmp_path):
     """Stopped by SIGUSR1 in iteration 4 (tests/helpers/chaos.py, which sends honest answers),
@@ -94,6 +98,7 @@ def test_resume_after_a_signal_is_byte_identical(model, honest, small_data, tmp_
     assert protocol_records(out) == protocol_records(one_go)
 
 
+@pytest.mark.full
 def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
     """The manager's running statistics are those of the data: the test accuracy with them
     equals, within 1 point, the accuracy with statistics recomputed over the training lines
@@ -132,6 +137,7 @@ def test_batchnorm_statistics_are_the_training_data_s(small_data, tmp_path):
     assert acc_final > 0.3 and abs(acc_final - acc_recomputed) <= 0.01, (acc_final, acc_recomputed)
 
 
+@pytest.mark.full
 def test_adamw_clipping_and_cosine_warmup_match_single_process_and_audit(small_data, tmp_path):
     out = tmp_path / "run"
     r = job(7, args(small_data, out, "combined", "--optimizer", "adamw", "--weight-decay", 0.05,
@@ -154,6 +160,7 @@ def test_adamw_clipping_and_cosine_warmup_match_single_process_and_audit(small_d
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.full
 def test_clipping_changes_the_run(small_data, tmp_path, honest):
     """--clip-grad-norm reaches the manager's step: the same run clipped ends elsewhere."""
     out = tmp_path / "run"

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, RUN_TIMEOUT, read_jsonl, run_job
+from jobs import ROOT, RUN_TIMEOUT, read_jsonl, run_job
 
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 sys.path.insert(0, HELPERS)  # the single-process reference builds the same models here
