@@ -10,7 +10,7 @@ import sys
 import mpi_impls
 import pytest
 import single_process
-from conftest import ROOT, RUN_TIMEOUT, read_json, read_jsonl
+from jobs import ROOT, RUN_TIMEOUT, read_json, read_jsonl
 from user_runs import audit_all, job, made_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.full]
