@@ -11,7 +11,7 @@ import mpi_impls
 import pytest
 import single_process
 from jobs import ROOT, RUN_TIMEOUT, read_json, read_jsonl
-from user_runs import audit_all, job, made_once
+from user_runs import audit_all, cheater_is_removed, job, made_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.full]
 
@@ -75,13 +75,8 @@ def test_honest_run_agrees_audits_and_equals_single_process_training(model, hone
 @pytest.mark.parametrize("model", list(MODELS))
 def test_a_cheater_is_removed_and_no_honest_rank(model, data, tmp_path):
     _, ranks, _, (fake, mode) = MODELS[model]
-    out = tmp_path / "run"
-    r = job(ranks, args(data, model, out, "--fake-ranks", fake, "--fake-mode", mode))
-    assert r.returncode == 0, r.stdout + r.stderr
-    s = read_json(out / "summary.json")
-    assert [x["rank"] for x in s["removed"]] == [fake], s["removed"]
-    assert s["checks"]["dispute"] == 0
-    audit_all(out, BLOCKS)
+    cheater_is_removed(ranks, args(data, model, tmp_path / "run"), fake, mode)
+    audit_all(tmp_path / "run", BLOCKS)
 
 
 def test_a_named_output_key_trains_and_the_audit_takes_it(data, tmp_path):

@@ -254,7 +254,7 @@ class Ranks:
                                            self.loss_fn)
             grad = self.lie(r, iteration, host(grad).copy())
             losses_[r], futures[r] = loss, self.pool.answer(grad)
-            if r in streamed and not add(r, grad, messages.answer(loss, 0, 0.0)):
+            if r in streamed and not add(r, grad, messages.loss_note(loss, 0, 0.0)):
                 continue  # folded: the window reuses its buffer
             grads[r] = grad
         return grads, losses_, futures, {}

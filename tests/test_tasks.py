@@ -10,7 +10,7 @@ import taskdata  # tests/helpers, on the path through conftest
 import torch
 from jobs import read_json, read_jsonl
 from tiers import full_but
-from user_runs import audit_all, job, made_once, protocol_records
+from user_runs import audit_all, cheater_is_removed, job, made_once, protocol_records
 
 pytestmark = pytest.mark.slow
 
@@ -78,12 +78,7 @@ def test_the_tasks_report_their_own_figures(honest):
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_cheater_is_removed_and_no_honest_rank(task, task_data, tmp_path):
     _, ranks, _, (fake, mode) = TASKS[task]
-    out = tmp_path / "run"
-    r = job(ranks, args(task_data, task, out, "--fake-ranks", fake, "--fake-mode", mode))
-    assert r.returncode == 0, r.stdout + r.stderr
-    s = read_json(out / "summary.json")
-    assert [x["rank"] for x in s["removed"]] == [fake], s["removed"]
-    assert s["checks"]["dispute"] == 0
+    cheater_is_removed(ranks, args(task_data, task, tmp_path / "run"), fake, mode)
 
 
 @pytest.mark.full

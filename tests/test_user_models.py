@@ -11,7 +11,7 @@ import single_process
 import torch
 from jobs import read_json, read_jsonl
 from tiers import full_but
-from user_runs import audit_all, job, made_once, protocol_records
+from user_runs import audit_all, cheater_is_removed, job, made_once, protocol_records
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +70,7 @@ def test_honest_run_agrees_audits_and_equals_single_process_training(model, hone
 @pytest.mark.parametrize("model", list(MODELS))
 def test_a_cheater_is_removed_and_no_honest_rank(model, small_data, tmp_path):
     ranks, fake, mode = MODELS[model]
-    out = tmp_path / "run"
-    r = job(ranks, args(small_data, out, model, "--fake-ranks", fake, "--fake-mode", mode))
-    assert r.returncode == 0, r.stdout + r.stderr
-    s = read_json(out / "summary.json")
-    assert [x["rank"] for x in s["removed"]] == [fake], s["removed"]
-    assert s["checks"]["dispute"] == 0
+    cheater_is_removed(ranks, args(small_data, tmp_path / "run", model), fake, mode)
 
 
 @pytest.mark.full

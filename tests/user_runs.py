@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from jobs import ROOT, RUN_TIMEOUT, read_jsonl, run_job
+from jobs import ROOT, RUN_TIMEOUT, read_json, read_jsonl, run_job
 
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 sys.path.insert(0, HELPERS)  # the single-process reference builds the same models here
@@ -50,3 +50,14 @@ def made_once(tmp_path_factory, launch):
             made[key] = out
         return made[key]
     return get
+
+
+def cheater_is_removed(ranks, argv, fake, mode):
+    """A run of `argv` with rank `fake` cheating in `mode`: it is removed, and no other rank, with
+    no dispute. Returns the run's summary."""
+    r = job(ranks, [*map(str, argv), "--fake-ranks", str(fake), "--fake-mode", mode])
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = read_json(os.path.join(argv[argv.index("--out") + 1], "summary.json"))
+    assert [x["rank"] for x in s["removed"]] == [fake], s["removed"]
+    assert s["checks"]["dispute"] == 0, s["checks"]
+    return s

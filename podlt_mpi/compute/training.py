@@ -125,14 +125,15 @@ def apply_update(model: nn.Module, opt: torch.optim.Optimizer, layout: Layout, a
         before = _float_buffers(layout)
         change = weighted_mean([f - before for _, f, _ in parts],
                                counts if lines is None else lines, dev)
-    _step(model, opt, layout, mean, change, [c for _, _, c in parts], lr, clip)
+    optimizer_step(model, opt, layout, mean, change, [c for _, _, c in parts], lr, clip)
 
 
 def _float_buffers(layout: Layout) -> torch.Tensor:
     return torch.cat([b.reshape(-1).float() for b in layout.float_buffers()])
 
 
-def _step(model, opt, layout: Layout, mean, change, counters, lr: float, clip: float) -> None:
+def optimizer_step(model, opt, layout: Layout, mean, change, counters, lr: float,
+                   clip: float) -> None:
     """The optimizer's step on the gradient `mean`, the float buffers moved by `change`, the
     counters by the median of `counters` (apply_update says why)."""
     for p, g in pieces(mean, layout.params):
@@ -182,7 +183,7 @@ class Fold:
         gradient."""
         mean = self.grad / self.count if self.count else torch.zeros_like(self.grad)
         change = None if self.change is None else self.change / self.lines
-        _step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
+        optimizer_step(self.model, opt, self.layout, mean, change, self.counters, lr, clip)
 
 
 class TreeFold:
@@ -225,7 +226,7 @@ def step_from_sums(model, opt, layout: Layout, total, change, counters, count: i
     mean = total / count if count and total is not None else \
         torch.zeros(layout.n_grad, dtype=torch.float32, device=device_of(model))
     change = None if change is None else change / lines
-    _step(model, opt, layout, mean, change, counters, lr, clip)
+    optimizer_step(model, opt, layout, mean, change, counters, lr, clip)
 
 
 class SliceSum:

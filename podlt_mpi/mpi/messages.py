@@ -22,7 +22,7 @@ STOP, WORK, SHARED, REGROUP = 0, 1, 2, 3
 # milliseconds to wait for the broadcast, and the state's digest (state_digest) as 4 values]
 HEADER_LEN = 9
 UNSEEN = -1  # an answer's signal field: the rank did not get the state its header names
-ANSWER_LEN = 3  # float64 [loss, stop signal seen (0: none), seconds spent computing], with the gradient
+LOSS_NOTE_LEN = 3  # an answer's note, float64: [loss, stop signal seen (0: none), seconds]
 
 
 def header(command: int, iteration: int = -1, lines: int = 0, seed: int = 0,
@@ -51,11 +51,11 @@ def fragment_seed(run_seed: int, iteration: int, start: int, stop: int) -> int:
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
-def answer(loss: float, signal: int, seconds: float) -> np.ndarray:
+def loss_note(loss: float, signal: int, seconds: float) -> np.ndarray:
     return np.array([loss, signal, seconds], np.float64)
 
 
-def answer_problem(v: np.ndarray) -> str | None:
+def loss_note_problem(v: np.ndarray) -> str | None:
     """Why [loss, signal, seconds] from a rank is malformed, or None: the signal must be 0 or a
     stop signal's number, the seconds finite and not negative (the loss is judged with the
     gradient)."""

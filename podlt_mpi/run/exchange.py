@@ -190,7 +190,7 @@ class Exchange:
     def collect(self, window: Window) -> tuple:
         """(grads, losses, futures, refused) of a round's window."""
         losses = {}
-        for r, v in window.answers.items():
+        for r, v in window.notes.items():
             if r in window.refused or r in window.unseen:
                 losses[r] = float("nan")
                 window.futures[r] = digests.done(digests.REFUSED)

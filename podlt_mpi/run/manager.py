@@ -279,23 +279,23 @@ class Manager:
                 fold = training.TreeFold(self.model, self.layout, len(workers))
                 add = (self.look(plan, iteration, weights, bx, by, fold, unchecked)
                        if self.looking else  # format 4 folds every unchecked answer on trust
-                       lambda r, grad, answer: fold.set(unchecked[r][0], grad,
+                       lambda r, grad, note: fold.set(unchecked[r][0], grad,
                                                         *unchecked[r][1:]))
                 streamed = (order, list(unchecked), add)
             else:  # format 3: summed in arrival order, the unchecked answers as they stream
                 fold = training.Fold(self.model, self.layout)
-                def add(r, grad, answer):
+                def add(r, grad, note):
                     a = workers[unchecked[r][0]]
                     self.folded.append((a.start, a.stop))
                     fold.add(grad, *unchecked[r][1:])
                 streamed = (order, list(unchecked), add)
-        sent, losses, hashed, refused = self.exchange(plan, iteration, weights, bx, by,
+        grads, losses, hashed, refused = self.exchange(plan, iteration, weights, bx, by,
                                                       st.active, streamed)
         self.refuse_old_format(refused, iteration)
         # by assignment: a rank recruited for a dispute sends a second gradient in the iteration
         rnd = Round(plan, iteration, weights, bx, by,
                     *({(a.rank, a.start, a.stop): got[a.rank] for a in plan.assignments
-                       if a.rank in got} for got in (sent, losses, hashed)))
+                       if a.rank in got} for got in (grads, losses, hashed)))
         if self.looking:  # a refused unchecked answer: the manager computes that fragment
             self.held.update({r: refused[r] for r in refused if r in unchecked})
         with cost.part("verify"):
@@ -389,7 +389,7 @@ class Manager:
                                f"--resume {self.out}")
 
     def look(self, plan, iteration, weights, bx, by, fold, unchecked):
-        """The window's add(rank, gradient, answer) for the unchecked answers: each is looked at
+        """The window's add(rank, gradient, note) for the unchecked answers: each is looked at
         (looks.py) and folded, or held back (returns True: the window keeps its buffer) for
         `looked_again`. Without a reference from the last iteration, the manager's own answer
         for the first fragment gives one."""
@@ -402,9 +402,9 @@ class Manager:
                 [training.answer_sizes(self.layout, grad, loss, fold.before)])
         ref, self.sizes, self.held = st.look_reference, {}, {}
 
-        def add(rank, grad, answer):
+        def add(rank, grad, note):
             i, count, lines = unchecked[rank]
-            sizes = training.answer_sizes(self.layout, grad, float(answer[0]), fold.before)
+            sizes = training.answer_sizes(self.layout, grad, float(note[0]), fold.before)
             why = looks.why(sizes, ref)
             if why is not None:
                 self.held[rank] = why

@@ -1,6 +1,7 @@
 """The manager's receive of one iteration's answers, in an order that does not depend on roles.
 
-An answer is two messages: the gradient (GRAD) and [loss, signal, seconds] (LOSS). The small
+An answer is two messages: the gradient (GRAD) and its note, [loss, signal, seconds] (LOSS;
+messages.loss_note: "answer" is the pair, never the note alone). The small
 LOSS receives are all posted at once. The gradients are received one answer per turn, in line
 order (the fold's order), each control right after the worker it checks, at most `size` turns
 open at a time: an answer's turn passes on once it is complete and every answer before it has
@@ -13,7 +14,7 @@ the watched ranks: their sends took longer, which gave their roles away (benchma
 measured: benchmarks/RESULTS.md, "Same messages for every role, the look, the loss (issue 26,
 second part)").)
 
-A streamed answer (an unchecked worker's) goes to `add(rank, gradient, answer)` in line order
+A streamed answer (an unchecked worker's) goes to `add(rank, gradient, note)` in line order
 and its buffer then serves the next turn, unless `add` returns True (the look held it back,
 manager.py): that one is kept and returned with the others. Every buffer comes from `spare`,
 which the caller keeps across iterations and gets the kept ones back into (Exchange.reclaim):
@@ -41,7 +42,7 @@ class Window:
         self.order, self.streamed, self.spare, self.cost = list(order), set(streamed), spare, cost
         self.size = max(1, size)
         self.callbacks = {}                    # id(receive) -> what to do when it completes
-        self.answers, self.grads, self.futures = {}, {}, {}  # by rank
+        self.notes, self.grads, self.futures = {}, {}, {}  # by rank
         self.receives = {}                     # rank -> its open GRAD receive
         self.refused = {}                      # rank -> why its answer is not one
         self.unseen = set()                    # ranks that did not get the state (UNSEEN)
@@ -54,9 +55,9 @@ class Window:
         """The first (receive, peer) pairs to wait for."""
         out = []
         for r in self.order:
-            self.answers[r] = np.empty(messages.ANSWER_LEN, np.float64)
-            self.cost.bytes_in += self.answers[r].nbytes
-            out.append(self._post(mpi.Checked(self.comm, self.answers[r], r, tags.LOSS), r,
+            self.notes[r] = np.empty(messages.LOSS_NOTE_LEN, np.float64)
+            self.cost.bytes_in += self.notes[r].nbytes
+            out.append(self._post(mpi.Checked(self.comm, self.notes[r], r, tags.LOSS), r,
                                   lambda it, r=r: self._loss(it, r)))
         while self.opened < min(self.size, len(self.order)):
             out += self._open()
@@ -86,10 +87,10 @@ class Window:
         return [self._post(self.receives[r], r, lambda it: self._grad(it, r))]
 
     def _loss(self, item, rank) -> list:
-        why = item.bad or messages.answer_problem(self.answers[rank])
+        why = item.bad or messages.loss_note_problem(self.notes[rank])
         if why:
             self.refused.setdefault(rank, f"its [loss, signal, seconds] message: {why}")
-        elif self.answers[rank][1] == messages.UNSEEN:  # its gradient is no answer
+        elif self.notes[rank][1] == messages.UNSEEN:  # its gradient is no answer
             self.unseen.add(rank)
         return self._arrived(self.loss_in, rank)
 
@@ -102,7 +103,7 @@ class Window:
 
     def awaits(self, rank, tag) -> bool:
         """Whether this window still waits for rank's message of `tag` (comm.drain)."""
-        if rank not in self.answers or rank in self.refused:
+        if rank not in self.notes or rank in self.refused:
             return False
         return (tag == tags.LOSS and rank not in self.loss_in or
                 tag == tags.GRAD and rank not in self.grad_in)
@@ -144,7 +145,7 @@ class Window:
             r = self.front.popleft()
             if r in self.refused or r in self.unseen:
                 self._free(r)
-            elif r in self.streamed and not self.add(r, self.grads[r], self.answers[r]):
+            elif r in self.streamed and not self.add(r, self.grads[r], self.notes[r]):
                 self._free(r)
             out += self._open()
         return out

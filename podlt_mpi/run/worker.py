@@ -112,7 +112,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
                            else np.empty(layout.state_size, np.float32))
             if lines:  # grad and loss_buf stay referenced until the sends complete
                 grad = np.zeros(layout.answer_size, np.float32)
-                loss_buf = messages.answer(float("nan"), messages.UNSEEN, 0.0)
+                loss_buf = messages.loss_note(float("nan"), messages.UNSEEN, 0.0)
                 pending = [mpi.isend(comm, grad, 0, tags.GRAD),
                            mpi.isend(comm, loss_buf, 0, tags.LOSS)]
             continue
@@ -138,7 +138,7 @@ def run(comm, model, layout: Layout, line_shape, faker: Faker, waiter: mpi.Waite
             grad = torch.as_tensor(grad).to(dev)
             torch.cuda.synchronize(dev)  # MPI reads the buffer outside torch's stream order
         # A stop signal seen here rides along with the loss: the manager may not have had one.
-        loss_buf = messages.answer(loss, preempt.number() or 0, time.perf_counter() - t_compute)
+        loss_buf = messages.loss_note(loss, preempt.number() or 0, time.perf_counter() - t_compute)
         pending = [mpi.isend(comm, grad, 0, tags.GRAD), mpi.isend(comm, loss_buf, 0, tags.LOSS)]
         done += 1  # grad and loss_buf stay referenced until the next wait completes the sends
 

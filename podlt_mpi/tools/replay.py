@@ -164,7 +164,7 @@ class Replayer:
             out.problems.append(f"lines [{start}, {stop}) of the data differ from those trained on "
                                 "(wrong --data file?)")
             return out
-        sent = {(a.rank, a.lines): a.grad_digest for a in rec.assignments}
+        digests_sent = {(a.rank, a.lines): a.grad_digest for a in rec.assignments}
         digest = self.answer_digest(rec)
         said = {(a.rank, a.lines): a.loss for a in rec.assignments}  # format 5: their losses
         looked = rec.format >= records.LOOKED
@@ -187,7 +187,7 @@ class Replayer:
         confirmed = []
         for check in rec.checks:
             ok = (near.confirm(check, out) if near else
-                  _confirm(check, sent, fragment, out, self.cfg.compare, digest,
+                  _confirm(check, digests_sent, fragment, out, self.cfg.compare, digest,
                            said if looked else None))
             if ok == UNREPRODUCIBLE:
                 out.unreproducible.append(list(check.lines))
@@ -198,7 +198,7 @@ class Replayer:
             return out
         for look in rec.looks:  # the same answer as the replay's, or a rank rightly removed
             ok = (near.confirm_look(look) if near else
-                  _confirm_look(look, sent, said, fragment, digest, self.cfg.compare))
+                  _confirm_look(look, digests_sent, said, fragment, digest, self.cfg.compare))
             if ok is not None:
                 confirmed.append(ok)
             if ok is False:
@@ -211,7 +211,7 @@ class Replayer:
         bitwise = not self.drifted
         for (s, e), r in zip(rec.applied, rec.applied_from, strict=True):
             g, loss = fragment(s, e)
-            digest_same = digest(g) == sent.get((r, (s, e)))
+            digest_same = digest(g) == digests_sent.get((r, (s, e)))
             # tolerance mode: from the run's weights, on the rank's own kernels, the bits are
             # the rank's, so its digest and sketch must be the replay's
             exact_here = near is not None and not self.drifted and r in self.same_at(it)
@@ -368,7 +368,7 @@ class Near:
             self.distance(look.rank, look.lines) > self.distance(rules.MANAGER, look.lines)
 
 
-def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
+def _confirm(check: records.CheckRecord, digests_sent, fragment, out, mode: str,
              digest, said=None) -> bool | None | str:
     """Re-derive one check's verdict from the hashes the ranks sent (and from format 5 their
     losses, `said`) and the replayed answer (None where tolerance mode makes bits
@@ -380,11 +380,11 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
     rechecks = check.rechecks
     if said is None:  # before format 5 the votes were on the gradients alone
         ref = digest(g)
-        answer = lambda r: sent.get((r, (s, e)))  # noqa: E731
+        answer = lambda r: digests_sent.get((r, (s, e)))  # noqa: E731
     else:
         ref = (digest(g), ledger.finite_or_none(loss))
-        answer = lambda r: (None if sent.get((r, (s, e))) is None  # noqa: E731
-                            else (sent.get((r, (s, e))), said.get((r, (s, e)))))
+        answer = lambda r: (None if digests_sent.get((r, (s, e))) is None  # noqa: E731
+                            else (digests_sent.get((r, (s, e))), said.get((r, (s, e)))))
     votes = {r: answer(r) for r in (check.worker, *check.controls)}
     extra = {r: answer(r) for r in rechecks}
     accepted = [h for r, h in {**votes, **extra}.items() if r not in check.fake and h is not None]
@@ -405,14 +405,15 @@ def _confirm(check: records.CheckRecord, sent, fragment, out, mode: str,
     return ok
 
 
-def _confirm_look(look: records.Look, sent, said, fragment, digest, mode: str) -> bool | None:
+def _confirm_look(look: records.Look, digests_sent, said, fragment, digest,
+                  mode: str) -> bool | None:
     """Whether a look's verdict follows from the rank's answer and the replay (None where
     tolerance mode makes bits insufficient). A malformed answer has no digest to replay."""
     key = (look.rank, look.lines)
     if look.verdict == "malformed":
-        return sent.get(key) is None
+        return digests_sent.get(key) is None
     g, loss = fragment(*look.lines)
-    same = sent.get(key) == digest(g) and said.get(key) == \
+    same = digests_sent.get(key) == digest(g) and said.get(key) == \
         ledger.finite_or_none(loss)
     if mode != "exact" and not same:
         return None
