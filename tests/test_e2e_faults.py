@@ -25,15 +25,19 @@ ACCURACY_MARGIN = 0.05
 
 @pytest.fixture(scope="module")
 def honest_accuracy(small_data, tmp_path_factory):
-    """Test accuracy of the honest 7-rank run, by seed."""
+    """accuracy(seed): the test accuracy of the honest 7-rank run, run the first time it is
+    asked for (the first tier asks for seed 0 only)."""
     acc = {}
-    for seed in (0, 1):
-        out = str(tmp_path_factory.mktemp(f"honest{seed}") / "run")
-        r = run_job(7, ["--data", small_data["train"], "--test-data", small_data["test"],
-                        "--out", out, "--block-lines", "200", "--seed", seed])
-        assert r.returncode == 0, r.stdout + r.stderr
-        acc[seed] = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
-    return acc
+
+    def accuracy(seed):
+        if seed not in acc:
+            out = str(tmp_path_factory.mktemp(f"honest{seed}") / "run")
+            r = run_job(7, ["--data", small_data["train"], "--test-data", small_data["test"],
+                            "--out", out, "--block-lines", "200", "--seed", seed])
+            assert r.returncode == 0, r.stdout + r.stderr
+            acc[seed] = read_json(os.path.join(out, "summary.json"))["test_accuracy"]
+        return acc[seed]
+    return accuracy
 
 
 def assert_accuracy_near(out, honest):
@@ -60,7 +64,7 @@ def test_each_fake_mode_is_caught_and_only_the_fakes_are_removed(modes, job_args
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     assert_each_fake_removed_once_and_for_good(out, modes_of)
-    assert_accuracy_near(out, honest_accuracy[0])
+    assert_accuracy_near(out, honest_accuracy(0))
 
 
 @pytest.mark.full
@@ -77,7 +81,7 @@ def test_two_fakes_of_each_mode_with_another_seed(modes, job_args, tmp_path, hon
     assert r.returncode == 0, r.stdout + r.stderr
     out = str(tmp_path / "run")
     assert_each_fake_removed_once_and_for_good(out, modes_of)
-    assert_accuracy_near(out, honest_accuracy[1])
+    assert_accuracy_near(out, honest_accuracy(1))
 
 
 @pytest.mark.full

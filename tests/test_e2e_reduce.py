@@ -63,6 +63,7 @@ def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
     assert rep["replay"]["verified"] == len(ranks) and rep["fake_contributions"] == []
 
 
+@pytest.mark.full  # auto's rule is test_reduction.py's, in the first tier
 def test_auto_keeps_the_star_where_ranks_sleep_or_in_tolerance_mode(mpi, job_args, tmp_path):
     r = run_job(WORLD, job_args(out="auto", blocks=1, reduce="auto"))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -227,7 +228,10 @@ def test_a_run_continued_under_the_reduction_is_byte_identical(mpi, job_args, tm
     assert rep["passed"], rep["problems"]
 
 
-@pytest.mark.parametrize("lie", ["1000x", pytest.param("nan", marks=pytest.mark.full)])
+# full tier: the first tier has the look (test_e2e_lies, under the star) and the reduction
+# with a lying rank (the aggregator above)
+@pytest.mark.full
+@pytest.mark.parametrize("lie", ["1000x", "nan"])
 def test_the_look_holds_back_an_unchecked_answer_outside_it_and_removes_its_rank(
         lie, mpi, job_args, small_data, tmp_path):
     """An unchecked worker commits to 1000 times its honest answer, or to NaN, and sends its

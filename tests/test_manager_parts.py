@@ -2,6 +2,7 @@
 run state that checkpoints save, and the run files."""
 import json
 import os
+import pathlib
 from concurrent.futures import Future
 
 import numpy as np
@@ -304,22 +305,38 @@ def in_process_run(tmp_path, ranks=5, lie=lambda rank, it, g: g, **options):
     return manager, stand_in, summary, records.load(os.path.join(cfg.out, "ledger.jsonl")).records
 
 
+def equals_single_process(out) -> dict:
+    """The run in `out` ends with single_process.py's model, bit for bit; returns its config."""
+    import single_process
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    single_process.assert_matches(
+        pathlib.Path(out), cfg["data"], cfg,
+        [json.loads(line) for line in open(os.path.join(out, "ledger.jsonl"))])
+    return cfg
+
+
 def test_a_run_of_the_manager_with_ranks_in_this_process_is_single_process_training(tmp_path):
     """step, iteration and apply without mpiexec: every iteration's plan goes to the stand-in
     ranks, the unchecked answers fold in as they stream, every check agrees, and the final
     model is tests/single_process.py's, bit for bit."""
-    import single_process
     manager, ranks, summary, ledger = in_process_run(tmp_path)
     assert summary["status"] == "complete" and summary["iterations"] == 10
     assert summary["checks"] == {"agree": 10, "fake": 0, "dispute": 0}
     assert summary["removed"] == [] and len(ledger) == 10 == len(ranks.plans)
     assert all(sum(e - s for s, e in rec.applied) == 120 for rec in ledger)
     assert ranks.stopped and set(ranks.stopped) == {1, 2, 3, 4}  # told at the end
-    out = manager.out
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    single_process.assert_matches(
-        __import__("pathlib").Path(out), cfg["data"], cfg,
-        [json.loads(line) for line in open(os.path.join(out, "ledger.jsonl"))])
+    equals_single_process(manager.out)
+
+
+def test_a_model_that_returns_a_model_output_trains_as_single_process_training(tmp_path):
+    """A model returning what a transformers model returns (tests/helpers/usermodels.py's
+    Output: a dict of logits and hidden states, also attributes): the ranks, the manager's
+    checks and figures take its logits, and single-process training gives the same bits."""
+    manager, _, summary, _ = in_process_run(tmp_path, model="usermodels:logits_output")
+    assert summary["checks"] == {"agree": 10, "fake": 0, "dispute": 0}
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["test_loss"] > 0
+    cfg = equals_single_process(manager.out)
+    assert cfg["task"]["output_key"] is None and cfg["model"] == "usermodels:logits_output"
 
 
 def test_a_lying_rank_in_this_process_is_removed_and_its_lie_never_applied(tmp_path):
@@ -341,13 +358,8 @@ def test_a_format_3_run_folds_in_rules_fold_order_as_the_replay_does(tmp_path, m
     """A run resumed in ledger format 3 sums in arrival order: the unchecked answers as they
     stream, then the checked ones (rules.fold_order, which the replay calls too). Its final
     model is single-process training's, summed in that order, bit for bit."""
-    import single_process
     monkeypatch.setattr(records, "FORMAT", 3)  # what a resume of a format 3 run continues in
     manager, ranks, summary, ledger = in_process_run(tmp_path)
     assert {rec.format for rec in ledger} == {3} and manager.folding and not manager.keyed
     assert summary["checks"] == {"agree": 10, "fake": 0, "dispute": 0}
-    out = manager.out
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    single_process.assert_matches(
-        __import__("pathlib").Path(out), cfg["data"], cfg,
-        [json.loads(line) for line in open(os.path.join(out, "ledger.jsonl"))])
+    equals_single_process(manager.out)

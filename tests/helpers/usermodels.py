@@ -78,3 +78,31 @@ def regressor(input_shape, n_classes, outputs=2):
 def huber(output, y):
     """A user's loss (--loss usermodels:huber): the mean Huber loss per line, delta 0.5."""
     return nn.functional.huber_loss(output, y, delta=0.5)
+
+
+class Output(dict):
+    """What Hugging Face models return (transformers' ModelOutput): a dict whose items are also
+    attributes, the scores under `logits`, beside what the loss does not take."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class LogitsOutput(nn.Module):
+    """A model that returns an Output, as a transformers model does, with dropout."""
+
+    def __init__(self, n_in, n_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, 32), nn.ReLU(), nn.Dropout(0.1))
+        self.head = nn.Linear(32, n_classes)
+
+    def forward(self, x):
+        hidden = self.body(x.flatten(1))
+        return Output(logits=self.head(hidden), hidden_states=(hidden,))
+
+
+def logits_output(input_shape, n_classes):
+    return LogitsOutput(math.prod(input_shape), n_classes)
