@@ -28,8 +28,10 @@ def reductions(out) -> list:
     return [rec.get("reduction") for rec in read_jsonl(out / "ledger.jsonl")]
 
 
-@pytest.mark.parametrize("model", ["mlp",
-                                   pytest.param("usermodels:combined", marks=pytest.mark.full)])
+# full tier: the first tier runs the reduction end to end with a lying aggregator (below),
+# against single-process training and the audit
+@pytest.mark.full
+@pytest.mark.parametrize("model", ["mlp", "usermodels:combined"])
 def test_an_honest_reduction_gives_the_star_s_bits_and_single_process_training(
         model, mpi, job_args, small_data, tmp_path):
     """Every record's weights are the star's; each names a permutation of the active ranks as
