@@ -1,8 +1,8 @@
 """Tolerance mode on ranks whose kernels differ, end to end (ledger format 6): honest ranks on
 native kernels and on narrower ones (AVX2 beside AVX-512, or unvectorized beside AVX2) are never
-removed, every fake mode is caught, and the audit
-replays every iteration by the answers' sketches, within the run's tolerance, and fails a
-ledger whose sketch or digest was edited and sealed anew."""
+removed, every fake mode is caught, and the audit replays every iteration by the answers'
+sketches, within the run's tolerance, and fails a ledger whose sketch or digest was edited and
+sealed anew."""
 import functools
 import os
 import subprocess
@@ -44,11 +44,10 @@ def args(small_data, out, *extra):
             "--role-seed", "0", *map(str, extra)]
 
 
-def mixed(n, arguments, env=None):
+def mixed(n, arguments):
     """The job with ranks 1 and 3 on other kernels than the rest (other_aten): their answers
     differ from the others' in their bits."""
-    return run_job(n, arguments, program=OTHER,
-                   env={**PINNED, "OTHER_ATEN": other_aten(), **(env or {})})
+    return run_job(n, arguments, program=OTHER, env={**PINNED, "OTHER_ATEN": other_aten()})
 
 
 def differing(out) -> bool:
@@ -65,8 +64,7 @@ def audit(run):
 @pytest.fixture(scope="module")
 def honest(small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sketch") / "run"
-    r = mixed(WORLD, args(small_data, out, "--epochs", 2, "--checkpoint-every", 4))
-    return r, out
+    return mixed(WORLD, args(small_data, out, "--epochs", 2, "--checkpoint-every", 4)), out
 
 
 def test_honest_ranks_on_other_kernels_are_never_removed_and_every_answer_is_sketched(honest):
@@ -177,8 +175,8 @@ def test_an_edited_sketch_of_an_answer_whose_bits_replay_fails_the_audit(honest,
 @pytest.mark.parametrize("modes", GROUPS, ids="+".join)
 def test_each_fake_mode_is_caught_among_ranks_on_other_kernels(modes, small_data, tmp_path):
     """One fake per mode on the even ranks, the honest ones on the odd ranks, two of them (1
-    and 3) on other kernels (other_aten); the fakes cheat from iteration 1. No honest rank is removed, each
-    fake is, and the audit confirms every verdict."""
+    and 3) on other kernels (other_aten); the fakes cheat from iteration 1. No honest rank is
+    removed, each fake is, and the audit confirms every verdict."""
     modes_of = {2 * (i + 1): m for i, m in enumerate(modes)}
     spec = fake_spec(modes_of)
     out = tmp_path / "run"
